@@ -1,0 +1,268 @@
+"""The ``edgeseg`` command line: option parsing and messages only; the work lives in the modules.
+
+Heavy packages (PyTorch, onnx) are imported inside the commands that need them, so the device
+side (``run``, ``bench`` on ONNX) starts without PyTorch installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeseg import __version__
+from edgeseg.errors import EdgesegError
+
+app = typer.Typer(
+    name="edgeseg",
+    help="SegNet-DSC pet segmentation from a PyTorch checkpoint to an edge device.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"edgeseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    if debug:
+        os.environ["EDGESEG_DEBUG"] = "1"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"128x160"`` or ``"128"`` -> (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        if len(parts) == 1:
+            h = w = int(parts[0])
+        elif len(parts) == 2:
+            h, w = int(parts[0]), int(parts[1])
+        else:
+            raise ValueError
+    except ValueError:
+        raise EdgesegError(f"--size {text!r} is not HxW (for example 128x128)") from None
+    if h <= 0 or w <= 0:
+        raise EdgesegError(f"--size {text!r} must be positive")
+    return h, w
+
+
+def _print_json(data: dict) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, str(v))
+    return table
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="Checkpoint (.pth/.pt) or ONNX model.")],
+    size: Annotated[str | None, typer.Option(help="Input HxW for the MAC count (default: the model's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Describe a model: architecture, parameters, MACs, classes, preprocessing, provenance."""
+    from edgeseg.info import describe
+
+    d = describe(path, parse_size(size) if size else None)
+    if as_json:
+        _print_json(d)
+        return
+    rows: list[tuple[str, object]] = [
+        ("file", f"{d['path']} ({d['file_bytes'] / 1e6:.2f} MB)"),
+        ("sha256", d["sha256"]),
+    ]
+    if d["kind"] == "checkpoint":
+        meta = d["meta"]
+        rows += [
+            ("stored as", d["stored_as"]),
+            ("arch", f"{d['arch']} (kernel size {d['kernel_size']})"),
+            ("parameters", f"{d['parameters']:,}"),
+            ("conv MACs", f"{d['macs']:,} at {d['macs_at'][0]}x{d['macs_at'][1]} ({d['macs'] / 1e9:.3f} GMAC)"),
+            ("classes", ", ".join(f"{i} {n}" for i, n in enumerate(d["classes"]))),
+            ("input", f"{meta['color']} {meta['layout']} {meta['input_size'][0]}x{meta['input_size'][1]}, "
+                      f"values {meta['value_range'][0]:g}..{meta['value_range'][1]:g}, "
+                      f"resize {meta['interpolation']}"),
+        ]
+        rows += [(f"provenance.{k}", v) for k, v in meta.get("provenance", {}).items()]
+        rows += [(k, v) for k, v in d["extra"].items()]
+    else:
+        from edgeseg.onnx_info import onnx_rows
+
+        rows += onnx_rows(d)
+    console.print(_kv_table(f"edgeseg info: {path.name}", rows))
+
+
+def _load_verify_images(folder: Path, meta, size: tuple[int, int], limit: int):
+    """Real photos for export verification, preprocessed exactly as the runtime will."""
+    from edgeseg.data import list_images, preprocess, read_images
+
+    paths = list_images(folder)[:limit] if limit else list_images(folder)
+    if not paths:
+        raise EdgesegError("no images found; pass a folder of photos to --verify-images", folder)
+    decoded, _ = read_images(paths)
+    return preprocess([img for _, img in decoded], meta.with_(input_size=list(size)))
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="SegNet / SegNet-DSC checkpoint (.pth).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="ONNX path (default: next to it).")] = None,
+    size: Annotated[str | None, typer.Option(help="Input HxW, multiples of 16 (default: the checkpoint's).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (13..21; TensorRT 10 takes up to 20).")] = 17,
+    batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Leave the batch dimension dynamic.")] = False,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim.")] = True,
+    with_argmax: Annotated[str | None, typer.Option(
+        "--with-argmax", help="Append an ArgMax head that outputs class ids as uint8 or int32.")] = None,
+    verify_images: Annotated[Path | None, typer.Option(help="Also verify on these photos (a folder).")] = None,
+    verify_limit: Annotated[int, typer.Option(help="At most this many --verify-images (0: all).")] = 64,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Export to ONNX for TensorRT and ONNX Runtime: unpooling without MaxUnpool, verified against PyTorch."""
+    from dataclasses import asdict
+
+    from edgeseg.checkpoint import load_checkpoint
+    from edgeseg.export import ExportOptions, validate_options
+    from edgeseg.export import export as run_export
+
+    opts = ExportOptions(size=parse_size(size) if size else None, opset=opset,
+                         batch=None if dynamic_batch else batch, simplify=simplify, with_argmax=with_argmax)
+    validate_options(opts)
+    output = output or checkpoint.with_suffix(".onnx")
+    from edgeseg.files import check_writable
+
+    check_writable(output, force)
+    ckpt = load_checkpoint(checkpoint)
+    size_hw = opts.size or ckpt.meta.input_size
+    images = _load_verify_images(verify_images, ckpt.meta, size_hw, verify_limit) if verify_images else None
+    with console.status("exporting and verifying..."):
+        r = run_export(ckpt, output, opts, verify_images=images, force=force)
+    if as_json:
+        _print_json(asdict(r))
+        return
+    v = r.verification
+    console.print(_kv_table(f"edgeseg export: {output}", [
+        ("model", f"{ckpt.meta.arch} {size_hw[0]}x{size_hw[1]}, batch {opts.batch or 'dynamic'}, opset {opset}"),
+        ("nodes", f"{r.nodes_before} -> {r.nodes_after}" + (" (onnxsim)" if r.simplified else " (not simplified)")),
+        ("ops", ", ".join(f"{k} {n}" for k, n in r.op_histogram.items())),
+        ("verified", f"{v.inputs} inputs ({v.real_images} real photos), {v.pixels:,} pixels: "
+                     f"{v.agreement:.2%} argmax agreement, max abs error {v.max_abs_error:.2e}"),
+        ("file", f"{r.file_bytes / 1e6:.2f} MB, written in {r.seconds:.1f} s"),
+    ]))
+
+
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="ONNX model.")],
+    target: Annotated[str, typer.Option(help="tensorrt or onnxruntime.")] = "tensorrt",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Static compatibility check: lists every problem with its node; exit 1 when there is any."""
+    from edgeseg.check import check as run_check
+
+    problems = run_check(model, target)
+    if as_json:
+        _print_json({"model": str(model), "target": target, "ok": not problems,
+                     "problems": [{"node": p.node, "op": p.op, "message": p.message} for p in problems]})
+    elif problems:
+        for p in problems:
+            print(f"{model}: {p}")
+        print(f"{model}: {len(problems)} problem(s) for {target}", file=sys.stderr)
+    else:
+        console.print(f"{model}: OK for {target}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Best checkpoint is written here.")] = Path(
+        "segnet_dsc.pth"),
+    arch: Annotated[str, typer.Option(help="segnet-dsc or segnet.")] = "segnet-dsc",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch: Annotated[int, typer.Option(min=1)] = 16,
+    size: Annotated[str, typer.Option(help="Input HxW (multiples of 16).")] = "128x128",
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = 0,
+    gamma: Annotated[float, typer.Option(help="StepLR factor.")] = 0.5,
+    seed: Annotated[int, typer.Option()] = 0,
+    limit: Annotated[int, typer.Option(help="Use only the first N trainval images (0: all).")] = 0,
+    resume: Annotated[Path | None, typer.Option(help="Continue from a *.last.pth training state.")] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
+) -> None:
+    """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet with the notebook's recipe; keep the best epoch."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from edgeseg.train import TrainConfig
+    from edgeseg.train import train as run_training
+
+    h, w = parse_size(size)
+    if h % 16 or w % 16:
+        raise EdgesegError(f"--size {size}: height and width must be multiples of 16 (four 2x2 poolings)")
+    if arch not in ("segnet-dsc", "segnet"):
+        raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
+    cfg = TrainConfig(data=str(data), arch=arch, epochs=epochs, batch=batch, size=(h, w), lr=lr,
+                      step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device)
+    columns = (TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("train", total=None, epoch=0, epochs=epochs, loss=float("nan"))
+
+        def report(ev: dict) -> None:
+            if ev["event"] == "step":
+                bar.update(task, completed=ev["step"], total=ev["steps"], epoch=ev["epoch"], loss=ev["loss"])
+            else:
+                mark = " *best" if ev["improved"] else ""
+                bar.console.print(
+                    f"epoch {ev['epoch']:3d}  loss {ev['loss']:.4f}  val mIoU {ev['val_miou']:.4f}  "
+                    f"val acc {ev['val_pixel_accuracy']:.4f}  {ev['seconds']:.0f}s{mark}")
+
+        result = run_training(cfg, output, resume=resume, force=force, progress=report)
+    b = result["best"]
+    console.print(f"best epoch {b['epoch']}: val mIoU {b['miou']:.4f}; checkpoint written to {result['out']}")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 1 (traceback with --debug)."""
+    debug = "--debug" in sys.argv[1:] or os.environ.get("EDGESEG_DEBUG") == "1"
+    try:
+        app()
+    except EdgesegError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug, not bad input: still one line unless --debug
+        if debug:
+            raise
+        print(f"error: internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        sys.exit(3)

@@ -1,0 +1,170 @@
+"""Images in, model tensors out: robust decoding, the one preprocessing function, the Oxford-IIIT Pet layout.
+
+Every command (train, eval, calibration, bench, the live loop) goes through :func:`preprocess`, so a
+model sees at deployment exactly what it saw in training. No PyTorch here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.meta import ModelMeta
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+CV2_INTERPOLATION = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "area": cv2.INTER_AREA,
+    "cubic": cv2.INTER_CUBIC,
+}
+IGNORE = 255  # label value for pixels that no metric or loss counts
+
+
+class ImageError(EdgesegError):
+    """An image file that cannot be decoded."""
+
+
+def to_bgr8(img: np.ndarray) -> np.ndarray:
+    """Any decoded image (gray, BGRA, 16-bit, float) -> contiguous HxWx3 uint8 BGR."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float32) * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.shape[2] == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode by content, not extension (the dataset has a GIF and a PNG named .jpg) -> HxWx3 uint8 BGR."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageError(f"cannot read ({e.strerror})", path) from e
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None and data[:3].tobytes() == b"GIF":
+        cap = cv2.VideoCapture(str(path))  # OpenCV builds without a GIF decoder read it through FFmpeg
+        ok, img = cap.read()
+        cap.release()
+        img = img if ok else None
+    if img is None:
+        raise ImageError("not a decodable image (corrupt, truncated or unsupported format)", path)
+    return to_bgr8(img)
+
+
+def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` by extension, sorted; hidden files skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgesegError("not a folder of images; check the path", folder)
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p for p in folder.glob(pattern)
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def read_images(paths: Iterable[Path]) -> tuple[list[tuple[Path, np.ndarray]], list[Path]]:
+    """Decode what can be decoded; return (decoded, skipped) and warn once with the skip count."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            good.append((p, read_image(p)))
+        except ImageError:
+            bad.append(p)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", stacklevel=2)
+    return good, bad
+
+
+def resize(img: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """Resize to (height, width) with a named interpolation."""
+    h, w = size
+    if img.shape[:2] == (h, w):
+        return img
+    return cv2.resize(img, (w, h), interpolation=CV2_INTERPOLATION[interpolation])
+
+
+def preprocess(images_bgr: np.ndarray | Sequence[np.ndarray], meta: ModelMeta) -> np.ndarray:
+    """BGR uint8 frame(s) -> float32 NCHW RGB tensor in the model's value range at its input size.
+
+    Resizing happens on uint8 (cheapest), then colour order, scaling and layout in one pass.
+    """
+    frames = [images_bgr] if isinstance(images_bgr, np.ndarray) and images_bgr.ndim == 3 else list(images_bgr)
+    h, w = meta.input_size
+    batch = np.empty((len(frames), 3, h, w), dtype=np.float32)
+    lo, hi = meta.value_range
+    scale = (hi - lo) / 255.0
+    for i, frame in enumerate(frames):
+        small = resize(frame, (h, w), meta.interpolation)
+        rgb = small[:, :, ::-1] if meta.color == "RGB" else small
+        np.multiply(rgb.transpose(2, 0, 1), scale, out=batch[i], casting="unsafe")
+        if lo:
+            batch[i] += lo
+    return batch
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Class-id mask to (height, width); nearest, so no new class values appear."""
+    return resize(mask, size, "nearest")
+
+
+def read_trimap(path: str | Path) -> np.ndarray:
+    """Oxford trimap (1 pet, 2 background, 3 border) -> class ids 0/1/2, anything else IGNORE."""
+    path = Path(path)
+    m = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if path.exists() else None
+    if m is None:
+        raise ImageError("not a readable trimap PNG", path)
+    if m.ndim == 3:
+        m = m[:, :, 0]
+    out = np.full(m.shape, IGNORE, dtype=np.uint8)
+    valid = (m >= 1) & (m <= 3)
+    out[valid] = m[valid] - 1
+    return out
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    mask: Path
+
+
+def oxford_split(root: str | Path, split: str = "test") -> list[Sample]:
+    """Samples of an Oxford-IIIT Pet layout folder for ``split`` (trainval, test or list)."""
+    root = Path(root)
+    split_file = root / "annotations" / f"{split}.txt"
+    if not split_file.is_file():
+        raise EdgesegError(
+            f"no annotations/{split}.txt: expected the Oxford-IIIT Pet layout "
+            "(images/, annotations/trimaps/, annotations/trainval.txt|test.txt)",
+            root,
+        )
+    samples = []
+    for line in split_file.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name = line.split()[0]
+        samples.append(Sample(name, root / "images" / f"{name}.jpg", root / "annotations" / "trimaps" / f"{name}.png"))
+    missing = [s for s in samples if not s.image.exists() or not s.mask.exists()]
+    if missing:
+        raise EdgesegError(f"{len(missing)} image/trimap pair(s) listed in {split}.txt are missing, e.g. "
+                           f"{missing[0].image.name}", root)
+    return samples
+
+
+def is_oxford_layout(root: str | Path) -> bool:
+    root = Path(root)
+    return (root / "images").is_dir() and (root / "annotations" / "trimaps").is_dir()

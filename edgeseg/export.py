@@ -1,0 +1,317 @@
+"""Checkpoint -> deploy ONNX that TensorRT and ONNX Runtime both accept, simplified and verified.
+
+The graph is written directly with ``onnx.helper`` from the loaded PyTorch modules rather than
+traced: the network is a fixed stack of (conv, BN, ReLU), max-pool and unpool, and writing it
+gives exact control over the unpool subgraph, readable node names (``dc1.seq.0.pointwise``) that
+``check``/``quantize`` reports use, and independence from the exporter PyTorch ships this year.
+
+BatchNorms after convs are folded into the convs (in float64); the input BatchNorm stays a
+BatchNormalization node because folding it into a zero-padded conv would change the borders.
+
+Unpooling (TensorRT has no MaxUnpool and rejects MaxPool's indices) is written as in
+:func:`edgeseg.nets.exact_unpool`, with ops TensorRT supports::
+
+    is_max = Equal(pre_pool, Resize2x(pooled))             # positions holding their window's max
+    score  = Where(is_max, priority, 0)                     # priority tile 4 3 / 2 1 (scan order)
+    winner = Equal(score, Resize2x(MaxPool2x2(score)))      # exactly one per window: PyTorch's pick
+    out    = Where(winner, Resize2x(decoder_input), 0)
+
+All Resize nodes are nearest/asymmetric/floor, an exact 2x replication, so the result equals
+MaxPool2d(return_indices)+MaxUnpool2d bit for bit, ties included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeseg import __version__
+from edgeseg.checkpoint import LoadedCheckpoint
+from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_write, check_writable
+from edgeseg.meta import ModelMeta
+from edgeseg.nets import DepthwiseSeparableConv2d
+
+OPSETS = range(13, 22)  # Resize with scales input and BatchNormalization-15 semantics; ORT runs all of them
+DEFAULT_OPSET = 17
+INPUT_NAME = "input"
+ARGMAX_DTYPES = {"uint8": TensorProto.UINT8, "int32": TensorProto.INT32}
+
+
+@dataclass
+class ExportOptions:
+    size: tuple[int, int] | None = None  # (H, W); default: the checkpoint's input size
+    opset: int = DEFAULT_OPSET
+    batch: int | None = 1  # None = dynamic batch dimension
+    simplify: bool = True
+    with_argmax: str | None = None  # None, "uint8" or "int32"
+
+
+@dataclass
+class ExportReport:
+    path: str
+    nodes_before: int
+    nodes_after: int
+    simplified: bool
+    seconds: float
+    file_bytes: int
+    verification: VerifyReport
+    op_histogram: dict[str, int] = field(default_factory=dict)
+
+
+def validate_options(opts: ExportOptions) -> None:
+    h, w = opts.size or (16, 16)
+    if h <= 0 or w <= 0 or h % 16 or w % 16:
+        raise EdgesegError(
+            f"--size {h}x{w} is not a multiple of 16 in both dimensions: the four 2x2 poolings need it "
+            "(try 128x128, 224x224 or 256x320)"
+        )
+    if opts.opset not in OPSETS:
+        raise EdgesegError(f"--opset {opts.opset} is not supported; choose {OPSETS.start}..{OPSETS.stop - 1} "
+                           "(TensorRT 10 parses 9..20)")
+    if opts.batch is not None and opts.batch < 1:
+        raise EdgesegError(f"--batch {opts.batch} must be at least 1")
+    if opts.with_argmax not in (None, *ARGMAX_DTYPES):
+        raise EdgesegError(f"--with-argmax {opts.with_argmax!r}: choose uint8 or int32")
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._consts: dict[tuple, str] = {}
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def shared_const(self, name: str, value: np.ndarray) -> str:
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.const(name, value)
+        return self._consts[key]
+
+    def op(self, op_type: str, inputs: list[str], name: str, **attrs) -> str:
+        out = name
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attrs))
+        return out
+
+
+def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and bias of ``bn(conv(x))`` as one conv, computed in float64."""
+    w = conv.weight.detach().double()
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+    bias = shift if conv.bias is None else shift + conv.bias.detach().double() * scale
+    return (w * scale[:, None, None, None]).float().numpy(), bias.float().numpy()
+
+
+def _conv(g: _Graph, x: str, conv: torch.nn.Conv2d, name: str, bn: torch.nn.BatchNorm2d | None) -> str:
+    k = conv.kernel_size[0]
+    p = conv.padding[0]
+    if bn is None:
+        inputs = [x, g.const(f"{name}.weight", conv.weight.detach().float().numpy())]
+    else:
+        w, b = _fold(conv, bn)
+        inputs = [x, g.const(f"{name}.weight", w), g.const(f"{name}.bias", b)]
+    return g.op("Conv", inputs, name, kernel_shape=[k, k], pads=[p, p, p, p], group=conv.groups,
+                strides=[1, 1], dilations=[1, 1])
+
+
+def _conv_bn_relu_stack(g: _Graph, x: str, seq: torch.nn.Sequential, prefix: str) -> str:
+    mods = list(seq)
+    for i in range(0, len(mods), 3):
+        conv, bn = mods[i], mods[i + 1]
+        if isinstance(conv, DepthwiseSeparableConv2d):
+            x = _conv(g, x, conv.depthwise, f"{prefix}.{i}.depthwise", None)
+            x = _conv(g, x, conv.pointwise, f"{prefix}.{i}.pointwise", bn)
+        else:
+            x = _conv(g, x, conv, f"{prefix}.{i}", bn)
+        x = g.op("Relu", [x], f"{prefix}.{i + 2}")
+    return x
+
+
+def _resize2x(g: _Graph, x: str, name: str) -> str:
+    scales = g.shared_const("scales_2x", np.array([1, 1, 2, 2], dtype=np.float32))
+    return g.op("Resize", [x, "", scales], name, mode="nearest", coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor")
+
+
+def _unpool(g: _Graph, pre: str, pooled: str, x: str, hw: tuple[int, int], name: str) -> str:
+    h, w = hw
+    tile = np.array([[4, 3], [2, 1]], dtype=np.float32)
+    priority = g.const(f"{name}.priority", np.tile(tile, (h // 2, w // 2))[None, None])
+    zero = g.shared_const("zero", np.zeros((), dtype=np.float32))
+    is_max = g.op("Equal", [pre, _resize2x(g, pooled, f"{name}/pooled_2x")], f"{name}/is_max")
+    score = g.op("Where", [is_max, priority, zero], f"{name}/score")
+    best = g.op("MaxPool", [score], f"{name}/best", kernel_shape=[2, 2], strides=[2, 2])
+    winner = g.op("Equal", [score, _resize2x(g, best, f"{name}/best_2x")], f"{name}/winner")
+    return g.op("Where", [winner, _resize2x(g, x, f"{name}/x_2x"), zero], name)
+
+
+def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions) -> onnx.ModelProto:
+    """The deploy graph of a loaded checkpoint, before simplification and without metadata."""
+    validate_options(opts)
+    model, meta = ckpt.model, ckpt.meta
+    h, w = opts.size or meta.input_size
+    g = _Graph()
+    bn = model.bn_input
+    x = g.op("BatchNormalization", [
+        INPUT_NAME,
+        g.const("bn_input.weight", bn.weight.detach().float().numpy()),
+        g.const("bn_input.bias", bn.bias.detach().float().numpy()),
+        g.const("bn_input.running_mean", bn.running_mean.float().numpy()),
+        g.const("bn_input.running_var", bn.running_var.float().numpy()),
+    ], "bn_input", epsilon=bn.eps)
+    skips = []
+    for i in range(1, 5):
+        pre = _conv_bn_relu_stack(g, x, getattr(model, f"dc{i}").seq, f"dc{i}.seq")
+        x = g.op("MaxPool", [pre], f"dc{i}.mp", kernel_shape=[2, 2], strides=[2, 2])
+        skips.append((pre, x, (h >> (i - 1), w >> (i - 1))))
+    for i in range(4, 0, -1):
+        pre, pooled, hw = skips[i - 1]
+        x = _unpool(g, pre, pooled, x, hw, f"uc{i}.mup")
+        x = _conv_bn_relu_stack(g, x, getattr(model, f"uc{i}").seq, f"uc{i}.seq")
+    batch: int | str = opts.batch if opts.batch is not None else "batch"
+    g.nodes[-1].output[0] = "logits"
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3, h, w])]
+    if opts.with_argmax:
+        ids = g.op("ArgMax", ["logits"], "argmax", axis=1, keepdims=0, select_last_index=0)
+        g.nodes.append(helper.make_node("Cast", [ids], ["classes"], name="classes",
+                                        to=ARGMAX_DTYPES[opts.with_argmax]))
+        outputs = [helper.make_tensor_value_info("classes", ARGMAX_DTYPES[opts.with_argmax], [batch, h, w])]
+    graph = helper.make_graph(
+        g.nodes, f"{meta.arch}-deploy",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, 3, h, w])],
+        outputs, initializer=g.inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opts.opset)],
+                          producer_name="edgeseg", producer_version=__version__)
+    m.ir_version = min(m.ir_version, 8)  # readable by older ONNX Runtime and TensorRT 8.6+ parsers
+    onnx.checker.check_model(m)
+    return m
+
+
+def attach_metadata(m: onnx.ModelProto, ckpt: LoadedCheckpoint, opts: ExportOptions) -> None:
+    meta: ModelMeta = ckpt.meta.with_(input_size=list(opts.size or ckpt.meta.input_size))
+    shape = m.graph.input[0].type.tensor_type.shape.dim
+    props = {
+        "edgeseg_version": __version__,
+        "edgeseg_meta": meta.to_json(),
+        "arch": meta.arch,
+        "input_name": INPUT_NAME,
+        "input_shape": "x".join(d.dim_param or str(d.dim_value) for d in shape),
+        "input_layout": meta.layout,
+        "input_color": meta.color,
+        "input_value_range": json.dumps(list(meta.value_range)),
+        "resize_interpolation": meta.interpolation,
+        "class_names": json.dumps(list(meta.class_names)),
+        "output": m.graph.output[0].name,
+        "source_sha256": ckpt.sha256,
+        "source_file": ckpt.path.name,
+    }
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+
+
+def simplify(m: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(m)
+    return (simplified, True) if ok else (m, False)
+
+
+@dataclass
+class VerifyReport:
+    inputs: int  # images compared
+    pixels: int
+    max_abs_error: float
+    agreement: float  # fraction of pixels whose class id matches PyTorch's
+    real_images: int
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement == 1.0
+
+
+def verification_inputs(size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Random and tie-heavy inputs: uniform noise, 4-level quantized noise, flat blocks, black."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    uniform = rng.random((2, 3, h, w), dtype=np.float32)
+    levels = (rng.integers(0, 4, (2, 3, h, w)) / 3).astype(np.float32)
+    blocks = np.kron(rng.integers(0, 3, (1, 3, h // 8, w // 8)) / 2, np.ones((8, 8))).astype(np.float32)
+    black = np.zeros((1, 3, h, w), dtype=np.float32)
+    return np.concatenate([uniform, levels, blocks, black])
+
+
+def verify(onnx_bytes: bytes, ckpt: LoadedCheckpoint, size: tuple[int, int], images: np.ndarray | None = None,
+           threads: int | None = None) -> VerifyReport:
+    """Compare ONNX Runtime with PyTorch (notebook model, MaxUnpool path) on synthetic and real inputs."""
+    from edgeseg.runtime.onnxruntime import create_session
+
+    sess = create_session(onnx_bytes, threads=threads)
+    inp = sess.get_inputs()[0]
+    static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    x_all = verification_inputs(size)
+    n_real = 0 if images is None else len(images)
+    if n_real:
+        x_all = np.concatenate([x_all, images.astype(np.float32)])
+    max_err, agree, pixels = 0.0, 0, 0
+    step = static_batch or 4
+    for i in range(0, len(x_all), step):
+        x = x_all[i:i + step]
+        pad = step - len(x) if static_batch else 0
+        xb = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+        out = sess.run(None, {inp.name: xb})[0][: len(x)]
+        with torch.no_grad():
+            ref = ckpt.model(torch.from_numpy(x)).numpy()
+        ref_ids = ref.argmax(1)
+        if out.ndim == 4:
+            max_err = max(max_err, float(np.abs(out - ref).max()))
+            ids = out.argmax(1)
+        else:
+            ids = out.astype(np.int64)
+        agree += int((ids == ref_ids).sum())
+        pixels += ref_ids.size
+    return VerifyReport(inputs=len(x_all), pixels=pixels, max_abs_error=max_err, agreement=agree / pixels,
+                        real_images=n_real)
+
+
+def export(ckpt: LoadedCheckpoint, out: str | Path, opts: ExportOptions, verify_images: np.ndarray | None = None,
+           force: bool = False) -> ExportReport:
+    """Build, simplify, verify and write the deploy ONNX; nothing is written when verification fails."""
+    validate_options(opts)
+    out = check_writable(out, force)
+    t0 = time.perf_counter()
+    m = build_graph(ckpt, opts)
+    nodes_before = len(m.graph.node)
+    simplified = False
+    if opts.simplify:
+        m, simplified = simplify(m)
+    attach_metadata(m, ckpt, opts)
+    data = m.SerializeToString()
+    report = verify(data, ckpt, opts.size or ckpt.meta.input_size, verify_images)
+    if not report.passed:
+        raise EdgesegError(
+            f"verification failed: ONNX Runtime agrees with PyTorch on {report.agreement:.4%} of pixels "
+            f"(max abs error {report.max_abs_error:.3g}); nothing was written. Rerun with --debug and report it",
+            out,
+        )
+    atomic_write(out, lambda tmp: tmp.write_bytes(data), force=force)
+    hist: dict[str, int] = {}
+    for n in m.graph.node:
+        hist[n.op_type] = hist.get(n.op_type, 0) + 1
+    return ExportReport(path=str(out), nodes_before=nodes_before, nodes_after=len(m.graph.node),
+                        simplified=simplified, seconds=time.perf_counter() - t0, file_bytes=len(data),
+                        verification=report, op_histogram=dict(sorted(hist.items())))

@@ -1,0 +1,45 @@
+"""File helpers every command shares: hashing, and writes that never leave half a file behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_writable(path: str | Path, force: bool = False) -> Path:
+    """Refuse an existing output without ``force`` and a missing parent folder, before any work."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise EdgesegError("already exists; pass --force to overwrite it", path)
+    if not path.parent.is_dir():
+        raise EdgesegError(f"output folder {path.parent} does not exist; create it first", path)
+    if not os.access(path.parent, os.W_OK):
+        raise EdgesegError(f"output folder {path.parent} is not writable; choose another -o", path)
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object], force: bool = False) -> Path:
+    """Call ``write(tmp_path)`` in the target folder, then rename onto ``path``."""
+    path = check_writable(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

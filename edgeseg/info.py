@@ -1,0 +1,45 @@
+"""Describe a model file (checkpoint now; ONNX and engines add their sections) as a plain dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+
+def describe(path: str | Path, size: tuple[int, int] | None = None) -> dict:
+    """A JSON-ready description of ``path``; ``size`` (H, W) sets where MACs are counted."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgesegError("no such file; check the path", path)
+    if path.suffix.lower() == ".onnx":
+        from edgeseg.onnx_info import describe_onnx
+
+        return describe_onnx(path)
+    return describe_checkpoint(path, size)
+
+
+def describe_checkpoint(path: Path, size: tuple[int, int] | None = None) -> dict:
+    from edgeseg.checkpoint import load_checkpoint
+    from edgeseg.nets import model_stats
+
+    ckpt = load_checkpoint(path)
+    h, w = size or ckpt.meta.input_size
+    stats = model_stats(ckpt.model, h, w)
+    return {
+        "path": str(path),
+        "kind": "checkpoint",
+        "file_bytes": path.stat().st_size,
+        "sha256": ckpt.sha256,
+        "arch": ckpt.meta.arch,
+        "kernel_size": ckpt.meta.kernel_size,
+        "parameters": stats.parameters,
+        "macs": stats.macs,
+        "macs_at": [h, w],
+        "classes": list(ckpt.meta.class_names),
+        "meta": ckpt.meta.to_dict(),
+        "stored_as": ckpt.form,
+        "extra": {k: v for k, v in ckpt.extra.items() if isinstance(v, (int, float, str, list, dict))},
+    }

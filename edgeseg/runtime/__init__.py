@@ -1,0 +1,1 @@
+"""The device-side runtime: numpy, OpenCV and ONNX Runtime (or TensorRT) only, never PyTorch."""

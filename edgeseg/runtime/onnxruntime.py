@@ -1,0 +1,51 @@
+"""ONNX Runtime sessions configured for steady, honest latency on small CPU boxes.
+
+Settings and why (measured on the 2-core dev machine, see README's benchmark section):
+- denormals flushed: trained weights make denormal activations that cost several times the FLOPs;
+- intra-op spinning off: several sessions in one process (bench, quantize's gate) otherwise steal
+  each other's cores while their idle threads spin;
+- threads default to the number of physical cores (os.cpu_count() when that is unknown).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeseg.errors import EdgesegError
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def create_session(model: str | Path | bytes, threads: int | None = None, spinning: bool = False,
+                   providers: list[str] | None = None) -> ort.InferenceSession:
+    """An InferenceSession with :func:`session_options`; a bad file becomes one clear error."""
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=session_options(threads, spinning),
+                                    providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for bad models
+        where = None if isinstance(model, bytes) else model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgesegError(f"ONNX Runtime cannot load this model ({first})", where) from e
+
+
+def run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    """Feed the single input, return the first output."""
+    return session.run(None, {session.get_inputs()[0].name: x})[0]

@@ -1,0 +1,110 @@
+"""Shared fixtures: notebook checkpoints, the real datasets, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+PETS3 = DATASETS / "oxford-pets-3breeds"
+PETS37 = DATASETS / "oxford-pets-37breeds-photos"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``edgeseg ARGS...`` through the real entry point (error handling included), in-process."""
+    from edgeseg.cli import main
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["edgeseg", *map(str, args)])
+        monkeypatch.delenv("EDGESEG_DEBUG", raising=False)
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def randomize_bn(model, seed: int = 0):
+    """Give every BatchNorm non-trivial statistics, as a trained checkpoint has."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.1)
+            m.num_batches_tracked.fill_(100)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def notebook_models():
+    """{arch: model built exactly as the notebook builds it, with non-trivial BN statistics}."""
+    import torch
+    from notebook_reference import ImageSegmentation
+
+    torch.manual_seed(0)
+    return {
+        "segnet-dsc": randomize_bn(ImageSegmentation(kernel_size=3, dsc=True), 1),
+        "segnet": randomize_bn(ImageSegmentation(kernel_size=3, dsc=False), 2),
+    }
+
+
+@pytest.fixture(scope="session")
+def notebook_ckpt(notebook_models, tmp_path_factory):
+    """{arch: path of ``torch.save(model.state_dict(), path)``, the notebook's way of saving}."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("notebook")
+    paths = {}
+    for arch, model in notebook_models.items():
+        paths[arch] = folder / f"{arch}.pth"
+        torch.save(model.state_dict(), paths[arch])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def exported(notebook_ckpt, tmp_path_factory):
+    """{arch: (onnx path, export report)} for both notebook checkpoints at 64x64."""
+    from edgeseg.checkpoint import load_checkpoint
+    from edgeseg.export import ExportOptions, export
+
+    folder = tmp_path_factory.mktemp("onnx")
+    out = {}
+    for arch, path in notebook_ckpt.items():
+        onnx_path = folder / f"{arch}.onnx"
+        out[arch] = (onnx_path, export(load_checkpoint(path), onnx_path, ExportOptions(size=(64, 64))))
+    return out
+
+
+@pytest.fixture
+def pets3():
+    if not PETS3.is_dir():
+        pytest.skip(f"dataset not found at {PETS3} (CI has ../shared beside the clone)")
+    return PETS3
+
+
+@pytest.fixture
+def pets37():
+    if not PETS37.is_dir():
+        pytest.skip(f"dataset not found at {PETS37} (CI has ../shared beside the clone)")
+    return PETS37

@@ -1,0 +1,154 @@
+"""Notebook checkpoints load unchanged, in every form users save them, and bad files fail cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgeseg.checkpoint import load_checkpoint, save_checkpoint
+from edgeseg.errors import CheckpointError
+from edgeseg.meta import ModelMeta
+from edgeseg.nets import SegNet, SegNetDSC, build_model, model_stats
+
+
+@pytest.mark.parametrize(("cls", "params"), [(SegNetDSC, 1_749_671), (SegNet, 15_274_892)])
+def test_parameter_counts_match_the_published_models(cls, params):
+    assert model_stats(cls()).parameters == params
+
+
+@pytest.mark.parametrize("arch", ["segnet-dsc", "segnet"])
+def test_state_dict_keys_are_the_notebooks(arch, notebook_models):
+    assert list(build_model(arch).state_dict()) == list(notebook_models[arch].state_dict())
+
+
+def _wrap(form: str, sd: dict) -> object:
+    if form == "plain":
+        return sd
+    if form == "dataparallel":
+        return {f"module.{k}": v for k, v in sd.items()}
+    return {form: sd, "epoch": 7, "best_miou": 0.5}
+
+
+@pytest.mark.parametrize("arch", ["segnet-dsc", "segnet"])
+@pytest.mark.parametrize("form", ["plain", "dataparallel", "state_dict", "model_state_dict", "model"])
+def test_notebook_checkpoint_loads_with_identical_outputs(arch, form, notebook_models, tmp_path):
+    reference = notebook_models[arch]
+    path = tmp_path / "ckpt.pth"
+    torch.save(_wrap(form, reference.state_dict()), path)
+    loaded = load_checkpoint(path)
+    assert loaded.meta.arch == arch
+    assert loaded.meta.kernel_size == 3
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), reference(x))
+
+
+def test_kernel_size_is_inferred_from_weights(tmp_path):
+    model = SegNetDSC(kernel_size=5)
+    torch.save(model.state_dict(), tmp_path / "k5.pth")
+    assert load_checkpoint(tmp_path / "k5.pth").meta.kernel_size == 5
+
+
+def test_edgeseg_format_round_trips_metadata(tmp_path):
+    meta = ModelMeta(arch="segnet-dsc", input_size=(160, 192), interpolation="area",
+                     provenance={"data": "pets"})
+    save_checkpoint(tmp_path / "e.pth", SegNetDSC(), meta, extra={"history": [{"epoch": 1, "loss": 0.5}]})
+    loaded = load_checkpoint(tmp_path / "e.pth")
+    assert loaded.meta == meta
+    assert loaded.meta.provenance == {"data": "pets"}
+    assert loaded.extra["history"][0]["loss"] == 0.5
+    assert loaded.form == "edgeseg"
+
+
+def test_save_refuses_to_overwrite_without_force(tmp_path):
+    path = tmp_path / "e.pth"
+    save_checkpoint(path, SegNetDSC(), ModelMeta())
+    with pytest.raises(Exception, match="--force"):
+        save_checkpoint(path, SegNetDSC(), ModelMeta())
+    save_checkpoint(path, SegNetDSC(), ModelMeta(), force=True)
+
+
+def test_info_reports_parameters_and_macs(cli, notebook_ckpt):
+    r = cli("info", notebook_ckpt["segnet-dsc"], "--json")
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert (d["arch"], d["parameters"], d["macs"]) == ("segnet-dsc", 1_749_671, 1_077_657_600)
+    r = cli("info", notebook_ckpt["segnet"], "--size", "256x256", "--json")
+    d = json.loads(r.out)
+    assert (d["arch"], d["parameters"], d["macs"]) == ("segnet", 15_274_892, 4 * 9_116_319_744)
+    table = cli("info", notebook_ckpt["segnet-dsc"]).out
+    assert "1,749,671" in table and "pet" in table
+
+
+class Custom:
+    """Any Python object that torch.load(weights_only=True) must refuse to unpickle."""
+
+
+# --- bad input: one line naming the file, non-zero exit, no traceback -------------------------------
+
+def _bad_files(tmp_path, notebook_models):
+    sd = notebook_models["segnet-dsc"].state_dict()
+    good = tmp_path / "good.pth"
+    torch.save(sd, good)
+    files = {}
+    files["text"] = tmp_path / "notes.pth"
+    files["text"].write_text("this is not a checkpoint\n")
+    files["truncated"] = tmp_path / "truncated.pth"
+    files["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    files["empty"] = tmp_path / "empty.pth"
+    files["empty"].write_bytes(b"")
+    files["pickle"] = tmp_path / "pickle.pth"
+    torch.save({"model": Custom()}, files["pickle"])
+    files["missing"] = tmp_path / "missing.pth"
+    torch.save({k: v for k, v in sd.items() if not k.startswith("uc1.")}, files["missing"])
+    files["unexpected"] = tmp_path / "unexpected.pth"
+    torch.save({**sd, "head.weight": torch.zeros(3)}, files["unexpected"])
+    files["shape"] = tmp_path / "shape.pth"
+    torch.save({**sd, "dc2.seq.1.weight": torch.zeros(7)}, files["shape"])
+    files["arch"] = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.bias": torch.zeros(10)}, files["arch"])
+    files["kernel"] = tmp_path / "kernel.pth"
+    torch.save({**sd, "dc1.seq.0.depthwise.weight": torch.zeros(3, 1, 4, 4)}, files["kernel"])
+    files["tensor"] = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), files["tensor"])
+    files["nonexistent"] = tmp_path / "nope.pth"
+    return files
+
+
+BAD = {
+    "text": "not a PyTorch checkpoint",
+    "truncated": "truncated or corrupt",
+    "empty": "empty file",
+    "pickle": "weights_only",
+    "missing": "missing key(s): uc1.seq.0.depthwise.weight",
+    "unexpected": "unexpected key(s): head.weight",
+    "shape": "shape mismatch at dc2.seq.1.weight",
+    "arch": "cannot infer the architecture",
+    "kernel": "cannot infer the kernel size",
+    "tensor": "not a state_dict",
+    "nonexistent": "no such file",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_checkpoint_gives_one_clear_line(case, cli, tmp_path, notebook_models):
+    path = _bad_files(tmp_path, notebook_models)[case]
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    r = cli("info", path)
+    assert r.code == 1
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    assert lines[0].startswith(f"error: {path}: ")
+    assert BAD[case] in lines[0]
+    assert "Traceback" not in r.err
+
+
+def test_debug_flag_shows_the_traceback(cli, tmp_path):
+    path = tmp_path / "x.pth"
+    path.write_text("nope")
+    with pytest.raises(CheckpointError):
+        cli("--debug", "info", path)

@@ -1,0 +1,224 @@
+"""Export: TensorRT-compatible unpooling that is bit-exact with MaxUnpool, verification, metadata, check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeseg.check import check
+from edgeseg.checkpoint import load_checkpoint
+from edgeseg.export import ExportOptions, _Graph, _unpool, export
+from edgeseg.files import sha256_file
+from edgeseg.nets import DeployUnpool, exact_unpool
+from edgeseg.runtime.onnxruntime import create_session
+
+
+def tie_heavy(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Activations full of exact ties: few levels, flat blocks, a whole flat channel."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 3, shape, generator=g).float()
+    n, c, h, w = shape
+    x[:, : c // 3] = torch.randint(0, 2, (n, c // 3, h // 4, w // 4), generator=g).float().repeat_interleave(
+        4, -1).repeat_interleave(4, -2)
+    x[:, -1] = 1.0
+    return x
+
+
+def maxunpool_reference(pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    _, idx = torch.nn.functional.max_pool2d(pre, 2, return_indices=True)
+    return torch.nn.functional.max_unpool2d(x, idx, 2, output_size=pre.shape[-2:])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_unpool_equals_maxunpool_on_ties(seed):
+    pre = tie_heavy((2, 9, 16, 24), seed)
+    x = torch.rand(2, 9, 8, 12, generator=torch.Generator().manual_seed(seed)) + 0.1
+    pooled = torch.nn.functional.max_pool2d(pre, 2)
+    assert torch.equal(exact_unpool(pre, pooled, x), maxunpool_reference(pre, x))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_onnx_unpool_subgraph_is_bit_exact_in_onnxruntime(seed):
+    n, c, h, w = 2, 9, 16, 24
+    g = _Graph()
+    pooled = g.op("MaxPool", ["pre"], "mp", kernel_shape=[2, 2], strides=[2, 2])
+    _unpool(g, "pre", pooled, "x", (h, w), "out")
+    graph = helper.make_graph(
+        g.nodes, "unpool",
+        [helper.make_tensor_value_info("pre", TensorProto.FLOAT, [n, c, h, w]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h // 2, w // 2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [n, c, h, w])], initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = create_session(model.SerializeToString(), threads=1)
+    pre = tie_heavy((n, c, h, w), seed)
+    x = torch.rand(n, c, h // 2, w // 2, generator=torch.Generator().manual_seed(seed)) + 0.1
+    out = sess.run(None, {"pre": pre.numpy(), "x": x.numpy()})[0]
+    assert np.array_equal(out, maxunpool_reference(pre, x).numpy())
+
+
+@pytest.mark.parametrize("arch", ["segnet-dsc", "segnet"])
+def test_deploy_form_is_bit_exact_with_the_notebook_model(arch, notebook_models):
+    model = notebook_models[arch]
+    x = torch.cat([(torch.randint(0, 3, (2, 3, 32, 48)) / 2), torch.full((1, 3, 32, 48), 0.5)])
+    with torch.no_grad():
+        assert torch.equal(DeployUnpool(model)(x), model(x))
+
+
+@pytest.mark.parametrize("arch", ["segnet-dsc", "segnet"])
+def test_export_has_no_unpool_and_passes_tensorrt_check(arch, exported, notebook_ckpt):
+    path, report = exported[arch]
+    m = onnx.load(str(path))
+    ops = [n.op_type for n in m.graph.node]
+    assert "MaxUnpool" not in ops
+    assert all(len([o for o in n.output if o]) == 1 for n in m.graph.node if n.op_type == "MaxPool")
+    assert check(path, "tensorrt") == []
+    assert check(path, "onnxruntime") == []
+    assert report.verification.agreement == 1.0
+    assert report.nodes_after <= report.nodes_before
+    props = {p.key: p.value for p in m.metadata_props}
+    assert props["source_sha256"] == sha256_file(notebook_ckpt[arch])
+    assert props["arch"] == arch
+    assert json.loads(props["class_names"]) == ["pet", "background", "border"]
+    assert props["input_shape"] == "1x3x64x64"
+    assert json.loads(props["edgeseg_meta"])["interpolation"] == "nearest"
+
+
+def test_export_verifies_on_real_photos_and_argmax_head(cli, notebook_ckpt, tmp_path, pets3):
+    out = tmp_path / "argmax.onnx"
+    r = cli("export", notebook_ckpt["segnet-dsc"], "-o", out, "--with-argmax", "uint8", "--verify-images",
+            pets3 / "images", "--verify-limit", "6", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["verification"]["real_images"] == 6
+    assert report["verification"]["agreement"] == 1.0
+    sess = create_session(out, threads=1)
+    assert [o.name for o in sess.get_outputs()] == ["classes"]
+    x = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)
+    ids = sess.run(None, {"input": x})[0]
+    assert ids.dtype == np.uint8 and ids.shape == (1, 128, 128)
+    with torch.no_grad():
+        ref = load_checkpoint(notebook_ckpt["segnet-dsc"]).model(torch.from_numpy(x)).argmax(1).numpy()
+    assert np.array_equal(ids, ref)
+
+
+def test_dynamic_batch_runs_any_batch(notebook_ckpt, tmp_path):
+    out = tmp_path / "dyn.onnx"
+    export(load_checkpoint(notebook_ckpt["segnet-dsc"]), out, ExportOptions(size=(32, 32), batch=None))
+    sess = create_session(out, threads=1)
+    assert sess.get_inputs()[0].shape[0] == "batch"
+    assert sess.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0].shape == (3, 3, 32, 32)
+    assert check(out, "tensorrt") == []
+
+
+def _naive_model(dynamic_hw: bool = False) -> onnx.ModelProto:
+    """What a direct export of the notebook model looks like: MaxPool indices feeding MaxUnpool."""
+    h = "height" if dynamic_hw else 8
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p", "idx"], name="dc1.mp", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxUnpool", ["p", "idx"], ["y"], name="uc1.mup", kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    graph = helper.make_graph(nodes, "naive", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, h, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, h, 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_check_flags_a_naive_export(cli, tmp_path):
+    path = tmp_path / "naive.onnx"
+    onnx.save(_naive_model(dynamic_hw=True), str(path))
+    messages = [str(p) for p in check(path, "tensorrt")]
+    assert any(m.startswith("uc1.mup (MaxUnpool)") for m in messages)
+    assert any(m.startswith("dc1.mp (MaxPool)") and "Indices" in m for m in messages)
+    assert any("dimension 2 is dynamic" in m for m in messages)
+    r = cli("check", path, "--target", "tensorrt")
+    assert r.code == 1
+    assert "uc1.mup (MaxUnpool)" in r.out
+
+
+def _qdq_model(zero_point: np.ndarray, opset: int = 17) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q1"),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq1"),
+    ]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(zero_point, "zp")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize(("zp", "opset", "expect"), [
+    (np.array(0, np.int8), 17, None),
+    (np.array(3, np.int8), 17, "non-zero zero point"),
+    (np.array(128, np.uint8), 17, "UINT8 quantization"),
+    (np.array(0, np.int8), 21, "opset 21 is outside"),
+])
+def test_check_enforces_tensorrt_quantization_and_opset_rules(zp, opset, expect, tmp_path):
+    path = tmp_path / "qdq.onnx"
+    onnx.save(_qdq_model(zp, opset), str(path))
+    messages = [str(p) for p in check(path, "tensorrt")]
+    if expect is None:
+        assert messages == []
+    else:
+        assert any(expect in m for m in messages), messages
+
+
+def test_check_onnxruntime_target_reports_unloadable_model(tmp_path):
+    m = _naive_model()
+    m.graph.node[1].op_type = "NoSuchOp"
+    path = tmp_path / "bad.onnx"
+    onnx.save(m, str(path))
+    assert check(path, "onnxruntime")
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--size", "100x128"], "not a multiple of 16"),
+    (["--size", "abc"], "is not HxW"),
+    (["--opset", "7"], "--opset 7 is not supported"),
+    (["--opset", "99"], "--opset 99 is not supported"),
+    (["--with-argmax", "float"], "choose uint8 or int32"),
+])
+def test_export_refuses_bad_options(args, message, cli, notebook_ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    r = cli("export", notebook_ckpt["segnet-dsc"], "-o", out, *args)
+    assert r.code == 1
+    assert message in r.err and len(r.err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_export_output_rules(cli, notebook_ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_text("keep me")
+    r = cli("export", notebook_ckpt["segnet-dsc"], "-o", out, "--size", "32x32")
+    assert r.code == 1 and "--force" in r.err
+    assert out.read_text() == "keep me"
+    r = cli("export", notebook_ckpt["segnet-dsc"], "-o", tmp_path / "missing" / "m.onnx")
+    assert r.code == 1 and "does not exist" in r.err
+    r = cli("export", tmp_path / "nope.pth", "-o", tmp_path / "n.onnx")
+    assert r.code == 1 and "no such file" in r.err
+    r = cli("export", notebook_ckpt["segnet-dsc"], "-o", out, "--size", "32x32", "--force", "--no-simplify")
+    assert r.code == 0, r.err
+    assert out.read_bytes()[:8] != b"keep me"
+
+
+def test_failed_verification_writes_nothing(monkeypatch, notebook_ckpt, tmp_path):
+    import edgeseg.export as ex
+
+    real = ex.verify
+
+    def off_by_some(*a, **k):
+        rep = real(*a, **k)
+        rep.agreement = 0.999
+        return rep
+
+    monkeypatch.setattr(ex, "verify", off_by_some)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ex.EdgesegError, match="verification failed"):
+        export(load_checkpoint(notebook_ckpt["segnet-dsc"]), out, ExportOptions(size=(32, 32)))
+    assert list(tmp_path.iterdir()) == []
