@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -196,6 +197,145 @@ def check(
         console.print(f"{model}: OK for {target}")
     if problems:
         raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_(
+    models: Annotated[list[Path], typer.Argument(help="Checkpoints and/or ONNX models, compared side by side.")],
+    data: Annotated[Path, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")],
+    split: Annotated[str, typer.Option(help="Split file in annotations/: test, trainval or list.")] = "test",
+    limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
+    backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime or torch.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution."""
+    from rich.progress import Progress
+
+    from edgeseg.evaluate import evaluate, load_split
+    from edgeseg.runtime.predictor import Predictor
+
+    samples = load_split(data, split, limit)
+    predictors = [Predictor.load(m, backend=backend, threads=threads) for m in models]
+    with Progress(console=console, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
+        results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i))
+    if as_json:
+        _print_json({"data": str(data), "split": split, "images": len(samples), "models": results})
+        return
+    table = Table(title=f"{data} / {split}: {len(samples)} images, scored at original resolution",
+                  title_justify="left")
+    names = list(predictors[0].meta.class_names)
+    for col in ["model", "backend", "precision", "pixel acc", "mIoU", *[f"IoU {n}" for n in names], "pet IoU",
+                "agree w/ 1st", "ms/img"]:
+        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
+    for r in results:
+        table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{r['pixel_accuracy']:.4f}",
+                      f"{r['miou']:.4f}", *[f"{r['iou'][n]:.4f}" for n in names], f"{r['pet_iou']:.4f}",
+                      f"{r['agreement_with_first']:.4f}", f"{r['ms_per_image']:.1f}")
+    console.print(table)
+
+
+def latency_table(report: dict, title: str) -> Table:
+    """Per-stage p50/p90/p99/max table from a run report."""
+    lat = report["latency"]
+    table = Table(title=title, title_justify="left")
+    for col in ("stage", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    rows = [*lat["stages_ms"].items(), ("end to end", lat["end_to_end_ms"])]
+    for name, st in rows:
+        if st.get("count"):
+            table.add_row(name, *(f"{st[k]:.2f}" for k in ("p50", "p90", "p99", "max", "mean")))
+    return table
+
+
+@app.command()
+def run(
+    model: Annotated[Path, typer.Argument(help="ONNX model (or a checkpoint, run with PyTorch as a reference).")],
+    camera: Annotated[int | None, typer.Option(help="Camera index (V4L2 /dev/videoN on Linux).")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="Folder, glob, image, video file, /dev/videoN, rtsp:// or http:// URL, csi://N, GStreamer pipeline.")
+    ] = None,
+    recursive: Annotated[bool, typer.Option(help="Include images in subfolders of a folder source.")] = False,
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime or torch.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
+    view: Annotated[str, typer.Option(help="overlay, mask or side-by-side.")] = "overlay",
+    alpha: Annotated[float, typer.Option(help="Overlay opacity 0..1.")] = 0.5,
+    pet_color: Annotated[str, typer.Option(help="Pet colour, #rrggbb or r,g,b.")] = "#ffc800",
+    border_as_pet: Annotated[bool, typer.Option(help="Draw the border class as pet instead of an outline.")] = False,
+    show: Annotated[bool, typer.Option(help="Show a window (continues headless when there is no display).")] = False,
+    output: Annotated[Path | None, typer.Option(help="Folder: one overlay JPEG per frame, same base name.")] = None,
+    save_video: Annotated[Path | None, typer.Option(help="Write the rendered frames to a video (.mp4/.avi).")] = None,
+    save_masks: Annotated[Path | None, typer.Option(help="Folder: class-id PNG masks (0 pet, 1 bg, 2 border).")] = None,
+    max_frames: Annotated[int, typer.Option(help="Stop after N frames (0: no limit).")] = 0,
+    duration: Annotated[float, typer.Option(help="Stop after S seconds (0: no limit).")] = 0.0,
+    warmup: Annotated[int, typer.Option(help="Frames left out of the latency statistics.")] = 5,
+    report: Annotated[Path | None, typer.Option(help="Write the latency report (JSON) here.")] = None,
+    reconnect: Annotated[float, typer.Option(help="Seconds to keep reopening a live source that dropped.")] = 10.0,
+    width: Annotated[int | None, typer.Option(help="Camera capture width (csi:// default 1280).")] = None,
+    height: Annotated[int | None, typer.Option(help="Camera capture height (csi:// default 720).")] = None,
+    fps: Annotated[int | None, typer.Option(help="Camera frame rate (csi:// default 30).")] = None,
+    flip: Annotated[int, typer.Option(help="csi:// flip-method (0..7).")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Segment pets live from a camera, stream, video or folder; per-stage latency report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from edgeseg.overlay import Renderer, parse_color
+    from edgeseg.run import RunOptions, check_outputs, run_loop
+    from edgeseg.runtime.predictor import Predictor
+    from edgeseg.sources import open_source
+
+    if (camera is None) == (source is None):
+        raise EdgesegError("give exactly one of --camera N or --source X")
+    try:
+        renderer = Renderer(view=view, alpha=alpha, pet_color=parse_color(pet_color), border_as_pet=border_as_pet)
+    except ValueError as e:
+        raise EdgesegError(str(e)) from None
+    opts = RunOptions(output=output, save_video=save_video, save_masks=save_masks, report=report, show=show,
+                      max_frames=max_frames, duration=duration, warmup=warmup, force=force)
+    check_outputs(opts)
+    predictor = Predictor.load(model, backend=backend, threads=threads)
+    src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
+                      width=width, height=height, fps=fps, flip=flip)
+    total = len(src.paths) if hasattr(src, "paths") else None
+    if max_frames and total:
+        total = min(total, max_frames)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[fps]:.1f} FPS, inference p50 {task.fields[p50]:.1f} ms"))
+    with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
+        task = bar.add_task(src.label if len(src.label) < 40 else "..." + src.label[-37:], total=total,
+                            fps=0.0, p50=float("nan"))
+        last = [0.0]
+
+        def status(timer) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.25:
+                last[0] = now
+                bar.update(task, completed=timer.frames, fps=timer.fps(), p50=timer.live_p50())
+
+        result = run_loop(predictor, src, renderer, opts, status=status,
+                          warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    if as_json:
+        _print_json(result)
+    else:
+        lat, st = result["latency"], result["source_stats"]
+        info = result["model"]
+        console.print(latency_table(result, f"edgeseg run: {Path(info['model']).name} on {src.label} "
+                                            f"({info['backend']} {info['precision']}, {info['threads']} threads)"))
+        console.print(f"{lat['measured_frames']} frames measured (+{lat['warmup_frames']} warm-up): "
+                      f"{lat['fps']:.1f} FPS end to end; skipped {st['skipped_unreadable']} unreadable, "
+                      f"dropped {st['dropped_stale']} stale, {st['reconnects']} reconnects "
+                      f"({st['gap_seconds']:.1f} s without frames)")
+        for kind, where in result["outputs"].items():
+            console.print(f"{kind}: {where}")
+        if report:
+            console.print(f"report: {report}")
+    if result.get("error"):
+        raise EdgesegError(result["error"])
+    if result["interrupted"]:
+        raise typer.Exit(130)
 
 
 @app.command()

@@ -216,6 +216,7 @@ def attach_metadata(m: onnx.ModelProto, ckpt: LoadedCheckpoint, opts: ExportOpti
         "resize_interpolation": meta.interpolation,
         "class_names": json.dumps(list(meta.class_names)),
         "output": m.graph.output[0].name,
+        "precision": "fp32",
         "source_sha256": ckpt.sha256,
         "source_file": ckpt.path.name,
     }

@@ -31,12 +31,19 @@ def check_writable(path: str | Path, force: bool = False) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object], force: bool = False) -> Path:
     """Call ``write(tmp_path)`` in the target folder, then rename onto ``path``."""
     path = check_writable(path, force)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,56 @@
+"""Score models side by side on an Oxford-layout split, at each image's original resolution.
+
+Each image is decoded once and given to every model, so the models see identical pixels; a
+model's mask is compared with the trimap (class = trimap - 1) and with the first model's mask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.data import Sample, oxford_split, read_image, read_trimap
+from edgeseg.errors import EdgesegError
+from edgeseg.metrics import ConfusionMatrix
+from edgeseg.runtime.predictor import Predictor
+
+
+def evaluate(predictors: Sequence[Predictor], samples: Sequence[Sample],
+             progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Per model: pixel accuracy, per-class IoU, mIoU, pet IoU, and agreement with the first model."""
+    if not samples:
+        raise EdgesegError("no samples to evaluate")
+    cms = [ConfusionMatrix(len(p.meta.class_names)) for p in predictors]
+    agree = np.zeros(len(predictors), dtype=np.int64)
+    seconds = np.zeros(len(predictors))
+    pixels = 0
+    for i, s in enumerate(samples):
+        image, truth = read_image(s.image), read_trimap(s.mask)
+        if truth.shape != image.shape[:2]:
+            raise EdgesegError(f"trimap is {truth.shape[1]}x{truth.shape[0]} but its image is "
+                               f"{image.shape[1]}x{image.shape[0]}", s.mask)
+        first = None
+        for j, p in enumerate(predictors):
+            t0 = time.perf_counter()
+            mask = p.predict(image)
+            seconds[j] += time.perf_counter() - t0
+            cms[j].update(truth, mask)
+            first = mask if first is None else first
+            agree[j] += int((mask == first).sum())
+        pixels += truth.size
+        if progress:
+            progress(i + 1, len(samples))
+    results = []
+    for j, p in enumerate(predictors):
+        results.append({**p.describe(), **cms[j].summary(p.meta.class_names),
+                        "agreement_with_first": float(agree[j] / pixels), "images": len(samples),
+                        "ms_per_image": 1000 * seconds[j] / len(samples)})
+    return results
+
+
+def load_split(data: str | Path, split: str, limit: int = 0) -> list[Sample]:
+    samples = oxford_split(data, split)
+    return samples[:limit] if limit else samples

@@ -1,0 +1,123 @@
+"""Per-stage timing, percentiles and the environment a latency figure was measured in.
+
+Shared by ``run`` (per-frame stages) and ``bench``. Warm-up frames are recorded but left out of
+the statistics.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+
+
+def summarize(ms: list[float] | np.ndarray) -> dict:
+    """p50/p90/p99/max/mean in milliseconds of a list of per-item times."""
+    a = np.asarray(ms, dtype=np.float64)
+    if a.size == 0:
+        return {"count": 0}
+    out = {f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES}
+    out.update(mean=float(a.mean()), max=float(a.max()), count=int(a.size))
+    return out
+
+
+class StageTimer:
+    """Times named stages of each frame; ``end_frame`` closes a frame's row."""
+
+    def __init__(self, warmup: int = 0) -> None:
+        self.warmup = warmup
+        self.frames = 0
+        self.stages: dict[str, list[float]] = defaultdict(list)
+        self.total: list[float] = []
+        self._current: dict[str, float] = {}
+        self._frame_start: float | None = None
+        self._measured_start: float | None = None
+        self._last_end: float | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if self._frame_start is None:
+            self._frame_start = t0
+        try:
+            yield
+        finally:
+            self._current[name] = self._current.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+
+    def add(self, name: str, ms: float) -> None:
+        """Record a stage measured elsewhere (for example the capture thread's wait)."""
+        if self._frame_start is None:
+            self._frame_start = time.perf_counter() - ms / 1000
+        self._current[name] = self._current.get(name, 0.0) + ms
+
+    def end_frame(self) -> None:
+        now = time.perf_counter()
+        self.frames += 1
+        if self.frames > self.warmup:
+            if self._measured_start is None:
+                self._measured_start = self._frame_start if self._frame_start is not None else now
+            for k, v in self._current.items():
+                self.stages[k].append(v)
+            self.total.append((now - (self._frame_start or now)) * 1000)
+            self._last_end = now
+        self._current = {}
+        self._frame_start = None
+
+    @property
+    def measured_frames(self) -> int:
+        return max(0, self.frames - self.warmup)
+
+    def fps(self) -> float:
+        """Frames per second over the measured (post-warm-up) wall time."""
+        if not self.measured_frames or self._measured_start is None or self._last_end is None:
+            return 0.0
+        wall = self._last_end - self._measured_start
+        return self.measured_frames / wall if wall > 0 else 0.0
+
+    def live_p50(self, stage: str = "inference", last: int = 100) -> float:
+        v = self.stages.get(stage, [])[-last:]
+        return float(np.median(v)) if v else float("nan")
+
+    def report(self) -> dict:
+        return {
+            "frames": self.frames, "warmup_frames": min(self.frames, self.warmup),
+            "measured_frames": self.measured_frames, "fps": self.fps(),
+            "stages_ms": {k: summarize(v) for k, v in self.stages.items()},
+            "end_to_end_ms": summarize(self.total),
+        }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """Machine and package facts that a latency figure depends on."""
+    import cv2
+    import onnxruntime
+
+    from edgeseg import __version__
+
+    env = {
+        "edgeseg": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "machine": platform.machine(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "numpy": np.__version__, "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
+    }
+    if os.path.exists("/etc/nv_tegra_release"):
+        with open("/etc/nv_tegra_release") as f:
+            env["l4t"] = f.readline().strip()
+    return env

@@ -1,0 +1,183 @@
+"""The live loop: source -> preprocess -> inference -> postprocess -> render -> outputs, every stage timed.
+
+    with Sinks(...) as sinks:
+        for frame in source:
+            mask = predictor.predict(frame.image)       # (split into its stages below)
+            sinks.write(frame, renderer.render(frame.image, mask), mask)
+
+Ctrl-C ends the loop cleanly: the video is finalised and the report still written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_write
+from edgeseg.latency import StageTimer, environment
+from edgeseg.overlay import Renderer
+from edgeseg.runtime.predictor import Predictor
+
+
+@dataclass
+class RunOptions:
+    output: Path | None = None  # an overlay image per frame, same base name
+    save_video: Path | None = None
+    save_masks: Path | None = None  # class-id PNGs
+    report: Path | None = None
+    show: bool = False
+    max_frames: int = 0
+    duration: float = 0.0
+    warmup: int = 5
+    force: bool = False
+    video_fps: float = 0.0  # 0: the source's rate, else 15
+
+
+def _check_folder(folder: Path | None, force: bool) -> None:
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise EdgesegError("exists and is not a folder", folder)
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise EdgesegError("already holds files; pass --force to write over them or choose another folder", folder)
+
+
+def check_outputs(opts: RunOptions) -> None:
+    """Refuse existing outputs (without --force) before any frame is processed."""
+    _check_folder(opts.output, opts.force)
+    _check_folder(opts.save_masks, opts.force)
+    for f in (opts.save_video, opts.report):
+        if f is not None and f.exists() and not opts.force:
+            raise EdgesegError("already exists; pass --force to overwrite it", f)
+    if opts.save_video is not None and opts.save_video.suffix.lower() not in (".mp4", ".avi", ".mkv"):
+        raise EdgesegError("video output must end in .mp4, .avi or .mkv", opts.save_video)
+
+
+def display_available() -> bool:
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        cv2.namedWindow("edgeseg", cv2.WINDOW_NORMAL)
+        return True
+    except cv2.error:  # headless OpenCV build
+        return False
+
+
+class Sinks:
+    """Everything a processed frame is written to. The video goes to a temp file renamed on close."""
+
+    def __init__(self, opts: RunOptions, source_fps: float, warn: Callable[[str], None]) -> None:
+        self.opts = opts
+        self.source_fps = source_fps
+        self.warn = warn
+        self.video: cv2.VideoWriter | None = None
+        self.video_tmp: Path | None = None
+        self.video_size: tuple[int, int] | None = None
+        self.show = opts.show and display_available()
+        if opts.show and not self.show:
+            warn("no display available (no DISPLAY, or a headless OpenCV build): continuing without --show")
+        for folder in (opts.output, opts.save_masks):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+        for f in (opts.save_video, opts.report):
+            if f is not None:
+                f.parent.mkdir(parents=True, exist_ok=True)
+        self.quit_requested = False
+
+    def write(self, name: str, vis: np.ndarray, mask: np.ndarray) -> None:
+        if self.opts.output is not None:
+            _imwrite(self.opts.output / f"{name}.jpg", vis)
+        if self.opts.save_masks is not None:
+            _imwrite(self.opts.save_masks / f"{name}.png", mask)
+        if self.opts.save_video is not None:
+            self._video_frame(vis)
+        if self.show:
+            cv2.imshow("edgeseg", vis)
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                self.quit_requested = True
+
+    def _video_frame(self, vis: np.ndarray) -> None:
+        if self.video is None:
+            path = self.opts.save_video
+            self.video_tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
+            fps = self.opts.video_fps or self.source_fps or 15.0
+            self.video_size = (vis.shape[1], vis.shape[0])
+            self.video = cv2.VideoWriter(str(self.video_tmp), fourcc, fps, self.video_size)
+            if not self.video.isOpened():
+                raise EdgesegError("OpenCV cannot write this video format here; try .avi", path)
+        if (vis.shape[1], vis.shape[0]) != self.video_size:  # folders of mixed sizes: fit to the first frame
+            vis = cv2.resize(vis, self.video_size, interpolation=cv2.INTER_AREA)
+        self.video.write(vis)
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.release()
+            os.replace(self.video_tmp, self.opts.save_video)
+        if self.show:
+            cv2.destroyAllWindows()
+
+
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise EdgesegError("could not write this file (disk full or not writable?)", path)
+
+
+def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
+             status: Callable[[StageTimer], None] | None = None,
+             warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
+    """Process ``source`` until it ends, ``max_frames``/``duration`` is reached or Ctrl-C; return the report."""
+    check_outputs(opts)
+    timer = StageTimer(warmup=opts.warmup)
+    sinks = Sinks(opts, getattr(source, "fps", 0.0), warn)
+    interrupted = False
+    started = time.perf_counter()
+    try:
+        for frame in source:
+            timer.add("capture", frame.wait_ms)
+            with timer.stage("preprocess"):
+                x = predictor.preprocess(frame.image)
+            with timer.stage("inference"):
+                ids = predictor.infer(x)[0]
+            with timer.stage("postprocess"):
+                mask = predictor.postprocess(ids, frame.image.shape)
+            with timer.stage("render"):
+                vis = renderer.render(frame.image, mask)
+            with timer.stage("write"):
+                sinks.write(frame.name, vis, mask)
+            timer.end_frame()
+            if status:
+                status(timer)
+            if sinks.quit_requested or (opts.max_frames and timer.frames >= opts.max_frames) or (
+                    opts.duration and time.perf_counter() - started >= opts.duration):
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        sinks.close()
+        source.close()
+    stats = source.stats
+    report = {
+        "source": source.label, "live": source.live, "interrupted": interrupted,
+        "error": getattr(source, "error", None),
+        "latency": timer.report(),
+        "source_stats": {"frames": stats.frames, "skipped_unreadable": stats.skipped, "dropped_stale": stats.dropped,
+                         "reconnects": stats.reconnects, "gap_seconds": round(stats.gap_seconds, 3),
+                         "skipped_files": stats.skipped_files[:20]},
+        "model": predictor.describe(),
+        "outputs": {k: str(v) for k, v in (("overlays", opts.output), ("video", opts.save_video),
+                                            ("masks", opts.save_masks)) if v is not None},
+        "environment": environment(),
+    }
+    if opts.report is not None:
+        atomic_write(opts.report, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=opts.force)
+    return report

@@ -1,0 +1,181 @@
+"""``Predictor``: one object that run, bench, eval and quantize's accuracy gate all use.
+
+    p = Predictor.load("model.onnx")          # backend from the file: .onnx -> ONNX Runtime,
+    mask = p.predict(frame_bgr)               # .pth/.pt -> PyTorch (reference only)
+    masks = p.predict_batch([f1, f2])
+
+``predict`` returns class ids (uint8) at the frame's resolution: the model's input size, resize and
+colour conventions come from the model's own metadata, so every command preprocesses identically.
+The ONNX Runtime path never imports PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.data import preprocess
+from edgeseg.errors import EdgesegError
+from edgeseg.files import sha256_file
+from edgeseg.meta import ModelMeta
+
+BACKENDS = ("auto", "onnxruntime", "torch")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+
+
+@dataclass
+class BackendInfo:
+    name: str  # onnxruntime | torch
+    provider: str  # CPUExecutionProvider, cpu, cuda...
+    precision: str  # fp32, or what edgeseg quantize recorded (int8-cpu, int8-tensorrt)
+    threads: int
+    output: str  # "logits" or "classes" (the model ends in an ArgMax head)
+    static_batch: int | None  # None when the batch dimension is dynamic
+    extra: dict = field(default_factory=dict)
+
+
+class _OnnxRuntimeBackend:
+    def __init__(self, path: Path, threads: int | None) -> None:
+        from edgeseg.runtime.onnxruntime import create_session, default_threads
+
+        self.session = create_session(path, threads=threads)
+        inp = self.session.get_inputs()[0]
+        out = self.session.get_outputs()[0]
+        self.input_name = inp.name
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.meta = _meta_from_props(props, inp.shape, path)
+        precision = props.get("precision", "fp32")
+        self.info = BackendInfo(
+            name="onnxruntime", provider=self.session.get_providers()[0], precision=precision,
+            threads=threads or default_threads(), output="classes" if len(out.shape) == 3 else "logits",
+            static_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
+            extra={"onnxruntime": __import__("onnxruntime").__version__},
+        )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class _TorchBackend:
+    """The PyTorch model as trained: a reference for accuracy, not a deployment path."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import torch
+
+        from edgeseg.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        ckpt = load_checkpoint(path)
+        self.torch = torch
+        self.model = ckpt.model
+        self.meta = ckpt.meta
+        self.info = BackendInfo(name="torch", provider="cpu", precision="fp32", threads=torch.get_num_threads(),
+                                output="logits", static_batch=None, extra={"torch": torch.__version__})
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(x)).numpy()
+
+
+def _meta_from_props(props: dict[str, str], input_shape: list, path: Path) -> ModelMeta:
+    if "edgeseg_meta" in props:
+        return ModelMeta.from_dict(json.loads(props["edgeseg_meta"]))
+    h, w = input_shape[2], input_shape[3]
+    if not isinstance(h, int) or not isinstance(w, int):
+        raise EdgesegError("has no edgeseg metadata and a dynamic input size; re-export it with edgeseg export", path)
+    warnings.warn(f"{path}: no edgeseg metadata; assuming RGB in [0,1], nearest resize, pet/background/border",
+                  stacklevel=3)
+    return ModelMeta(input_size=(h, w))
+
+
+class Predictor:
+    """A loaded model plus the preprocessing and postprocessing its metadata asks for."""
+
+    def __init__(self, backend, path: Path) -> None:
+        self._backend = backend
+        self.path = path
+        self.meta: ModelMeta = backend.meta
+        self.info: BackendInfo = backend.info
+        self._sha256: str | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
+        path = Path(path)
+        if backend not in BACKENDS:
+            raise EdgesegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if not path.exists():
+            raise EdgesegError("no such file; check the path", path)
+        suffix = path.suffix.lower()
+        if backend == "auto":
+            if suffix == ".onnx":
+                backend = "onnxruntime"
+            elif suffix in CHECKPOINT_SUFFIXES:
+                backend = "torch"
+            else:
+                raise EdgesegError(f"cannot tell the backend from the extension {suffix!r}; expected .onnx "
+                                   "or a .pth/.pt checkpoint, or pass --backend", path)
+        if backend == "onnxruntime":
+            return cls(_OnnxRuntimeBackend(path, threads), path)
+        return cls(_TorchBackend(path, threads), path)
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = sha256_file(self.path)
+        return self._sha256
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.meta.input_size)
+
+    def preprocess(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        return preprocess(frames, self.meta)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Float32 NCHW batch -> class ids (N, H, W) uint8 at the model's resolution."""
+        b = self.info.static_batch
+        if b is None or len(x) == b:
+            return self._infer(x)
+        parts = [x[i:i + b] for i in range(0, len(x), b)]
+        return np.concatenate([self._infer(_pad(p, b))[: len(p)] for p in parts])
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        out = self._backend(x)
+        if self.info.output == "classes":
+            return out.astype(np.uint8, copy=False)
+        return out.argmax(1).astype(np.uint8)
+
+    @staticmethod
+    def postprocess(ids: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
+        """Class ids at model resolution -> at the frame's (nearest, so no new classes appear)."""
+        h, w = frame_shape[:2]
+        if ids.shape == (h, w):
+            return ids
+        return cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST)
+
+    def predict(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """One BGR uint8 frame -> class-id mask (uint8) at the frame's resolution."""
+        return self.postprocess(self.infer(self.preprocess(frame_bgr))[0], frame_bgr.shape)
+
+    def predict_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        ids = self.infer(self.preprocess(frames))
+        return [self.postprocess(m, f.shape) for m, f in zip(ids, frames, strict=True)]
+
+    def describe(self) -> dict:
+        return {"model": str(self.path), "sha256": self.sha256, "backend": self.info.name,
+                "provider": self.info.provider, "precision": self.info.precision, "threads": self.info.threads,
+                "output": self.info.output, "input_size": list(self.input_size), **self.info.extra}
+
+
+def _pad(x: np.ndarray, n: int) -> np.ndarray:
+    """Repeat the last item up to a static batch size ``n``."""
+    if len(x) == n:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])

@@ -1,0 +1,237 @@
+"""The live loop on real photos, a video file, odd images, a failing camera, and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.data import read_image
+from edgeseg.errors import EdgesegError
+from edgeseg.overlay import Renderer
+from edgeseg.run import RunOptions, run_loop
+from edgeseg.runtime.predictor import Predictor
+from edgeseg.sources import FileSource, LiveSource, open_source
+
+
+@pytest.fixture(scope="session")
+def onnx_model(exported):
+    return exported["segnet-dsc"][0]
+
+
+@pytest.fixture
+def odd_folder(tmp_path, pets3):
+    """Real photos plus the dataset's GIF and RGBA-PNG-named-.jpg, a grayscale, a 16-bit and a corrupt file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("Abyssinian_1", "Bengal_10", "american_bulldog_100", "Abyssinian_34", "Abyssinian_5"):
+        shutil.copy(pets3 / "images" / f"{name}.jpg", folder / f"{name}.jpg")
+    photo = read_image(pets3 / "images" / "Bengal_10.jpg")
+    cv2.imwrite(str(folder / "gray.png"), cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / "deep16.png"), photo.astype(np.uint16) * 257)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_loop_on_real_and_odd_images(onnx_model, odd_folder, tmp_path):
+    pred = Predictor.load(onnx_model, threads=1)
+    out, masks, report = tmp_path / "overlays", tmp_path / "masks", tmp_path / "report.json"
+    opts = RunOptions(output=out, save_masks=masks, report=report, warmup=1)
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        result = run_loop(pred, open_source(str(odd_folder)), Renderer(), opts, warn=lambda m: None)
+    names = sorted(p.stem for p in odd_folder.glob("*") if p.suffix != ".txt" and p.stem != "broken")
+    assert sorted(p.stem for p in out.glob("*.jpg")) == names
+    assert sorted(p.stem for p in masks.glob("*.png")) == names
+    for name in names:
+        src = next(odd_folder.glob(f"{name}.*"))
+        saved = cv2.imread(str(masks / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(saved, pred.predict(read_image(src))), name
+        assert cv2.imread(str(out / f"{name}.jpg")).shape == read_image(src).shape
+    data = json.loads(report.read_text())
+    assert data == json.loads(json.dumps(result))
+    assert data["source_stats"]["skipped_unreadable"] == 1
+    assert data["latency"]["frames"] == len(names) and data["latency"]["measured_frames"] == len(names) - 1
+    assert set(data["latency"]["stages_ms"]) == {"capture", "preprocess", "inference", "postprocess", "render",
+                                                  "write"}
+    assert data["model"]["backend"] == "onnxruntime" and len(data["model"]["sha256"]) == 64
+    assert {"cpu", "onnxruntime", "opencv", "python"} <= set(data["environment"])
+
+
+def _write_video(path, frames):
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    for f in frames:
+        vw.write(f)
+    vw.release()
+
+
+def test_loop_on_a_video_file_keeps_every_frame(onnx_model, tmp_path, pets3):
+    photo = cv2.resize(read_image(pets3 / "images" / "Abyssinian_1.jpg"), (160, 112))
+    frames = [np.roll(photo, 8 * i, axis=1) for i in range(12)]
+    video = tmp_path / "clip.avi"
+    _write_video(video, frames)
+    out_video = tmp_path / "out.mp4"
+    result = run_loop(Predictor.load(onnx_model, threads=1), open_source(str(video)), Renderer(view="side-by-side"),
+                      RunOptions(save_video=out_video, warmup=0))
+    assert result["latency"]["frames"] == 12 and result["source_stats"]["dropped_stale"] == 0
+    cap = cv2.VideoCapture(str(out_video))
+    n = 0
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        n += 1
+        assert f.shape == (112, 320, 3)  # side by side doubles the width
+    assert n == 12
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+class FakeCamera:
+    """A VideoCapture stand-in: delivers ``frames`` frames every ``period`` s, then fails."""
+
+    def __init__(self, frames: int, period: float = 0.005, opened: bool = True) -> None:
+        self.left, self.period, self.opened = frames, period, opened
+
+    def isOpened(self) -> bool:
+        return self.opened
+
+    def read(self):
+        time.sleep(self.period)
+        if self.left <= 0:
+            return False, None
+        self.left -= 1
+        return True, np.full((48, 64, 3), 100, np.uint8)
+
+    def get(self, prop):
+        return 30.0
+
+    def release(self) -> None:
+        self.opened = False
+
+
+def test_live_source_reconnects_and_counts_the_gap():
+    cams = iter([FakeCamera(5), FakeCamera(0, opened=False), FakeCamera(5)])
+    src = LiveSource(lambda: next(cams, FakeCamera(0, opened=False)), "fake camera", reconnect=3.0)
+    got = 0
+    for _ in src:
+        got += 1
+        time.sleep(0.02)  # slower than the camera
+    src.close()
+    assert src.stats.reconnects == 1
+    assert src.stats.gap_seconds > 0
+    assert 2 <= got <= 10
+    assert got + src.stats.dropped == 10
+    assert "did not come back" in src.error
+
+
+def test_live_source_drops_stale_frames_instead_of_queueing():
+    src = LiveSource(lambda: FakeCamera(400, period=0.001), "fast camera", reconnect=0.1)
+    waits = []
+    for i, frame in enumerate(src):
+        waits.append(frame.wait_ms)
+        time.sleep(0.01)  # a model 10x slower than the camera
+        if i == 20:
+            break
+    src.close()
+    assert src.stats.dropped > 20  # most frames were replaced, none piled up
+    assert np.median(waits) < 5
+
+
+def test_missing_camera_is_a_clear_error(cli, onnx_model):
+    r = cli("run", onnx_model, "--source", "/dev/video97")
+    assert r.code == 1
+    assert "cannot open /dev/video97" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_still_writes_report_and_playable_video(onnx_model, tmp_path, pets3):
+    class Interrupting(FileSource):
+        def __iter__(self):
+            for i, frame in enumerate(super().__iter__()):
+                if i == 3:
+                    raise KeyboardInterrupt
+                yield frame
+
+    paths = sorted((pets3 / "images").glob("Bengal_1*.jpg"))[:6]
+    video, report = tmp_path / "v.mp4", tmp_path / "r.json"
+    result = run_loop(Predictor.load(onnx_model, threads=1), Interrupting(paths, "photos"), Renderer(),
+                      RunOptions(save_video=video, report=report, warmup=0))
+    assert result["interrupted"] and json.loads(report.read_text())["latency"]["frames"] == 3
+    cap = cv2.VideoCapture(str(video))
+    assert cap.isOpened() and cap.read()[0]
+
+
+def test_existing_outputs_need_force(cli, onnx_model, tmp_path, pets3):
+    out = tmp_path / "ov"
+    out.mkdir()
+    (out / "old.jpg").write_bytes(b"x")
+    src = str(pets3 / "images" / "Abyssinian_1.jpg")
+    r = cli("run", onnx_model, "--source", src, "--output", out)
+    assert r.code == 1 and "--force" in r.err
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    r = cli("run", onnx_model, "--source", src, "--report", report)
+    assert r.code == 1 and "--force" in r.err and report.read_text() == "{}"
+    r = cli("run", onnx_model, "--source", src, "--output", out, "--report", report, "--force", "--show")
+    assert r.code == 0, r.err
+    assert "no display" in r.out
+    assert (out / "Abyssinian_1.jpg").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "exactly one of --camera N or --source X"),
+    (["--source", "nowhere/at/all"], "no such file, folder or device"),
+    (["--source", "x", "--view", "fancy"], "view 'fancy'"),
+    (["--source", "x", "--pet-color", "bluish"], "is not #rrggbb"),
+])
+def test_run_bad_options(cli, onnx_model, args, message):
+    r = cli("run", onnx_model, *args)
+    assert r.code == 1 and message in r.err
+
+
+def test_renderer_views(pets3):
+    frame = read_image(pets3 / "images" / "Abyssinian_1.jpg")
+    mask = np.ones(frame.shape[:2], np.uint8)
+    mask[100:200, 100:300] = 0
+    mask[100, 100:300] = 2
+    over = Renderer(alpha=1.0, pet_color=(0, 0, 255)).render(frame, mask)
+    assert (over[150, 150] == (0, 0, 255)).all()  # pet tinted
+    assert (over[100, 150] == 255).all()  # border outline in white
+    assert (over[10, 10] == frame[10, 10]).all()  # background untouched
+    assert Renderer(view="side-by-side").render(frame, mask).shape[1] == 2 * frame.shape[1]
+    as_pet = Renderer(view="mask", border_as_pet=True, pet_color=(1, 2, 3)).render(frame, mask)
+    assert (as_pet[100, 150] == (1, 2, 3)).all()
+
+
+def test_predictor_batch_equals_single_and_matches_pytorch(onnx_model, notebook_ckpt, pets3):
+    frames = [read_image(p) for p in sorted((pets3 / "images").glob("american_bulldog_1*.jpg"))[:4]]
+    onnx_pred = Predictor.load(onnx_model, threads=1)
+    torch_pred = Predictor.load(notebook_ckpt["segnet-dsc"], threads=1)
+    torch_pred.meta = onnx_pred.meta  # same input size (the ONNX was exported at 64x64)
+    batch = onnx_pred.predict_batch(frames)
+    for f, m in zip(frames, batch, strict=True):
+        assert m.shape == f.shape[:2] and m.dtype == np.uint8
+        assert np.array_equal(m, onnx_pred.predict(f))
+        assert np.array_equal(m, torch_pred.predict(f))
+
+
+def test_predictor_rejects_unknown_backend_and_extension(tmp_path, onnx_model):
+    with pytest.raises(EdgesegError, match="unknown backend"):
+        Predictor.load(onnx_model, backend="openvino-ish")
+    other = tmp_path / "model.tflite"
+    other.write_bytes(b"x")
+    with pytest.raises(EdgesegError, match="cannot tell the backend"):
+        Predictor.load(other)
+
+
+def test_reader_thread_stops_when_the_loop_breaks(onnx_model, pets3):
+    paths = sorted((pets3 / "images").glob("*.jpg"))[:30]
+    before = threading.active_count()
+    run_loop(Predictor.load(onnx_model, threads=1), FileSource(paths, "x"), Renderer(), RunOptions(max_frames=2))
+    time.sleep(0.5)
+    assert threading.active_count() <= before
