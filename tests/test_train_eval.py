@@ -1,0 +1,87 @@
+"""Metrics against a hand-computed confusion matrix, eval end to end, and a short real training run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeseg.checkpoint import load_checkpoint
+from edgeseg.data import IGNORE, oxford_split, read_trimap
+from edgeseg.evaluate import evaluate
+from edgeseg.meta import ModelMeta
+from edgeseg.metrics import ConfusionMatrix
+
+
+def test_metrics_match_a_hand_computed_confusion_matrix():
+    truth = np.array([[0, 0, 1], [2, 1, IGNORE]], np.uint8)
+    pred = np.array([[0, 1, 1], [2, 2, 0]], np.uint8)
+    cm = ConfusionMatrix()
+    cm.update(truth, pred)
+    # rows = truth, columns = prediction; the IGNORE pixel is not counted
+    assert cm.counts.tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
+    s = cm.summary()
+    assert s["pixel_accuracy"] == pytest.approx(3 / 5)
+    assert s["iou"] == pytest.approx({"pet": 1 / 2, "background": 1 / 3, "border": 1 / 2})
+    assert s["miou"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 2) / 3)
+    assert s["pet_iou"] == pytest.approx(1 / 2)
+    assert s["pixels"] == 5
+
+
+class ConstantPredictor:
+    """Predicts one class everywhere, so the expected scores follow from counting trimap pixels."""
+
+    def __init__(self, cls: int) -> None:
+        self.cls = cls
+        self.meta = ModelMeta()
+
+    def predict(self, frame):
+        return np.full(frame.shape[:2], self.cls, np.uint8)
+
+    def describe(self):
+        return {"model": f"constant-{self.cls}"}
+
+
+def test_eval_scores_at_original_resolution(pets3):
+    samples = oxford_split(pets3, "test")[:5]
+    counts = np.zeros(3)
+    for s in samples:
+        t = read_trimap(s.mask)
+        counts += [(t == c).sum() for c in range(3)]
+    results = evaluate([ConstantPredictor(1), ConstantPredictor(0)], samples)
+    bg, pet = results
+    assert bg["pixel_accuracy"] == pytest.approx(counts[1] / counts.sum())
+    assert bg["iou"]["background"] == pytest.approx(counts[1] / counts.sum())
+    assert bg["iou"]["pet"] == 0 and bg["pet_iou"] == 0
+    assert pet["iou"]["pet"] == pytest.approx(counts[0] / counts.sum())
+    assert pet["agreement_with_first"] == 0.0 and bg["agreement_with_first"] == 1.0
+    assert bg["pixels"] == counts.sum()
+
+
+def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
+    out = tmp_path / "tiny.pth"
+    r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "1", "--batch", "3",
+            "--size", "32x32", "--seed", "1")
+    assert r.code == 0, r.err
+    ck = load_checkpoint(out)
+    assert ck.meta.arch == "segnet-dsc" and ck.meta.input_size == (32, 32)
+    assert ck.meta.interpolation == "area"
+    assert ck.meta.provenance["train_images"] == 5 and ck.meta.provenance["val_images"] == 1
+    assert len(ck.extra["history"]) == 1 and np.isfinite(ck.extra["history"][0]["loss"])
+    # resume continues the same run
+    r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "2", "--batch", "3",
+            "--size", "32x32", "--seed", "1", "--resume", out.with_name("tiny.last.pth"))
+    assert r.code == 0, r.err
+    assert [h["epoch"] for h in load_checkpoint(out).extra["history"]] == [1, 2]
+    # and the result goes through eval
+    r = cli("eval", out, "--data", pets3, "--limit", "3", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["models"][0]["images"] == 3
+
+
+def test_train_refuses_bad_data_and_sizes(cli, tmp_path, pets3):
+    r = cli("train", "--data", tmp_path, "-o", tmp_path / "x.pth")
+    assert r.code == 1 and "Oxford-IIIT Pet layout" in r.err
+    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--size", "30x30")
+    assert r.code == 1 and "multiples of 16" in r.err
