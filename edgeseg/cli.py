@@ -339,6 +339,75 @@ def run(
 
 
 @app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX from edgeseg export.")],
+    calib: Annotated[Path | None, typer.Option(help="Folder of calibration photos (recursive).")] = None,
+    calib_ranges: Annotated[Path | None, typer.Option(help="Stored activation ranges instead of photos.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="INT8 ONNX (default: MODEL.int8.onnx).")] = None,
+    target: Annotated[str, typer.Option(help="cpu (ONNX Runtime on x86/ARM) or tensorrt (symmetric int8).")] = "cpu",
+    method: Annotated[str, typer.Option(help="Calibration: minmax, entropy or percentile.")] = "minmax",
+    percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
+    num_images: Annotated[int, typer.Option(help="Random subset of the calibration photos (0: all).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of that subset.")] = 0,
+    val: Annotated[Path | None, typer.Option(
+        help="Accuracy gate data: Oxford-layout folder (mIoU) or photos (agreement with FP32).")] = None,
+    val_limit: Annotated[int, typer.Option(help="Only the first N validation images (0: all).")] = 0,
+    max_drop: Annotated[float, typer.Option(help="Largest mIoU drop in points the gate accepts.")] = 1.0,
+    save_ranges: Annotated[Path | None, typer.Option(help="Also write the activation ranges here.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for the gate's inference.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """INT8 Q/DQ for ONNX Runtime (cpu) or TensorRT, with a measured accuracy gate (--val)."""
+    from dataclasses import asdict
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from edgeseg.quantize import QuantizeOptions
+    from edgeseg.quantize import quantize as run_quantize
+
+    output = output or model.with_name(model.stem + (".int8.onnx" if target == "cpu" else f".int8-{target}.onnx"))
+    opts = QuantizeOptions(target=target, method=method, percentile=percentile, num_images=num_images, seed=seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True, disable=as_json) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, i: int, n: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=n)
+            bar.update(tasks[stage], completed=i)
+
+        r = run_quantize(model, output, opts, calib_dir=calib, calib_ranges=calib_ranges, val=val,
+                         max_drop=max_drop, val_limit=val_limit, save_ranges=save_ranges, force=force,
+                         threads=threads, progress=progress)
+    if as_json:
+        _print_json(asdict(r))
+    else:
+        c = r.calibration
+        rows: list[tuple[str, object]] = [
+            ("target", f"{r.target} ({method} calibration)"),
+            ("calibration", f"{c['images']} images from {c['source']} ({c['skipped']} skipped) in {c['seconds']:.1f} s"
+             if c["images"] else f"stored ranges {c['source']}"),
+        ]
+        if r.gate:
+            g = r.gate
+            if g["drop_points"] is not None:
+                rows += [("mIoU fp32 -> int8", f"{g['fp32']['miou']:.4f} -> {g['int8']['miou']:.4f} "
+                                               f"({g['drop_points']:+.2f} points lost, gate {g['max_drop']:g})"),
+                         ("pixel acc fp32 -> int8",
+                          f"{g['fp32']['pixel_accuracy']:.4f} -> {g['int8']['pixel_accuracy']:.4f}")]
+            rows.append(("agreement with fp32", f"{g['agreement']:.4f}"))
+        if r.float_nodes:
+            rows.append(("kept in float", ", ".join(r.float_nodes)))
+        rows.append(("result", f"{r.path} in {r.seconds:.1f} s" if r.passed else "gate failed: nothing written"))
+        console.print(_kv_table(f"edgeseg quantize: {model.name}", rows))
+    if not r.passed:
+        raise EdgesegError(f"INT8 loses {r.gate['drop_points']:.2f} mIoU points even with "
+                           f"{len(r.float_nodes)} conv(s) in float (gate --max-drop {max_drop:g}); "
+                           "nothing was written. Try more or better calibration photos, or --method entropy", model)
+
+
+@app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Best checkpoint is written here.")] = Path(

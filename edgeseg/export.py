@@ -11,7 +11,7 @@ BatchNormalization node because folding it into a zero-padded conv would change 
 Unpooling (TensorRT has no MaxUnpool and rejects MaxPool's indices) is written as in
 :func:`edgeseg.nets.exact_unpool`, with ops TensorRT supports::
 
-    is_max = Equal(pre_pool, Resize2x(pooled))             # positions holding their window's max
+    is_max = Equal(pre_pool, Resize2x(MaxPool2x2(pre_pool)))  # positions holding their window's max
     score  = Where(is_max, priority, 0)                     # priority tile 4 3 / 2 1 (scan order)
     winner = Equal(score, Resize2x(MaxPool2x2(score)))      # exactly one per window: PyTorch's pick
     out    = Where(winner, Resize2x(decoder_input), 0)
@@ -146,11 +146,18 @@ def _resize2x(g: _Graph, x: str, name: str) -> str:
                 nearest_mode="floor")
 
 
-def _unpool(g: _Graph, pre: str, pooled: str, x: str, hw: tuple[int, int], name: str) -> str:
+def _unpool(g: _Graph, pre: str, x: str, hw: tuple[int, int], name: str) -> str:
     h, w = hw
     tile = np.array([[4, 3], [2, 1]], dtype=np.float32)
     priority = g.const(f"{name}.priority", np.tile(tile, (h // 2, w // 2))[None, None])
     zero = g.shared_const("zero", np.zeros((), dtype=np.float32))
+    # The unpool pools `pre` itself instead of reusing the encoder's MaxPool output: a quantizer
+    # puts Q/DQ on that output (it feeds a Conv), and comparing `pre` with a re-quantized maximum
+    # would miss most windows (7-13 mIoU points lost). Both sides of Equal now derive from the same
+    # tensor, float or quantized, so the comparison stays exact. ORT merges the twin pools in FP32.
+    # (explicit default pads/dilations keep onnxsim from merging it with the encoder's pool)
+    pooled = g.op("MaxPool", [pre], f"{name}/pooled", kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0],
+                  dilations=[1, 1])
     is_max = g.op("Equal", [pre, _resize2x(g, pooled, f"{name}/pooled_2x")], f"{name}/is_max")
     score = g.op("Where", [is_max, priority, zero], f"{name}/score")
     best = g.op("MaxPool", [score], f"{name}/best", kernel_shape=[2, 2], strides=[2, 2])
@@ -176,10 +183,10 @@ def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions) -> onnx.ModelProto:
     for i in range(1, 5):
         pre = _conv_bn_relu_stack(g, x, getattr(model, f"dc{i}").seq, f"dc{i}.seq")
         x = g.op("MaxPool", [pre], f"dc{i}.mp", kernel_shape=[2, 2], strides=[2, 2])
-        skips.append((pre, x, (h >> (i - 1), w >> (i - 1))))
+        skips.append((pre, (h >> (i - 1), w >> (i - 1))))
     for i in range(4, 0, -1):
-        pre, pooled, hw = skips[i - 1]
-        x = _unpool(g, pre, pooled, x, hw, f"uc{i}.mup")
+        pre, hw = skips[i - 1]
+        x = _unpool(g, pre, x, hw, f"uc{i}.mup")
         x = _conv_bn_relu_stack(g, x, getattr(model, f"uc{i}").seq, f"uc{i}.seq")
     batch: int | str = opts.batch if opts.batch is not None else "batch"
     g.nodes[-1].output[0] = "logits"

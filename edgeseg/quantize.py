@@ -1,0 +1,314 @@
+"""INT8 Q/DQ models for CPU/ARM (ONNX Runtime) and TensorRT, with a measured accuracy gate.
+
+Targets (ONNX Runtime static quantization, QDQ format, per-channel weights, Conv layers only):
+
+- ``cpu``: uint8 activations (asymmetric) and int8 weights (U8S8), the combination ONNX Runtime's
+  x86/ARM kernels are built for; see README "INT8" for the measurements behind it.
+- ``tensorrt``: symmetric int8 activations and weights, every zero point 0, biases left in float
+  (TensorRT dequantizes only 8-bit types); passes ``edgeseg check --target tensorrt``.
+
+Only convolutions are quantized. The unpool's Equal compares a tensor with the 2x2 maximum of the
+same tensor (see export.py); MaxPool, Resize, Equal and Where stay in float so both sides of that
+comparison always see identical values.
+
+Calibration ranges can be cached to a JSON file and reused (``--calib-ranges``), which is how the
+bundled model is quantized without any photos, and how the sensitivity search re-quantizes
+without re-calibrating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeseg.data import ImageError, is_oxford_layout, list_images, oxford_split, preprocess, read_image
+from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_write, check_writable, sha256_file
+from edgeseg.meta import ModelMeta
+
+TARGETS = ("cpu", "tensorrt")
+METHODS = ("minmax", "entropy", "percentile")
+MIN_CALIBRATION_IMAGES = 16
+
+
+@dataclass
+class QuantizeOptions:
+    target: str = "cpu"
+    method: str = "minmax"
+    percentile: float = 99.999
+    num_images: int = 200
+    seed: int = 0
+    exclude: list[str] = field(default_factory=list)  # node names kept in float
+
+
+@dataclass
+class Calibration:
+    """Where the activation ranges come from: photos (and the cache they were written to) or a cache."""
+
+    ranges: Path  # ORT TensorsData JSON
+    images: int
+    skipped: int
+    sha256: str  # of the calibration set (sorted file hashes), or of the ranges file
+    seconds: float
+    source: str
+
+
+def _meta_of(model: onnx.ModelProto, path: Path) -> ModelMeta:
+    props = {p.key: p.value for p in model.metadata_props}
+    if "edgeseg_meta" not in props:
+        raise EdgesegError("has no edgeseg metadata; quantize an ONNX written by edgeseg export", path)
+    if props.get("precision", "fp32") != "fp32":
+        raise EdgesegError(f"is already quantized ({props['precision']}); quantize the FP32 export", path)
+    return ModelMeta.from_dict(json.loads(props["edgeseg_meta"]))
+
+
+def select_images(folder: Path, num_images: int, seed: int) -> list[Path]:
+    paths = list_images(folder, recursive=True)
+    if num_images and len(paths) > num_images:
+        paths = sorted(random.Random(seed).sample(paths, num_images))
+    return paths
+
+
+def calibrate(model_path: Path, folder: Path, opts: QuantizeOptions, ranges_out: Path,
+              progress: Callable[[int, int], None] | None = None) -> Calibration:
+    """Run the FP32 model over the calibration photos and write the activation ranges."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    meta = _meta_of(onnx.load(str(model_path), load_external_data=False), model_path)
+    paths = select_images(folder, opts.num_images, opts.seed)
+    batches: list[np.ndarray] = []
+    skipped: list[Path] = []
+    digest = hashlib.sha256()
+    for i, p in enumerate(paths):
+        try:
+            batches.append(preprocess(read_image(p), meta))
+            digest.update(sha256_file(p).encode())
+        except ImageError:
+            skipped.append(p)
+        if progress:
+            progress(i + 1, len(paths))
+    if skipped:
+        logging.getLogger("edgeseg").warning("skipped %d unreadable file(s) in %s, e.g. %s", len(skipped), folder,
+                                             skipped[0])
+    if len(batches) < MIN_CALIBRATION_IMAGES:
+        raise EdgesegError(f"only {len(batches)} usable image(s) (at least {MIN_CALIBRATION_IMAGES} needed for "
+                           "calibration); add photos like the ones the camera will see", folder)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(batches)
+
+        def get_next(self):
+            x = next(self.items, None)
+            return None if x is None else {"input": x}
+
+    t0 = time.perf_counter()
+    _quantize(model_path, ranges_out.with_suffix(".probe.onnx"), opts, ranges_out, Reader())
+    ranges_out.with_suffix(".probe.onnx").unlink(missing_ok=True)
+    return Calibration(ranges=ranges_out, images=len(batches), skipped=len(skipped), sha256=digest.hexdigest(),
+                       seconds=time.perf_counter() - t0, source=str(folder))
+
+
+def _ort_method(opts: QuantizeOptions):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[opts.method]
+
+
+def _quantize(model_path: Path, out: Path, opts: QuantizeOptions, ranges: Path, reader=None) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise EdgesegError("edgeseg quantize needs an onnxruntime with calibration caching (1.24 or newer); "
+                           "pip install -U onnxruntime")
+    extra: dict = {"CalibPercentile": opts.percentile} if opts.method == "percentile" else {}
+    if opts.target == "tensorrt":
+        act, extra = QuantType.QInt8, {**extra, "ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "QuantizeBias": False}
+    else:
+        act = QuantType.QUInt8
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs pre-processing advice on every call
+    try:
+        quantize_static(
+            str(model_path), str(out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+            per_channel=True, reduce_range=False, activation_type=act, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(opts.exclude), calibrate_method=_ort_method(opts), extra_options=extra,
+            calibration_cache_path=str(ranges),
+        )
+    finally:
+        root.setLevel(level)
+
+
+def quantize_with_ranges(model_path: Path, ranges: Path, opts: QuantizeOptions, calib: Calibration) -> bytes:
+    """The quantized model (bytes) with edgeseg metadata; ``ranges`` must fit this model."""
+    src = onnx.load(str(model_path))
+    names = {o for n in src.graph.node for o in n.output} | {i.name for i in src.graph.input}
+    cached = set(json.loads(ranges.read_text()).get("data", {}))
+    if not cached or not cached <= names:
+        raise EdgesegError("these calibration ranges were computed for another model; calibrate with --calib DIR",
+                           ranges)
+    with tempfile.TemporaryDirectory(prefix="edgeseg-q-") as tmp:
+        out = Path(tmp) / "q.onnx"
+        _quantize(model_path, out, opts, ranges)
+        m = onnx.load(str(out))
+    props = {p.key: p.value for p in src.metadata_props}
+    props.update({
+        "precision": f"int8-{opts.target}",
+        "quantization": json.dumps({"target": opts.target, "method": opts.method, "format": "QDQ",
+                                    "per_channel": True, "ops": ["Conv"], "float_nodes": sorted(opts.exclude),
+                                    "calibration_images": calib.images, "calibration_source": calib.source,
+                                    "calibration_sha256": calib.sha256}),
+        "source_onnx_sha256": sha256_file(model_path),
+    })
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    return m.SerializeToString()
+
+
+@dataclass
+class GateResult:
+    fp32: dict
+    int8: dict
+    drop_points: float | None  # mIoU points lost (None without masks)
+    agreement: float
+
+
+def gate(fp32_path: Path, int8: bytes, val: Path, limit: int = 0, threads: int | None = None) -> GateResult:
+    """FP32 vs INT8 side by side on ``val``: an Oxford-layout folder (scores) or plain photos (agreement)."""
+    from edgeseg.evaluate import evaluate
+    from edgeseg.runtime.predictor import Predictor
+
+    with tempfile.TemporaryDirectory(prefix="edgeseg-gate-") as tmp:
+        q = Path(tmp) / "int8.onnx"
+        q.write_bytes(int8)
+        preds = [Predictor.load(fp32_path, threads=threads), Predictor.load(q, threads=threads)]
+        if is_oxford_layout(val):
+            split = "test" if (val / "annotations" / "test.txt").exists() else "list"
+            samples = oxford_split(val, split)
+            samples = samples[:limit] if limit else samples
+            r = evaluate(preds, samples)
+            return GateResult(r[0], r[1], 100 * (r[0]["miou"] - r[1]["miou"]), r[1]["agreement_with_first"])
+        paths = list_images(val)
+        paths = paths[:limit] if limit else paths
+        if not paths:
+            raise EdgesegError("no images to validate on", val)
+        same = total = 0
+        for p in paths:
+            try:
+                img = read_image(p)
+            except ImageError:
+                continue
+            a, b = (pr.predict(img) for pr in preds)
+            same += int((a == b).sum())
+            total += a.size
+        return GateResult({}, {}, None, same / max(total, 1))
+
+
+def conv_nodes(model_path: Path) -> list[str]:
+    return [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type == "Conv"]
+
+
+@dataclass
+class QuantizeReport:
+    path: str | None
+    target: str
+    calibration: dict
+    gate: dict | None
+    float_nodes: list[str]
+    sensitivity: list[tuple[str, float]]
+    seconds: float
+    passed: bool
+
+
+def quantize(model_path: str | Path, out: str | Path, opts: QuantizeOptions, calib_dir: Path | None = None,
+             calib_ranges: Path | None = None, val: Path | None = None, max_drop: float = 1.0,
+             val_limit: int = 0, sensitivity_limit: int = 48, save_ranges: Path | None = None,
+             force: bool = False, threads: int | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> QuantizeReport:
+    """Calibrate, quantize, gate; on a failed gate keep the most sensitive convs in float until it holds."""
+    model_path, out = Path(model_path), Path(out)
+    if opts.target not in TARGETS:
+        raise EdgesegError(f"--target {opts.target!r}: choose cpu or tensorrt")
+    if opts.method not in METHODS:
+        raise EdgesegError(f"--method {opts.method!r}: choose {', '.join(METHODS)}")
+    if (calib_dir is None) == (calib_ranges is None):
+        raise EdgesegError("give --calib DIR (photos) or --calib-ranges FILE (stored ranges), not both or neither")
+    if not model_path.exists():
+        raise EdgesegError("no such file; check the path", model_path)
+    check_writable(out, force)
+    if save_ranges is not None:
+        check_writable(save_ranges, force)
+    _meta_of(onnx.load(str(model_path), load_external_data=False), model_path)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgeseg-calib-") as tmp:
+        if calib_dir is not None:
+            ranges = Path(tmp) / "ranges.json"
+            calib = calibrate(model_path, calib_dir, opts, ranges,
+                              progress=(lambda i, n: progress("calibrating", i, n)) if progress else None)
+        else:
+            if not calib_ranges.is_file():
+                raise EdgesegError("no such calibration ranges file", calib_ranges)
+            ranges = Path(tmp) / "ranges.json"
+            ranges.write_bytes(calib_ranges.read_bytes())
+            calib = Calibration(ranges=ranges, images=0, skipped=0, sha256=sha256_file(calib_ranges), seconds=0.0,
+                                source=str(calib_ranges))
+        data = quantize_with_ranges(model_path, ranges, opts, calib)
+        result = gate(model_path, data, val, val_limit, threads) if val is not None else None
+        sensitivity: list[tuple[str, float]] = []
+        if result is not None and result.drop_points is not None and result.drop_points > max_drop:
+            data, result, sensitivity = _recover(model_path, ranges, opts, calib, val, val_limit, sensitivity_limit,
+                                                 threads, max_drop, result, progress)
+        passed = result is None or result.drop_points is None or result.drop_points <= max_drop
+        if passed:
+            atomic_write(out, lambda p: p.write_bytes(data), force=force)
+        if save_ranges is not None and passed:
+            atomic_write(save_ranges, lambda p: p.write_bytes(ranges.read_bytes()), force=force)
+    return QuantizeReport(
+        path=str(out) if passed else None, target=opts.target,
+        calibration={"images": calib.images, "skipped": calib.skipped, "seconds": calib.seconds,
+                     "source": calib.source, "sha256": calib.sha256},
+        gate=None if result is None else {"fp32": result.fp32, "int8": result.int8, "drop_points": result.drop_points,
+                                          "agreement": result.agreement, "max_drop": max_drop},
+        float_nodes=list(opts.exclude), sensitivity=sensitivity, seconds=time.perf_counter() - t0, passed=passed)
+
+
+def _recover(model_path, ranges, opts, calib, val, val_limit, sensitivity_limit, threads, max_drop, result,
+             progress):
+    """Rank convs by how much mIoU keeping each one alone in float recovers (on the first
+    ``sensitivity_limit`` validation images), then keep the top 1, 2, 4, ... in float until the
+    full gate holds. ``opts.exclude`` ends as the float set that was tried last."""
+    base = list(opts.exclude)
+    reference = gate(model_path, quantize_with_ranges(model_path, ranges, opts, calib), val, sensitivity_limit,
+                     threads).drop_points
+    candidates = [n for n in conv_nodes(model_path) if n not in base]
+    scores = []
+    for i, node in enumerate(candidates):
+        trial = QuantizeOptions(**{**opts.__dict__, "exclude": [*base, node]})
+        r = gate(model_path, quantize_with_ranges(model_path, ranges, trial, calib), val, sensitivity_limit, threads)
+        scores.append((node, reference - r.drop_points))
+        if progress:
+            progress("sensitivity", i + 1, len(candidates))
+    scores.sort(key=lambda s: -s[1])
+    sizes = sorted({min(2**i, len(scores)) for i in range(len(scores).bit_length() + 1)})
+    for k in sizes:
+        opts.exclude = [*base, *(n for n, _ in scores[:k])]
+        data = quantize_with_ranges(model_path, ranges, opts, calib)
+        result = gate(model_path, data, val, val_limit, threads)
+        if result.drop_points <= max_drop:
+            break
+    return data, result, scores
