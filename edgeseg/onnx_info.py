@@ -45,7 +45,36 @@ def describe_onnx(path: Path) -> dict:
     d["nodes"] = len(m.graph.node)
     d["op_histogram"] = dict(sorted(Counter(n.op_type for n in m.graph.node).items()))
     d["initializer_values"] = int(sum(_numel(t) for t in m.graph.initializer))
+    d["quantization"] = quantization_summary(m)
     return d
+
+
+def quantization_summary(m) -> dict | None:
+    """Which convs run quantized (a DequantizeLinear feeds their input) and with what types/zero points."""
+    from onnx import TensorProto, numpy_helper
+
+    nodes = list(m.graph.node)
+    if not any(n.op_type == "QuantizeLinear" for n in nodes):
+        return None
+    inits = {t.name: t for t in m.graph.initializer}
+    producer = {o: n for n in nodes for o in n.output}
+    act_types, weight_types, zero_points_zero, per_channel = Counter(), Counter(), True, 0
+    quantized, float_convs = [], []
+    for n in nodes:
+        if n.op_type == "DequantizeLinear" and len(n.input) > 2 and n.input[2] in inits:
+            zp = inits[n.input[2]]
+            zero_points_zero &= not numpy_helper.to_array(zp).any()
+            kind = weight_types if n.input[0] in inits else act_types
+            kind[TensorProto.DataType.Name(zp.data_type).lower()] += 1
+            per_channel += int(len(zp.dims) == 1 and zp.dims[0] > 1)
+        if n.op_type == "Conv":
+            src = producer.get(n.input[0])
+            (quantized if src is not None and src.op_type == "DequantizeLinear" else float_convs).append(n.name)
+    return {"quantized_convs": quantized, "float_convs": float_convs, "activation_types": dict(act_types),
+            "weight_types": dict(weight_types), "per_channel_tensors": per_channel,
+            "all_zero_points_zero": bool(zero_points_zero),
+            "q_nodes": sum(n.op_type == "QuantizeLinear" for n in nodes),
+            "dq_nodes": sum(n.op_type == "DequantizeLinear" for n in nodes)}
 
 
 def _numel(t) -> int:
@@ -71,5 +100,17 @@ def onnx_rows(d: dict) -> list[tuple[str, object]]:
                  ("classes", ", ".join(f"{i} {n}" for i, n in enumerate(m["class_names"]))),
                  ("preprocess", f"{m['color']} {m['layout']}, values {m['value_range'][0]:g}..{m['value_range'][1]:g}, "
                                 f"resize {m['interpolation']}")]
-    rows += [(f"meta.{k}", v) for k, v in meta.items() if k not in ("edgeseg_meta", "class_names")]
+    q = d.get("quantization")
+    if q:
+        n_conv = len(q["quantized_convs"]) + len(q["float_convs"])
+        rows += [("quantized convs", f"{len(q['quantized_convs'])} of {n_conv} ({q['q_nodes']} Q, {q['dq_nodes']} DQ)"),
+                 ("activations", ", ".join(f"{k} x{v}" for k, v in q["activation_types"].items())),
+                 ("weights", ", ".join(f"{k} x{v}" for k, v in q["weight_types"].items())
+                  + f"; {q['per_channel_tensors']} per-channel"),
+                 ("zero points", "all 0 (symmetric)" if q["all_zero_points_zero"] else "non-zero (asymmetric)")]
+        if q["float_convs"]:
+            rows.append(("float convs", ", ".join(q["float_convs"])))
+    rows += [(f"meta.{k}", v) for k, v in meta.items() if k not in ("edgeseg_meta", "class_names", "quantization")]
+    if "quantization" in meta:
+        rows += [(f"quantization.{k}", v) for k, v in json.loads(meta["quantization"]).items()]
     return rows

@@ -1,0 +1,126 @@
+"""INT8 for both targets: valid models, TensorRT's symmetric rules, bad calibration folders, the gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import edgeseg.quantize as q
+from edgeseg.check import check
+from edgeseg.data import read_image
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.predictor import Predictor
+
+
+@pytest.fixture(scope="session")
+def fp32(exported):
+    return exported["segnet-dsc"][0]
+
+
+@pytest.fixture(scope="session")
+def calib_ranges(fp32, tmp_path_factory):
+    """Activation ranges from 16 real photos of the 37-breed set, computed once."""
+    from conftest import PETS37
+
+    if not PETS37.is_dir():
+        pytest.skip(f"dataset not found at {PETS37}")
+    out = tmp_path_factory.mktemp("q") / "ranges.json"
+    q.quantize(fp32, out.with_suffix(".onnx"), q.QuantizeOptions(num_images=16), calib_dir=PETS37, save_ranges=out)
+    return out
+
+
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_both_targets_give_runnable_int8_models(target, fp32, calib_ranges, tmp_path, pets3):
+    out = tmp_path / f"{target}.onnx"
+    r = q.quantize(fp32, out, q.QuantizeOptions(target=target), calib_ranges=calib_ranges,
+                   val=pets3, val_limit=3, max_drop=100)
+    assert r.passed and out.exists()
+    m = onnx.load(str(out))
+    props = {p.key: p.value for p in m.metadata_props}
+    assert props["precision"] == f"int8-{target}"
+    assert json.loads(props["quantization"])["target"] == target
+    zps = [numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith("_zero_point")]
+    assert zps
+    if target == "tensorrt":
+        assert all(z.dtype == np.int8 and not z.any() for z in zps)
+        assert check(out, "tensorrt") == []
+    else:
+        assert any(z.dtype == np.uint8 for z in zps)
+    pred = Predictor.load(out, threads=1)
+    assert pred.info.precision == f"int8-{target}"
+    frame = read_image(pets3 / "images" / "Abyssinian_1.jpg")
+    assert pred.predict(frame).shape == frame.shape[:2]
+
+
+def test_unpool_stays_exact_under_quantization(fp32, calib_ranges, tmp_path):
+    """Both inputs of every unpool Equal must come from the same tensor, not a re-quantized copy."""
+    out = tmp_path / "cpu.onnx"
+    q.quantize(fp32, out, q.QuantizeOptions(), calib_ranges=calib_ranges)
+    m = onnx.load(str(out))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    for eq in (n for n in m.graph.node if n.name.endswith("/is_max")):
+        pre, up = eq.input
+        pooled = producer[producer[up].input[0]]  # Resize <- MaxPool
+        assert pooled.op_type == "MaxPool" and pooled.input[0] == pre
+
+
+def test_info_describes_quantization(cli, fp32, calib_ranges, tmp_path):
+    out = tmp_path / "t.onnx"
+    q.quantize(fp32, out, q.QuantizeOptions(target="tensorrt"), calib_ranges=calib_ranges)
+    d = json.loads(cli("info", out, "--json").out)
+    assert d["quantization"]["all_zero_points_zero"] is True
+    assert len(d["quantization"]["quantized_convs"]) == 40 and d["quantization"]["float_convs"] == []
+
+
+def test_gate_fails_writes_nothing_and_names_the_float_convs(monkeypatch, cli, fp32, calib_ranges, tmp_path, pets3):
+    monkeypatch.setattr(q, "conv_nodes", lambda path: ["dc1.seq.0.depthwise", "uc1.seq.3.pointwise"])
+    out = tmp_path / "never.onnx"
+    r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "-o", out, "--val", pets3, "--val-limit", "2",
+            "--max-drop", "-1000")
+    assert r.code == 1
+    assert "even with 2 conv(s) in float" in r.err and "nothing was written" in r.err
+    assert not out.exists()
+
+
+def test_gate_passes_and_reports_scores(cli, fp32, calib_ranges, tmp_path, pets3):
+    out = tmp_path / "ok.onnx"
+    r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "-o", out, "--val", pets3, "--val-limit", "3",
+            "--max-drop", "100", "--json")
+    assert r.code == 0, r.err
+    g = json.loads(r.out)["gate"]
+    assert g["drop_points"] == pytest.approx(100 * (g["fp32"]["miou"] - g["int8"]["miou"]))
+    assert 0 <= g["agreement"] <= 1 and out.exists()
+
+
+def test_bad_calibration_folders_fail_cleanly(cli, fp32, tmp_path, pets37):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("quantize", fp32, "--calib", empty, "-o", tmp_path / "a.onnx")
+    assert r.code == 1 and "only 0 usable image(s)" in r.err
+    few = tmp_path / "few"
+    (few / "sub").mkdir(parents=True)
+    for p in sorted(pets37.glob("*.jpg"))[:5]:
+        shutil.copy(p, few / "sub" / p.name)
+    (few / "corrupt.jpg").write_bytes(b"\xff\xd8 nope")
+    (few / "readme.txt").write_text("not an image")
+    r = cli("quantize", fp32, "--calib", few, "-o", tmp_path / "b.onnx")
+    assert r.code == 1 and "only 5 usable image(s)" in r.err
+    r = cli("quantize", fp32, "--calib", tmp_path / "missing", "-o", tmp_path / "c.onnx")
+    assert r.code == 1 and "not a folder of images" in r.err
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_quantize_refuses_bad_inputs(cli, fp32, calib_ranges, tmp_path):
+    r = cli("quantize", fp32, "-o", tmp_path / "x.onnx")
+    assert r.code == 1 and "--calib DIR" in r.err
+    r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "--target", "tflite", "-o", tmp_path / "x.onnx")
+    assert r.code == 1 and "choose cpu or tensorrt" in r.err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"CLS": "TensorsData", "data": {"not.a.tensor": {}}}))
+    r = cli("quantize", fp32, "--calib-ranges", other, "-o", tmp_path / "x.onnx")
+    assert r.code == 1 and "computed for another model" in r.err
