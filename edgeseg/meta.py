@@ -12,6 +12,26 @@ from dataclasses import asdict, dataclass, field, fields
 from edgeseg import CLASS_NAMES
 
 INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
+# (in, out, convs) of the encoder blocks dc1..dc4 and the decoder blocks uc4..uc1
+ENCODER = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3))
+DECODER = ((512, 256, 3), (256, 128, 3), (128, 64, 2), (64, 3, 2))
+
+
+def conv_macs(arch: str, kernel_size: int, height: int, width: int) -> int:
+    """Multiply-accumulates of all convolutions at an input of ``height`` x ``width`` (no PyTorch needed)."""
+    k2 = kernel_size * kernel_size
+    total = 0
+
+    def conv(cin: int, cout: int, pixels: int) -> int:
+        return pixels * (cin * k2 + cin * cout if arch == "segnet-dsc" else cin * cout * k2)
+
+    for level, (cin, cout, n) in enumerate(ENCODER):
+        pixels = (height >> level) * (width >> level)
+        total += conv(cin, cout, pixels) + (n - 1) * conv(cout, cout, pixels)
+    for level, (cin, cout, n) in zip((3, 2, 1, 0), DECODER, strict=True):
+        pixels = (height >> level) * (width >> level)
+        total += (n - 1) * conv(cin, cin, pixels) + conv(cin, cout, pixels)
+    return total
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgeseg.meta import DECODER, ENCODER
+
 ARCHS = ("segnet-dsc", "segnet")
-ENCODER = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3))
-DECODER = ((512, 256, 3), (256, 128, 3), (128, 64, 2), (64, 3, 2))
 NUM_CLASSES = 3
 
 

@@ -152,3 +152,11 @@ def test_debug_flag_shows_the_traceback(cli, tmp_path):
     path.write_text("nope")
     with pytest.raises(CheckpointError):
         cli("--debug", "info", path)
+
+
+@pytest.mark.parametrize(("arch", "k", "h", "w"), [("segnet-dsc", 3, 128, 128), ("segnet", 3, 64, 96),
+                                                   ("segnet-dsc", 5, 96, 64)])
+def test_torch_free_mac_count_matches_the_hooked_count(arch, k, h, w):
+    from edgeseg.meta import conv_macs
+
+    assert conv_macs(arch, k, h, w) == model_stats(build_model(arch, k), h, w).macs

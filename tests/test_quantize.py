@@ -13,7 +13,6 @@ from onnx import numpy_helper
 import edgeseg.quantize as q
 from edgeseg.check import check
 from edgeseg.data import read_image
-from edgeseg.errors import EdgesegError
 from edgeseg.runtime.predictor import Predictor
 
 
