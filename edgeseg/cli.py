@@ -421,6 +421,9 @@ def train(
     gamma: Annotated[float, typer.Option(help="StepLR factor.")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
     limit: Annotated[int, typer.Option(help="Use only the first N trainval images (0: all).")] = 0,
+    extra_data: Annotated[Path | None, typer.Option(
+        help="Photos with rough-masks/ (1 pet, 2 background) added to training, e.g. oxford-pets-37breeds-photos.")
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a *.last.pth training state.")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
@@ -437,7 +440,8 @@ def train(
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
     cfg = TrainConfig(data=str(data), arch=arch, epochs=epochs, batch=batch, size=(h, w), lr=lr,
-                      step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device)
+                      step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
+                      extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:

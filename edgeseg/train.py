@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -45,6 +46,8 @@ class TrainConfig:
     seed: int = 0
     interpolation: str = "area"  # how images are resized, recorded in the checkpoint's metadata
     limit: int = 0  # use only the first N trainval images (quick runs, tests); 0 = all
+    extra_data: str | None = None  # photos + rough-masks/ (1 pet, 2 background) added to training only
+    extra_band: int = 4  # pixels either side of a rough outline that the loss ignores
     device: str = "auto"
 
 
@@ -55,6 +58,31 @@ def load_arrays(samples: list[Sample], size: tuple[int, int], interpolation: str
     for i, s in enumerate(samples):
         images[i] = resize(read_image(s.image), size, interpolation)[:, :, ::-1].transpose(2, 0, 1)
         masks[i] = resize_mask(read_trimap(s.mask), size)
+    return images, masks
+
+
+def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, band: int,
+               skip: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Photos with rough polygon masks (no border class): pet/background, with a band of ``band``
+    pixels around the outline ignored, since the true border and the polygon's error both live there."""
+    folder = Path(folder)
+    mask_dir = folder / "rough-masks"
+    if not mask_dir.is_dir():
+        raise EdgesegError("no rough-masks/ folder beside the photos (expected <name>.png, 1 pet, 2 background)",
+                           folder)
+    pairs = [(p, mask_dir / f"{p.stem}.png") for p in sorted(folder.glob("*.jpg")) if p.stem not in skip]
+    pairs = [(p, m) for p, m in pairs if m.exists()]
+    images = np.empty((len(pairs), 3, *size), dtype=np.uint8)
+    masks = np.empty((len(pairs), *size), dtype=np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    for i, (p, m) in enumerate(pairs):
+        images[i] = resize(read_image(p), size, interpolation)[:, :, ::-1].transpose(2, 0, 1)
+        raw = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE)
+        ids = np.full(raw.shape, IGNORE, np.uint8)
+        ids[raw == 1], ids[raw == 2] = 0, 1
+        if band:
+            ids[cv2.morphologyEx((raw == 1).astype(np.uint8), cv2.MORPH_GRADIENT, kernel) > 0] = IGNORE
+        masks[i] = resize_mask(ids, size)
     return images, masks
 
 
@@ -117,8 +145,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     val_idx = order[:n_val] if n_val else order
     t0 = time.perf_counter()
     images, masks = load_arrays(samples, cfg.size, cfg.interpolation)
+    tr_images, tr_masks = images[train_idx], masks[train_idx]
+    n_extra = 0
+    if cfg.extra_data:
+        ex_images, ex_masks = load_rough(cfg.extra_data, cfg.size, cfg.interpolation, cfg.extra_band,
+                                         skip={s.name for s in samples})
+        tr_images, tr_masks = np.concatenate([tr_images, ex_images]), np.concatenate([tr_masks, ex_masks])
+        n_extra = len(ex_images)
     load_s = time.perf_counter() - t0
-    tr_x, tr_y = torch.from_numpy(images[train_idx]), torch.from_numpy(masks[train_idx]).long()
+    tr_x, tr_y = torch.from_numpy(tr_images), torch.from_numpy(tr_masks).long()
     va_x, va_y = images[val_idx], masks[val_idx]
 
     model = build_model(cfg.arch, cfg.kernel_size).to(device)
@@ -143,7 +178,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     meta = ModelMeta(
         arch=cfg.arch, kernel_size=cfg.kernel_size, input_size=tuple(cfg.size), interpolation=cfg.interpolation,
         provenance={"trained_with": f"edgeseg {__version__} train", "data": str(cfg.data), "split": "trainval",
-                    "train_images": len(train_idx), "val_images": int(n_val), "seed": cfg.seed},
+                    "train_images": len(train_idx), "val_images": int(n_val), "seed": cfg.seed,
+                    "extra_data": cfg.extra_data, "extra_images": n_extra},
     )
     steps = math.ceil(len(train_idx) / cfg.batch)
     for epoch in range(start_epoch, cfg.epochs + 1):

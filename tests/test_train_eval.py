@@ -85,3 +85,14 @@ def test_train_refuses_bad_data_and_sizes(cli, tmp_path, pets3):
     assert r.code == 1 and "Oxford-IIIT Pet layout" in r.err
     r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--size", "30x30")
     assert r.code == 1 and "multiples of 16" in r.err
+
+
+def test_rough_masks_add_pet_and_background_with_an_ignored_outline(pets37):
+    from edgeseg.train import load_rough
+
+    images, masks = load_rough(pets37, (64, 64), "area", band=4, skip={"Abyssinian_101"})
+    assert len(images) == 369 and images.shape[1:] == (3, 64, 64)
+    values = set(np.unique(masks))
+    assert values == {0, 1, IGNORE}  # no border class: the outline band is ignored instead
+    ignored = (masks == IGNORE).mean()
+    assert 0.005 < ignored < 0.3
