@@ -28,7 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(highlight=False)
+# Tables stay readable when piped to a file or CI log (rich would otherwise wrap at 80 columns).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _version(value: bool) -> None:
@@ -405,6 +406,66 @@ def quantize(
         raise EdgesegError(f"INT8 loses {r.gate['drop_points']:.2f} mIoU points even with "
                            f"{len(r.float_nodes)} conv(s) in float (gate --max-drop {max_drop:g}); "
                            "nothing was written. Try more or better calibration photos, or --method entropy", model)
+
+
+@app.command()
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="Checkpoints (PyTorch reference), FP32 and INT8 ONNX.")],
+    backend: Annotated[str, typer.Option(help="auto (from each file), onnxruntime or torch.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 10,
+    batch: Annotated[int, typer.Option(help="Images per inference.")] = 1,
+    data: Annotated[Path | None, typer.Option(help="Oxford-layout folder: add mIoU and agreement.")] = None,
+    data_limit: Annotated[int, typer.Option(help="Only the first N test images for accuracy (0: all).")] = 0,
+    end_to_end: Annotated[bool, typer.Option(help="Time preprocess + inference + postprocess on photos.")] = False,
+    images: Annotated[Path | None, typer.Option(help="Photos for --end-to-end (default: DATA/images).")] = None,
+    peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Measure the machine's matmul peak.")] = True,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --json file.")] = False,
+) -> None:
+    """Latency table across models, backends and precisions, interleaved, with the machine's own limit."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from edgeseg.bench import bench as run_bench
+    from edgeseg.files import atomic_write, check_writable
+
+    if json_file is not None:
+        check_writable(json_file, force)
+    with Progress(TextColumn("timing {task.total} interleaved runs"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("bench", total=runs)
+        r = run_bench(models, backend=backend, threads=threads, runs=runs, warmup=warmup, batch=batch, data=data,
+                      data_limit=data_limit, end_to_end=end_to_end, images=images, peak=peak,
+                      progress=lambda i, n: bar.update(task, completed=i))
+    env = r["environment"]
+    title = (f"edgeseg bench ({r['mode']}, batch {batch}, {r['input_size'][0]}x{r['input_size'][1]}, {runs} runs "
+             f"interleaved) on {env['cpu']}")
+    table = Table(title=title, title_justify="left")
+    cols = ["model", "backend", "precision", "thr", "MB", "p50 ms", "p90 ms", "p99 ms", "FPS", "x first", "GMAC/s"]
+    if "machine_peak" in r and "fp32_gmacs" in r["machine_peak"]:
+        cols.append("% fp32 peak")
+    if data is not None:
+        cols += ["mIoU", "agree"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("model", "backend", "precision") else "right")
+    for m in r["models"]:
+        lat = m["latency_ms"]
+        row = [Path(m["model"]).name, m["backend"], m["precision"], str(m["threads"]), f"{m['file_mb']:.1f}",
+               f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{m['fps']:.1f}",
+               f"{m['ratio_to_first']:.2f}", f"{m['gmacs']:.1f}"]
+        if "% fp32 peak" in cols:
+            row.append(f"{100 * m['share_of_fp32_peak']:.0f}%")
+        if data is not None:
+            row += [f"{m['miou']:.4f}", f"{m['agreement_with_first']:.4f}"]
+        table.add_row(*row)
+    console.print(table)
+    if "machine_peak" in r:
+        console.print("machine peak (ONNX Runtime 1024^3 matmul): " + ", ".join(
+            f"{k.replace('_gmacs', '')} {v:.1f} GMAC/s" for k, v in r["machine_peak"].items()))
+    if json_file is not None:
+        atomic_write(json_file, lambda p: p.write_text(json.dumps(r, indent=2)), force=force)
+        console.print(f"results: {json_file}")
 
 
 @app.command()

@@ -1,0 +1,66 @@
+"""bench: order, the ratio column, JSON schema, accuracy columns and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeseg.bench import bench, machine_peak
+from edgeseg.checkpoint import load_checkpoint
+from edgeseg.errors import EdgesegError
+from edgeseg.export import ExportOptions, export
+
+
+@pytest.fixture(scope="session")
+def two_models(exported):
+    return [exported["segnet-dsc"][0], exported["segnet"][0]]
+
+
+def test_rows_keep_the_given_order_and_ratio_is_to_the_first(two_models):
+    for order in (two_models, two_models[::-1]):
+        r = bench(order, runs=4, warmup=1, threads=1, peak=False)
+        assert [m["model"] for m in r["models"]] == [str(p) for p in order]
+        first = r["models"][0]["latency_ms"]["p50"]
+        assert r["models"][0]["ratio_to_first"] == 1.0
+        for m in r["models"]:
+            assert m["ratio_to_first"] == pytest.approx(m["latency_ms"]["p50"] / first)
+            assert m["fps"] == pytest.approx(1000 / m["latency_ms"]["p50"])
+    macs = {m["model"]: m["gmacs"] * m["latency_ms"]["p50"] / 1000 for m in r["models"]}
+    assert macs[str(two_models[1])] / macs[str(two_models[0])] == pytest.approx(9116319744 / 1077657600)
+
+
+def test_json_schema_and_accuracy_columns(cli, two_models, tmp_path, pets3):
+    out = tmp_path / "bench.json"
+    r = cli("bench", *two_models, "--runs", "3", "--warmup", "1", "--threads", "1", "--data", pets3,
+            "--data-limit", "2", "--end-to-end", "--no-peak", "--json", out)
+    assert r.code == 0, r.err
+    d = json.loads(out.read_text())
+    assert d["mode"] == "end-to-end" and d["runs"] == 3 and d["input_size"] == [64, 64]
+    assert {"cpu", "onnxruntime", "python"} <= set(d["environment"])
+    for m in d["models"]:
+        assert {"p50", "p90", "p99", "max", "mean"} <= set(m["latency_ms"])
+        assert {"model", "sha256", "backend", "precision", "threads", "file_mb", "fps", "ratio_to_first", "gmacs",
+                "miou", "pixel_accuracy", "agreement_with_first"} <= set(m)
+    assert d["models"][0]["agreement_with_first"] == 1.0
+    assert "p50 ms" in r.out and "x first" in r.out
+    r = cli("bench", *two_models, "--runs", "1", "--no-peak", "--json", out)
+    assert r.code == 1 and "--force" in r.err
+
+
+def test_machine_peak_is_positive():
+    peak = machine_peak(threads=1, n=128, repeats=2)
+    assert peak["fp32_gmacs"] > 0
+
+
+def test_bad_inputs(cli, two_models, notebook_ckpt, tmp_path):
+    r = cli("bench", two_models[0], "--backend", "openvino-ish", "--runs", "1")
+    assert r.code == 1 and "unknown backend" in r.err
+    r = cli("bench", two_models[0], tmp_path / "missing.onnx", "--runs", "1")
+    assert r.code == 1 and "missing.onnx: no such file" in r.err
+    small = tmp_path / "small.onnx"
+    export(load_checkpoint(notebook_ckpt["segnet-dsc"]), small, ExportOptions(size=(32, 32)))
+    r = cli("bench", two_models[0], small, "--runs", "1")
+    assert r.code == 1 and "different input sizes" in r.err
+    with pytest.raises(EdgesegError, match="--end-to-end needs photos"):
+        bench([two_models[0]], runs=1, end_to_end=True, peak=False)
