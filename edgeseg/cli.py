@@ -258,7 +258,9 @@ def run(
         help="Folder, glob, image, video file, /dev/videoN, rtsp:// or http:// URL, csi://N, GStreamer pipeline.")
     ] = None,
     recursive: Annotated[bool, typer.Option(help="Include images in subfolders of a folder source.")] = False,
-    backend: Annotated[str, typer.Option(help="auto, onnxruntime or torch.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt or torch.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="With --backend tensorrt and an ONNX: engine precision (built once, then cached).")] = "fp16",
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
     view: Annotated[str, typer.Option(help="overlay, mask or side-by-side.")] = "overlay",
     alpha: Annotated[float, typer.Option(help="Overlay opacity 0..1.")] = 0.5,
@@ -297,7 +299,7 @@ def run(
     opts = RunOptions(output=output, save_video=save_video, save_masks=save_masks, report=report, show=show,
                       max_frames=max_frames, duration=duration, warmup=warmup, force=force)
     check_outputs(opts)
-    predictor = Predictor.load(model, backend=backend, threads=threads)
+    predictor = Predictor.load(model, backend=backend, threads=threads, precision=precision)
     src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
                       width=width, height=height, fps=fps, flip=flip)
     total = len(src.paths) if hasattr(src, "paths") else None
@@ -466,6 +468,41 @@ def bench(
     if json_file is not None:
         atomic_write(json_file, lambda p: p.write_text(json.dumps(r, indent=2)), force=force)
         console.print(f"results: {json_file}")
+
+
+@app.command()
+def build(
+    model: Annotated[Path, typer.Argument(help="ONNX from edgeseg export (FP32) or quantize --target tensorrt.")],
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (int8 needs a Q/DQ model or --calib).")] = "fp16",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Engine (default: MODEL.PRECISION.engine).")
+    ] = None,
+    calib: Annotated[Path | None, typer.Option(help="INT8 from an FP32 model: quantize on the way with these.")
+    ] = None,
+    workspace: Annotated[float, typer.Option(help="Builder workspace in GiB.")] = 1.0,
+    timing_cache: Annotated[Path | None, typer.Option(help="Reuse/extend this timing cache file.")] = None,
+    dla_core: Annotated[int | None, typer.Option(help="Build for this DLA core (GPU fallback on).")] = None,
+    opt_level: Annotated[int, typer.Option(help="Builder optimization level 0..5.", min=0, max=5)] = 3,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of a dynamic-batch model's profile.")] = 1,
+    verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing engine.")] = False,
+) -> None:
+    """Build a TensorRT engine (FP32/FP16/INT8) for this GPU; `check --target tensorrt` runs first."""
+    from edgeseg.tensorrt import PRECISIONS, build_engine
+
+    if precision not in PRECISIONS:
+        raise EdgesegError(f"--precision {precision!r}: choose fp32, fp16 or int8")
+    output = output or model.with_name(f"{model.stem}.{precision}.engine")
+    t0 = time.perf_counter()
+    with console.status(f"building a {precision} engine (minutes on a Jetson)..."):
+        meta = build_engine(model, output, precision, workspace_gb=workspace, timing_cache=timing_cache,
+                            dla_core=dla_core, opt_level=opt_level, max_batch=max_batch, calib_dir=calib,
+                            force=force, verbose=verbose)
+    console.print(_kv_table(f"edgeseg build: {output}", [
+        ("precision", meta.precision), ("TensorRT", meta.tensorrt),
+        ("GPU", f"{meta.gpu} (compute {meta.compute_capability})" + (f", L4T {meta.l4t}" if meta.l4t else "")),
+        ("input", "x".join(map(str, meta.input_shape))), ("metadata", f"{output}.json"),
+        ("time", f"{time.perf_counter() - t0:.0f} s"),
+    ]))
 
 
 @app.command()

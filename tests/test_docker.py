@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import PETS3, REPO
 
 DOCKER = REPO / "docker"

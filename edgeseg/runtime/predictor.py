@@ -25,8 +25,9 @@ from edgeseg.errors import EdgesegError
 from edgeseg.files import sha256_file
 from edgeseg.meta import ModelMeta
 
-BACKENDS = ("auto", "onnxruntime", "torch")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 @dataclass
@@ -106,7 +107,10 @@ class Predictor:
         self._sha256: str | None = None
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
+    def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
+             precision: str = "fp16") -> Predictor:
+        """``precision`` applies to ``backend="tensorrt"`` with an ONNX file: the engine is built once
+        for it and cached (see edgeseg.tensorrt.cached_engine)."""
         path = Path(path)
         if backend not in BACKENDS:
             raise EdgesegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -116,11 +120,19 @@ class Predictor:
         if backend == "auto":
             if suffix == ".onnx":
                 backend = "onnxruntime"
+            elif suffix in ENGINE_SUFFIXES:
+                backend = "tensorrt"
             elif suffix in CHECKPOINT_SUFFIXES:
                 backend = "torch"
             else:
-                raise EdgesegError(f"cannot tell the backend from the extension {suffix!r}; expected .onnx "
-                                   "or a .pth/.pt checkpoint, or pass --backend", path)
+                raise EdgesegError(f"cannot tell the backend from the extension {suffix!r}; expected .onnx, "
+                                   ".engine or a .pth/.pt checkpoint, or pass --backend", path)
+        if backend == "tensorrt":
+            from edgeseg.runtime.tensorrt import TensorRTBackend
+            from edgeseg.tensorrt import cached_engine
+
+            engine = cached_engine(path, precision) if suffix == ".onnx" else path
+            return cls(TensorRTBackend(engine), path)
         if backend == "onnxruntime":
             return cls(_OnnxRuntimeBackend(path, threads), path)
         return cls(_TorchBackend(path, threads), path)

@@ -1,0 +1,185 @@
+"""TensorRT path: everything that needs no GPU runs everywhere; GPU tests skip with the reason."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import edgeseg.tensorrt as et
+from edgeseg.data import list_images, preprocess, read_image
+from edgeseg.errors import EdgesegError
+from edgeseg.fp16 import to_fp16
+from edgeseg.runtime.onnxruntime import create_session
+from edgeseg.runtime.predictor import Predictor
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _gpu_reason() -> str | None:
+    if not HAS_TRT:
+        return "TensorRT is not installed (it comes with JetPack, or pip install 'edgeseg[tensorrt]' on a GPU box)"
+    try:
+        et.gpu_info()
+    except EdgesegError as e:
+        return str(e)
+    return None
+
+
+gpu = pytest.mark.skipif(_gpu_reason() is not None, reason=_gpu_reason() or "")
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_build_without_tensorrt_is_one_clear_line(cli, exported, tmp_path):
+    r = cli("build", exported["segnet-dsc"][0], "-o", tmp_path / "m.engine")
+    assert r.code == 1
+    assert r.err.startswith("error: TensorRT is not installed") and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_build_runs_the_check_gate_first(cli, tmp_path):
+    from test_export import _naive_model
+
+    naive = tmp_path / "naive.onnx"
+    onnx.save(_naive_model(), str(naive))
+    r = cli("build", naive, "-o", tmp_path / "n.engine")
+    assert r.code == 1 and "check --target tensorrt found" in r.err and "MaxUnpool" in r.err
+
+
+def test_int8_needs_qdq_or_calibration(cli, exported, tmp_path):
+    r = cli("build", exported["segnet-dsc"][0], "--precision", "int8", "-o", tmp_path / "m.engine")
+    assert r.code == 1 and "INT8 needs a Q/DQ model" in r.err
+
+
+def test_fp16_conversion_keeps_fp32_io_and_accuracy(exported, pets3):
+    path = exported["segnet-dsc"][0]
+    fp32 = onnx.load(str(path))
+    half = to_fp16(fp32)
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert {p.key: p.value for p in half.metadata_props}["precision"] == "fp16"
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+    a, b = create_session(fp32.SerializeToString(), 1), create_session(half.SerializeToString(), 1)
+    meta = Predictor.load(path).meta
+    agree = []
+    for p in list_images(pets3 / "images")[:8]:
+        x = preprocess(read_image(p), meta)
+        agree.append((a.run(None, {"input": x})[0].argmax(1) == b.run(None, {"input": x})[0].argmax(1)).mean())
+    assert np.mean(agree) > 0.98
+
+
+SYSTEM = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
+
+
+def _engine(tmp_path, **over) -> et.EngineMeta:
+    fields = dict(tensorrt="10.3.0", gpu="Orin", compute_capability="8.7", precision="fp16",
+                  input_shape=[1, 3, 128, 128], onnx_sha256="ab" * 32, source_onnx="model.onnx")
+    meta = et.EngineMeta(**{**fields, **over})
+    (tmp_path / "m.engine").write_bytes(b"plan")
+    meta.save(tmp_path / "m.engine")
+    return meta
+
+
+def test_engine_metadata_round_trip_and_mismatch(tmp_path):
+    meta = _engine(tmp_path, calibration_sha256="cd" * 32, l4t="36.4.3")
+    assert et.EngineMeta.load(tmp_path / "m.engine") == meta
+    assert meta.mismatch(SYSTEM) is None
+    why = meta.mismatch({**SYSTEM, "tensorrt": "10.7.0"})
+    assert "tensorrt 10.3.0" in why and "10.7.0" in why
+    assert meta.rebuild_command(tmp_path / "m.engine") == (
+        f"edgeseg build model.onnx --precision fp16 -o {tmp_path / 'm.engine'} --force")
+
+
+def test_loading_an_engine_from_another_system_names_the_rebuild_command(monkeypatch, tmp_path):
+    import edgeseg.runtime.tensorrt as rt
+
+    _engine(tmp_path)
+    monkeypatch.setattr(rt, "import_tensorrt", lambda: object())
+    monkeypatch.setattr(rt, "system_key", lambda: {**SYSTEM, "gpu": "NVIDIA GeForce RTX 4090",
+                                                    "compute_capability": "8.9"})
+    with pytest.raises(EdgesegError, match=r"rebuild it here: edgeseg build model\.onnx --precision fp16") as e:
+        Predictor.load(tmp_path / "m.engine")
+    assert "gpu Orin" in str(e.value)
+    (tmp_path / "m.engine.json").unlink()
+    with pytest.raises(EdgesegError, match="cannot tell how it was built"):
+        Predictor.load(tmp_path / "m.engine")
+
+
+def test_cache_key_and_staleness(tmp_path):
+    key = et.cache_key("ab" * 32, "fp16", SYSTEM)
+    assert key == "abababababababab_fp16_trt10.3.0_Orin_sm8.7"
+    assert et.cache_key("ab" * 32, "int8", SYSTEM) != key
+    assert et.cache_key("ab" * 32, "fp16", {**SYSTEM, "tensorrt": "11.4.1"}) != key
+    engine = tmp_path / "m.engine"
+    assert et.is_stale(engine, "ab" * 32, "fp16", SYSTEM)  # nothing built yet
+    _engine(tmp_path)
+    assert not et.is_stale(engine, "ab" * 32, "fp16", SYSTEM)
+    assert et.is_stale(engine, "cd" * 32, "fp16", SYSTEM)  # the ONNX changed
+    assert et.is_stale(engine, "ab" * 32, "int8", SYSTEM)
+    assert et.is_stale(engine, "ab" * 32, "fp16", {**SYSTEM, "tensorrt": "10.7.0"})  # JetPack upgrade
+    (tmp_path / "m.engine.json").write_text("{not json")
+    assert et.is_stale(engine, "ab" * 32, "fp16", SYSTEM)
+
+
+def test_cached_engine_builds_once_and_rebuilds_when_stale(monkeypatch, tmp_path, exported):
+    builds = []
+
+    def fake_build(onnx_path, out, precision, force=False, **kw):
+        builds.append(precision)
+        out.write_bytes(b"plan")
+        et.EngineMeta(**SYSTEM, precision=precision, input_shape=[1, 3, 64, 64],
+                      onnx_sha256=et.sha256_file(onnx_path), source_onnx=str(onnx_path)).save(out)
+
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path))
+    monkeypatch.setattr(et, "system_key", lambda: dict(SYSTEM))
+    monkeypatch.setattr(et, "build_engine", fake_build)
+    model = exported["segnet-dsc"][0]
+    first = et.cached_engine(model, "fp16")
+    assert et.cached_engine(model, "fp16") == first and builds == ["fp16"]
+    monkeypatch.setattr(et, "system_key", lambda: {**SYSTEM, "tensorrt": "10.7.0"})
+    assert et.cached_engine(model, "fp16") != first and builds == ["fp16", "fp16"]
+
+
+def test_jetson_clock_parsing():
+    show = ("cpu0: Online=1 Governor=schedutil MinFreq=729600 MaxFreq=2201600 CurrentFreq=729600\n"
+            "cpu1: Online=1 Governor=schedutil MinFreq=2201600 MaxFreq=2201600 CurrentFreq=2201600")
+    assert et.clocks_pinned(show) is False
+    assert et.clocks_pinned(show.replace("MinFreq=729600", "MinFreq=2201600")) is True
+    assert et.clocks_pinned("no cpu lines") is None
+
+
+# --- on a machine with TensorRT and an NVIDIA GPU ---------------------------------------------------
+
+@gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_engine_matches_onnxruntime(precision, tmp_path, pets3, pets37):
+    from conftest import REPO
+
+    from edgeseg.quantize import QuantizeOptions, quantize
+
+    fp32 = REPO / "models" / "segnet_dsc.onnx"
+    src = fp32
+    if precision == "int8":
+        src = tmp_path / "t.onnx"
+        quantize(fp32, src, QuantizeOptions(target="tensorrt", num_images=64), calib_dir=pets37)
+    engine = tmp_path / f"m.{precision}.engine"
+    meta = et.build_engine(src, engine, precision)
+    assert json.loads((tmp_path / f"m.{precision}.engine.json").read_text())["precision"] == precision
+    trt_pred, ort_pred = Predictor.load(engine), Predictor.load(src)
+    assert trt_pred.info.name == "tensorrt"
+    agree = [(trt_pred.predict(f) == ort_pred.predict(f)).mean()
+             for f in (read_image(p) for p in list_images(pets3 / "images")[:16])]
+    assert np.mean(agree) > 0.98, (meta, np.mean(agree))
+
+
+@gpu
+def test_run_loop_on_tensorrt(cli, tmp_path, pets3):
+    from conftest import REPO
+
+    r = cli("run", REPO / "models" / "segnet_dsc.onnx", "--backend", "tensorrt", "--precision", "fp16",
+            "--source", pets3 / "images", "--max-frames", "20", "--report", tmp_path / "r.json")
+    assert r.code == 0, r.err
+    assert json.loads((tmp_path / "r.json").read_text())["model"]["backend"] == "tensorrt"
