@@ -20,7 +20,7 @@ from edgeseg.meta import ModelMeta
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CV2_INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST,
-    "linear": cv2.INTER_LINEAR,
+    "linear": cv2.INTER_LINEAR_EXACT,  # bit-exact: identical inputs on x86 and ARM
     "area": cv2.INTER_AREA,
     "cubic": cv2.INTER_CUBIC,
 }
@@ -102,7 +102,7 @@ def resize(img: np.ndarray, size: tuple[int, int], interpolation: str) -> np.nda
     if interpolation == "area":
         fy, fx = max(1, img.shape[0] // h), max(1, img.shape[1] // w)
         if (fy, fx) != (1, 1) and img.shape[:2] != (h * fy, w * fx):
-            img = cv2.resize(img, (w * fx, h * fy), interpolation=cv2.INTER_LINEAR)
+            img = cv2.resize(img, (w * fx, h * fy), interpolation=cv2.INTER_LINEAR_EXACT)
     return cv2.resize(img, (w, h), interpolation=CV2_INTERPOLATION[interpolation])
 
 
