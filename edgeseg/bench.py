@@ -66,6 +66,17 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def split_spec(spec: str | Path, default_backend: str) -> tuple[Path, str]:
+    """``model.onnx@openvino`` -> (model.onnx, "openvino"): a backend per model on one command line."""
+    from edgeseg.runtime.predictor import BACKENDS
+
+    text = str(spec)
+    path, _, backend = text.rpartition("@")
+    if path and backend in BACKENDS:
+        return Path(path), backend
+    return Path(text), default_backend
+
+
 def bench(models: Sequence[str | Path], backend: str = "auto", threads: int | None = None, runs: int = 100,
           warmup: int = 10, batch: int = 1, data: Path | None = None, data_limit: int = 0,
           end_to_end: bool = False, images: Path | None = None, peak: bool = True,
@@ -75,7 +86,7 @@ def bench(models: Sequence[str | Path], backend: str = "auto", threads: int | No
         raise EdgesegError("give at least one model")
     if runs < 1 or warmup < 0 or batch < 1:
         raise EdgesegError("--runs and --batch must be at least 1 and --warmup at least 0")
-    preds = [Predictor.load(m, backend=backend, threads=threads) for m in models]
+    preds = [Predictor.load(*split_spec(m, backend), threads=threads) for m in models]
     sizes = {tuple(p.input_size) for p in preds}
     if len(sizes) > 1:
         raise EdgesegError("models have different input sizes (" + ", ".join(

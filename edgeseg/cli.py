@@ -412,8 +412,10 @@ def quantize(
 
 @app.command()
 def bench(
-    models: Annotated[list[Path], typer.Argument(help="Checkpoints (PyTorch reference), FP32 and INT8 ONNX.")],
-    backend: Annotated[str, typer.Option(help="auto (from each file), onnxruntime or torch.")] = "auto",
+    models: Annotated[list[str], typer.Argument(
+        help="Checkpoints (PyTorch reference), FP32/INT8 ONNX, engines; MODEL@BACKEND picks a backend per model.")],
+    backend: Annotated[str, typer.Option(help="Default backend: auto (from each file), onnxruntime, openvino, "
+                                              "tensorrt or torch.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 100,
     warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 10,

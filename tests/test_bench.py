@@ -64,3 +64,13 @@ def test_bad_inputs(cli, two_models, notebook_ckpt, tmp_path):
     assert r.code == 1 and "different input sizes" in r.err
     with pytest.raises(EdgesegError, match="--end-to-end needs photos"):
         bench([two_models[0]], runs=1, end_to_end=True, peak=False)
+
+
+def test_model_at_backend_spec():
+    from pathlib import Path
+
+    from edgeseg.bench import split_spec
+
+    assert split_spec("m.onnx@openvino", "auto") == (Path("m.onnx"), "openvino")
+    assert split_spec("m.onnx", "onnxruntime") == (Path("m.onnx"), "onnxruntime")
+    assert split_spec("odd@name.onnx", "auto") == (Path("odd@name.onnx"), "auto")

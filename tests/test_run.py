@@ -235,3 +235,12 @@ def test_reader_thread_stops_when_the_loop_breaks(onnx_model, pets3):
     run_loop(Predictor.load(onnx_model, threads=1), FileSource(paths, "x"), Renderer(), RunOptions(max_frames=2))
     time.sleep(0.5)
     assert threading.active_count() <= before
+
+
+def test_openvino_backend_agrees_with_onnxruntime(onnx_model, pets3):
+    pytest.importorskip("openvino", reason="pip install 'edgeseg[openvino]' (installed by make test)")
+    ov, ort = Predictor.load(onnx_model, backend="openvino", threads=1), Predictor.load(onnx_model, threads=1)
+    assert ov.info.name == "openvino" and ov.meta == ort.meta
+    frames = [read_image(p) for p in sorted((pets3 / "images").glob("Bengal_1*.jpg"))[:4]]
+    agree = np.mean([(ov.predict(f) == ort.predict(f)).mean() for f in frames])
+    assert agree > 0.995

@@ -25,7 +25,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.files import sha256_file
 from edgeseg.meta import ModelMeta
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -135,6 +135,10 @@ class Predictor:
             return cls(TensorRTBackend(engine), path)
         if backend == "onnxruntime":
             return cls(_OnnxRuntimeBackend(path, threads), path)
+        if backend == "openvino":
+            from edgeseg.runtime.openvino import OpenVINOBackend
+
+            return cls(OpenVINOBackend(path, threads), path)
         return cls(_TorchBackend(path, threads), path)
 
     @property

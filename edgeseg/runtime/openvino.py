@@ -1,0 +1,49 @@
+"""OpenVINO backend for Predictor (optional extra ``openvino``): the same ONNX file, Intel/AMD x86 CPUs.
+
+Chosen by ``--backend openvino`` (or ``MODEL@openvino`` in bench); ``auto`` keeps ONNX Runtime, the
+portable default on every CPU, ARM included. FP32 stays FP32 (no bf16/fp16 inference hint), so
+accuracy matches ONNX Runtime's.
+The model's edgeseg metadata is read with ONNX Runtime's light model-meta API, so preprocessing is
+identical whichever backend runs the graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+
+
+class OpenVINOBackend:
+    def __init__(self, path: Path, threads: int | None) -> None:
+        from edgeseg.runtime.onnxruntime import default_threads
+        from edgeseg.runtime.predictor import BackendInfo, _meta_from_props
+
+        try:
+            import openvino as ov
+        except ImportError:
+            raise EdgesegError("OpenVINO is not installed: pip install 'edgeseg[openvino]' (x86 CPUs)") from None
+        core = ov.Core()
+        model = core.read_model(str(path))
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or default_threads(),
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        inp, out = self.compiled.inputs[0], self.compiled.outputs[0]
+        props = {}
+        if model.has_rt_info(["framework"]):
+            framework = model.get_rt_info()["framework"]
+            props = {k: framework[k].astype(str) for k in framework}
+        shape = [d.get_length() if d.is_static else "batch" for d in inp.get_partial_shape()]
+        self.meta = _meta_from_props(props, shape, path)
+        precision = props.get("precision", "fp32")
+        self.info = BackendInfo(name="openvino", provider="CPU", precision=precision,
+                                threads=threads or default_threads(),
+                                output="classes" if len(out.get_partial_shape()) == 3 else "logits",
+                                static_batch=shape[0] if isinstance(shape[0], int) else None,
+                                extra={"openvino": ov.get_version()})
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.request.infer([x])[0]
