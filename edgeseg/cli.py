@@ -110,6 +110,8 @@ def info(
         ]
         rows += [(f"provenance.{k}", v) for k, v in meta.get("provenance", {}).items()]
         rows += [(k, v) for k, v in d["extra"].items()]
+    elif d["kind"] == "engine":
+        rows += [(k, v) for k, v in d.items() if k not in ("path", "kind", "file_bytes", "sha256", "model_meta")]
     else:
         from edgeseg.onnx_info import onnx_rows
 

@@ -6,9 +6,6 @@ from pathlib import Path
 
 from edgeseg.errors import EdgesegError
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
-
-
 def describe(path: str | Path, size: tuple[int, int] | None = None) -> dict:
     """A JSON-ready description of ``path``; ``size`` (H, W) sets where MACs are counted."""
     path = Path(path)
@@ -18,6 +15,14 @@ def describe(path: str | Path, size: tuple[int, int] | None = None) -> dict:
         from edgeseg.onnx_info import describe_onnx
 
         return describe_onnx(path)
+    if path.suffix.lower() in (".engine", ".plan", ".trt"):
+        from dataclasses import asdict
+
+        from edgeseg.files import sha256_file
+        from edgeseg.tensorrt import EngineMeta
+
+        return {"path": str(path), "kind": "engine", "file_bytes": path.stat().st_size,
+                "sha256": sha256_file(path), **asdict(EngineMeta.load(path))}
     return describe_checkpoint(path, size)
 
 

@@ -183,3 +183,10 @@ def test_run_loop_on_tensorrt(cli, tmp_path, pets3):
             "--source", pets3 / "images", "--max-frames", "20", "--report", tmp_path / "r.json")
     assert r.code == 0, r.err
     assert json.loads((tmp_path / "r.json").read_text())["model"]["backend"] == "tensorrt"
+
+
+def test_info_reads_engine_metadata_without_tensorrt(cli, tmp_path):
+    _engine(tmp_path, l4t="36.4.3")
+    d = json.loads(cli("info", tmp_path / "m.engine", "--json").out)
+    assert (d["kind"], d["precision"], d["gpu"], d["l4t"]) == ("engine", "fp16", "Orin", "36.4.3")
+    assert "10.3.0" in cli("info", tmp_path / "m.engine").out
