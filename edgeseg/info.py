@@ -1,10 +1,11 @@
-"""Describe a model file (checkpoint now; ONNX and engines add their sections) as a plain dict."""
+"""Describe a model file (checkpoint, ONNX or TensorRT engine) as a plain dict."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
+
 
 def describe(path: str | Path, size: tuple[int, int] | None = None) -> dict:
     """A JSON-ready description of ``path``; ``size`` (H, W) sets where MACs are counted."""
