@@ -1,4 +1,8 @@
-"""Segmentation metrics from one confusion matrix: pixel accuracy, per-class IoU, mIoU, pet-vs-rest IoU."""
+"""Segmentation metrics from one confusion matrix: pixel accuracy, per-class IoU, mIoU, pet-vs-rest IoU.
+
+"pet IoU" is the animal against the rest: pet and border classes together (the trimap's border is
+the animal's outline) against background, what a user cutting the animal out cares about.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +38,10 @@ class ConfusionMatrix:
         union = c.sum(0) + c.sum(1) - tp
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = np.where(union > 0, tp / union, np.nan)
-        # pet (class 0) against everything else
-        pet_tp = c[0, 0]
-        pet_union = c[0, :].sum() + c[:, 0].sum() - pet_tp
+        # the animal (pet + border) against background
+        animal = [i for i, n in enumerate(class_names) if n != "background"]
+        pet_tp = c[np.ix_(animal, animal)].sum()
+        pet_union = c[animal, :].sum() + c[:, animal].sum() - pet_tp
         total = c.sum()
         return {
             "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),

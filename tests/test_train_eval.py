@@ -25,7 +25,10 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
     assert s["pixel_accuracy"] == pytest.approx(3 / 5)
     assert s["iou"] == pytest.approx({"pet": 1 / 2, "background": 1 / 3, "border": 1 / 2})
     assert s["miou"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 2) / 3)
-    assert s["pet_iou"] == pytest.approx(1 / 2)
+    # animal (pet + border) vs background: TP 2 of truth 3 / predicted 3 -> 2 / 4
+    assert s["pet_iou"] == pytest.approx(2 / 4)
+    cm.update(np.array([[2, 2]], np.uint8), np.array([[0, 2]], np.uint8))  # pet/border confusions stay animal
+    assert cm.summary()["pet_iou"] == pytest.approx(4 / 6)
     assert s["pixels"] == 5
 
 
@@ -55,6 +58,7 @@ def test_eval_scores_at_original_resolution(pets3):
     assert bg["iou"]["background"] == pytest.approx(counts[1] / counts.sum())
     assert bg["iou"]["pet"] == 0 and bg["pet_iou"] == 0
     assert pet["iou"]["pet"] == pytest.approx(counts[0] / counts.sum())
+    assert pet["pet_iou"] == pytest.approx((counts[0] + counts[2]) / counts.sum())
     assert pet["agreement_with_first"] == 0.0 and bg["agreement_with_first"] == 1.0
     assert bg["pixels"] == counts.sum()
 
