@@ -93,21 +93,24 @@ class FileSource:
         q: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 
+        def offer(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def reader() -> None:
             for p in self.paths:
-                if stop.is_set():
-                    return
                 try:
                     item = (p, read_image(p))
                 except ImageError:
                     item = (p, None)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-            q.put(None)
+                if not offer(item):
+                    return
+            offer(None)
 
         t = threading.Thread(target=reader, name="edgeseg-file-reader", daemon=True)
         t.start()
