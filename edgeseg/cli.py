@@ -522,6 +522,9 @@ def train(
     step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = 0,
     gamma: Annotated[float, typer.Option(help="StepLR factor.")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
+    scale_aug: Annotated[float, typer.Option(
+        help="Random zoom-in crops down to this fraction of the side (1.0: off, the notebook's recipe).",
+        min=0.1, max=1.0)] = 1.0,
     limit: Annotated[int, typer.Option(help="Use only the first N trainval images (0: all).")] = 0,
     extra_data: Annotated[Path | None, typer.Option(
         help="Photos with rough-masks/ (1 pet, 2 background) added to training, e.g. oxford-pets-37breeds-photos.")
@@ -542,7 +545,7 @@ def train(
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
     cfg = TrainConfig(data=str(data), arch=arch, epochs=epochs, batch=batch, size=(h, w), lr=lr,
-                      step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
+                      step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device, scale_aug=scale_aug,
                       extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())

@@ -42,6 +42,7 @@ class TrainConfig:
     step_size: int = 0  # StepLR period in epochs; 0 = constant learning rate
     gamma: float = 0.5
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength
+    scale_aug: float = 1.0  # smallest random zoom-in crop (fraction of the side); 1.0 = off (the notebook's recipe)
     val_fraction: float = 0.1  # held out of trainval for choosing the best epoch
     seed: int = 0
     interpolation: str = "area"  # how images are resized, recorded in the checkpoint's metadata
@@ -84,6 +85,22 @@ def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, ba
             ids[cv2.morphologyEx((raw == 1).astype(np.uint8), cv2.MORPH_GRADIENT, kernel) > 0] = IGNORE
         masks[i] = resize_mask(ids, size)
     return images, masks
+
+
+def random_crop(x: torch.Tensor, y: torch.Tensor, min_scale: float, gen: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random zoom-in: a crop of ``min_scale``..1 of the side, resized back (bilinear / nearest)."""
+    n = x.shape[0]
+    scale = min_scale + (1 - min_scale) * torch.rand(n, generator=gen)
+    shift = (1 - scale)[:, None] * (torch.rand(n, 2, generator=gen) * 2 - 1)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = nn.functional.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    y = nn.functional.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="border",
+                                  align_corners=False)[:, 0].long()
+    return x, y
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, jitter: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +208,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
             x = tr_x[idx].to(device).float() / 255.0
             y = tr_y[idx].to(device)
             x, y = augment(x, y, cfg.jitter, gen)
+            if cfg.scale_aug < 1.0:
+                x, y = random_crop(x, y, cfg.scale_aug, gen)
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -100,3 +100,20 @@ def test_rough_masks_add_pet_and_background_with_an_ignored_outline(pets37):
     assert values == {0, 1, IGNORE}  # no border class: the outline band is ignored instead
     ignored = (masks == IGNORE).mean()
     assert 0.005 < ignored < 0.3
+
+
+def test_random_crop_zooms_in_and_keeps_labels_valid():
+    import torch
+
+    from edgeseg.train import random_crop
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.randint(0, 3, (4, 32, 32))
+    y[:, :4] = IGNORE
+    same_x, same_y = random_crop(x, y, 1.0, g)
+    assert torch.allclose(same_x, x, atol=1e-5) and torch.equal(same_y, y)  # scale 1: identity
+    zx, zy = random_crop(x, y, 0.5, g)
+    assert zx.shape == x.shape and zy.dtype == torch.long
+    assert set(zy.unique().tolist()) <= {0, 1, 2, IGNORE}  # nearest: no blended label values
+    assert not torch.allclose(zx, x, atol=1e-3)

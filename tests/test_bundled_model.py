@@ -1,0 +1,38 @@
+"""The bundled model: its model card's numbers are reproduced, and its ONNX is the export of its checkpoint."""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+import pytest
+from conftest import REPO
+
+from edgeseg.checkpoint import load_checkpoint
+from edgeseg.evaluate import evaluate, load_split
+from edgeseg.files import sha256_file
+from edgeseg.runtime.predictor import Predictor
+
+MODELS = REPO / "models"
+
+
+def card_value(name: str) -> float:
+    m = re.search(rf"^\| {re.escape(name)} \| ([0-9.]+) \|", (MODELS / "README.md").read_text(), flags=re.M)
+    assert m, f"models/README.md has no '| {name} | value |' row"
+    return float(m.group(1))
+
+
+@pytest.mark.slow
+def test_model_card_test_split_metrics_are_reproduced(pets3):
+    r = evaluate([Predictor.load(MODELS / "segnet_dsc.pth", threads=2)], load_split(pets3, "test"))[0]
+    assert r["images"] == 298
+    assert abs(100 * r["miou"] - 100 * card_value("mIoU")) <= 0.1
+    assert abs(100 * r["pixel_accuracy"] - 100 * card_value("pixel accuracy")) <= 0.1
+
+
+def test_bundled_onnx_is_the_export_of_the_bundled_checkpoint():
+    ckpt = load_checkpoint(MODELS / "segnet_dsc.pth")
+    assert ckpt.meta.arch == "segnet-dsc" and ckpt.meta.input_size == (128, 128)
+    props = {p.key: p.value for p in onnx.load(str(MODELS / "segnet_dsc.onnx")).metadata_props}
+    assert props["source_sha256"] == sha256_file(MODELS / "segnet_dsc.pth")
+    assert (MODELS / "segnet_dsc.calib.json").stat().st_size > 1000
