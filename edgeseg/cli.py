@@ -174,7 +174,8 @@ def export(
         ("nodes", f"{r.nodes_before} -> {r.nodes_after}" + (" (onnxsim)" if r.simplified else " (not simplified)")),
         ("ops", ", ".join(f"{k} {n}" for k, n in r.op_histogram.items())),
         ("verified", f"{v.inputs} inputs ({v.real_images} real photos), {v.pixels:,} pixels: "
-                     f"{v.agreement:.2%} argmax agreement, max abs error {v.max_abs_error:.2e}"),
+                     f"{v.agreement:.4%} argmax agreement ({v.synthetic_flips} flips on synthetic inputs, "
+                     f"{v.real_flips} on photos), max abs error {v.max_abs_error:.2e}"),
         ("file", f"{r.file_bytes / 1e6:.2f} MB, written in {r.seconds:.1f} s"),
     ]))
 

@@ -94,8 +94,9 @@ def test_export_verifies_on_real_photos_and_argmax_head(cli, notebook_ckpt, tmp_
             pets3 / "images", "--verify-limit", "6", "--json")
     assert r.code == 0, r.err
     report = json.loads(r.out)
-    assert report["verification"]["real_images"] == 6
-    assert report["verification"]["agreement"] == 1.0
+    v = report["verification"]
+    assert v["real_images"] == 6 and v["synthetic_flips"] == 0
+    assert v["real_flips"] * 1e5 <= v["real_pixels"]
     sess = create_session(out, threads=1)
     assert [o.name for o in sess.get_outputs()] == ["classes"]
     x = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)
@@ -213,7 +214,7 @@ def test_failed_verification_writes_nothing(monkeypatch, notebook_ckpt, tmp_path
 
     def off_by_some(*a, **k):
         rep = real(*a, **k)
-        rep.agreement = 0.999
+        rep.synthetic_flips = 1  # one pixel off on the tie-heavy inputs is a broken graph
         return rep
 
     monkeypatch.setattr(ex, "verify", off_by_some)
@@ -221,3 +222,13 @@ def test_failed_verification_writes_nothing(monkeypatch, notebook_ckpt, tmp_path
     with pytest.raises(ex.EdgesegError, match="verification failed"):
         export(load_checkpoint(notebook_ckpt["segnet-dsc"]), out, ExportOptions(size=(32, 32)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verification_bounds():
+    from edgeseg.export import VerifyReport
+
+    ok = VerifyReport(inputs=70, pixels=10**6, max_abs_error=0.2, agreement=0.999998, real_images=64,
+                      synthetic_flips=0, real_flips=2, real_pixels=1_048_576)
+    assert ok.passed
+    assert not VerifyReport(**{**ok.__dict__, "synthetic_flips": 1}).passed
+    assert not VerifyReport(**{**ok.__dict__, "real_flips": 200}).passed

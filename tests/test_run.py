@@ -15,7 +15,7 @@ from edgeseg.data import read_image
 from edgeseg.errors import EdgesegError
 from edgeseg.overlay import Renderer
 from edgeseg.run import RunOptions, run_loop
-from edgeseg.runtime.predictor import Predictor
+from edgeseg.runtime.predictor import Predictor, default_onnx_backend
 from edgeseg.sources import FileSource, LiveSource, open_source
 
 
@@ -59,7 +59,7 @@ def test_loop_on_real_and_odd_images(onnx_model, odd_folder, tmp_path):
     assert data["latency"]["frames"] == len(names) and data["latency"]["measured_frames"] == len(names) - 1
     assert set(data["latency"]["stages_ms"]) == {"capture", "preprocess", "inference", "postprocess", "render",
                                                   "write"}
-    assert data["model"]["backend"] == "onnxruntime" and len(data["model"]["sha256"]) == 64
+    assert data["model"]["backend"] == default_onnx_backend() and len(data["model"]["sha256"]) == 64
     assert {"cpu", "onnxruntime", "opencv", "python"} <= set(data["environment"])
 
 
@@ -244,3 +244,21 @@ def test_openvino_backend_agrees_with_onnxruntime(onnx_model, pets3):
     frames = [read_image(p) for p in sorted((pets3 / "images").glob("Bengal_1*.jpg"))[:4]]
     agree = np.mean([(ov.predict(f) == ort.predict(f)).mean() for f in frames])
     assert agree > 0.995
+
+
+@pytest.mark.parametrize(("machine", "installed", "expected"), [
+    ("x86_64", True, "openvino"), ("x86_64", False, "onnxruntime"), ("aarch64", True, "onnxruntime")])
+def test_auto_backend_prefers_openvino_on_x86_only(monkeypatch, machine, installed, expected):
+    import importlib.util
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    real = importlib.util.find_spec
+
+    def find_spec(name, *a):
+        if name == "openvino":
+            return real("json") if installed else None
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert default_onnx_backend() == expected

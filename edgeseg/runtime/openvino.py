@@ -1,8 +1,8 @@
 """OpenVINO backend for Predictor (optional extra ``openvino``): the same ONNX file, Intel/AMD x86 CPUs.
 
-Chosen by ``--backend openvino`` (or ``MODEL@openvino`` in bench); ``auto`` keeps ONNX Runtime, the
-portable default on every CPU, ARM included. FP32 stays FP32 (no bf16/fp16 inference hint), so
-accuracy matches ONNX Runtime's.
+``auto`` picks it for .onnx files on x86 when it is installed (see predictor.default_onnx_backend);
+ONNX Runtime stays the portable default elsewhere, ARM included, and ``--backend onnxruntime``
+forces it. FP32 stays FP32 (no bf16/fp16 inference hint), so accuracy matches ONNX Runtime's.
 The model's edgeseg metadata is read with ONNX Runtime's light model-meta API, so preprocessing is
 identical whichever backend runs the graph.
 """
