@@ -51,9 +51,10 @@ class StageTimer:
         finally:
             self._current[name] = self._current.get(name, 0.0) + (time.perf_counter() - t0) * 1000
 
-    def add(self, name: str, ms: float) -> None:
-        """Record a stage measured elsewhere (for example the capture thread's wait)."""
-        if self._frame_start is None:
+    def add(self, name: str, ms: float, overlapped: bool = False) -> None:
+        """Record a stage measured elsewhere: the consumer's wait for a frame (part of this frame's
+        time), or with ``overlapped`` work another thread did in parallel (not part of it)."""
+        if self._frame_start is None and not overlapped:
             self._frame_start = time.perf_counter() - ms / 1000
         self._current[name] = self._current.get(name, 0.0) + ms
 

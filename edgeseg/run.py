@@ -92,8 +92,9 @@ class Sinks:
             if f is not None:
                 f.parent.mkdir(parents=True, exist_ok=True)
         self.quit_requested = False
+        self.needs_render = self.show or opts.output is not None or opts.save_video is not None
 
-    def write(self, name: str, vis: np.ndarray, mask: np.ndarray) -> None:
+    def write(self, name: str, vis: np.ndarray | None, mask: np.ndarray) -> None:
         if self.opts.output is not None:
             _imwrite(self.opts.output / f"{name}.jpg", vis)
         if self.opts.save_masks is not None:
@@ -139,21 +140,28 @@ def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
     check_outputs(opts)
     timer = StageTimer(warmup=opts.warmup)
     sinks = Sinks(opts, getattr(source, "fps", 0.0), warn)
+    if hasattr(source, "prepare"):
+        source.prepare = predictor.preprocess
     interrupted = False
     started = time.perf_counter()
     try:
         for frame in source:
             timer.add("capture", frame.wait_ms)
-            with timer.stage("preprocess"):
-                x = predictor.preprocess(frame.image)
+            if frame.tensor is not None:  # prepared on the reader thread, overlapping the last inference
+                timer.add("preprocess", frame.prepare_ms, overlapped=True)
+                x = frame.tensor
+            else:
+                with timer.stage("preprocess"):
+                    x = predictor.preprocess(frame.image)
             with timer.stage("inference"):
                 ids = predictor.infer(x)[0]
             with timer.stage("postprocess"):
                 mask = predictor.postprocess(ids, frame.image.shape)
-            with timer.stage("render"):
-                vis = renderer.render(frame.image, mask)
+            if sinks.needs_render:  # nobody sees an overlay when only masks or a report are wanted
+                with timer.stage("render"):
+                    vis = renderer.render(frame.image, mask)
             with timer.stage("write"):
-                sinks.write(frame.name, vis, mask)
+                sinks.write(frame.name, vis if sinks.needs_render else None, mask)
             timer.end_frame()
             if status:
                 status(timer)

@@ -36,6 +36,8 @@ class Frame:
     name: str  # base name for per-frame outputs (the file's stem, or frame_000042)
     index: int
     wait_ms: float = 0.0  # how long the consumer waited for this frame
+    tensor: np.ndarray | None = None  # the model input, when the source's thread already prepared it
+    prepare_ms: float = 0.0  # time that preparation took (on the source's thread)
 
 
 @dataclass
@@ -88,6 +90,9 @@ class FileSource:
     def __init__(self, paths: list[Path], label: str) -> None:
         self.paths, self.label = paths, label
         self.stats = SourceStats()
+        # Set by the loop: frame -> model input, run on the reader thread so that resizing the next
+        # photo overlaps the current inference (live sources prepare nothing: frames may be dropped).
+        self.prepare: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __iter__(self) -> Iterator[Frame]:
         q: queue.Queue = queue.Queue(maxsize=2)
@@ -105,9 +110,13 @@ class FileSource:
         def reader() -> None:
             for p in self.paths:
                 try:
-                    item = (p, read_image(p))
+                    image = read_image(p)
                 except ImageError:
-                    item = (p, None)
+                    item = (p, None, None, 0.0)
+                else:
+                    t0 = time.perf_counter()
+                    tensor = self.prepare(image) if self.prepare else None
+                    item = (p, image, tensor, (time.perf_counter() - t0) * 1000)
                 if not offer(item):
                     return
             offer(None)
@@ -122,14 +131,14 @@ class FileSource:
                 wait = (time.perf_counter() - t0) * 1000
                 if item is None:
                     return
-                path, image = item
+                path, image, tensor, prepare_ms = item
                 if image is None:
                     self.stats.skipped += 1
                     self.stats.skipped_files.append(str(path))
                     warnings.warn(f"{path}: not a decodable image; skipped", stacklevel=2)
                     continue
                 self.stats.frames += 1
-                yield Frame(image, path.stem, index, wait)
+                yield Frame(image, path.stem, index, wait, tensor, prepare_ms)
                 index += 1
         finally:
             stop.set()

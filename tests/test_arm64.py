@@ -73,9 +73,12 @@ def test_arm64_masks_equal_x86(precision, arm64_env, models, tmp_path, capsys):
     from edgeseg.sources import open_source
 
     x86 = tmp_path / "x86"
-    run_loop(Predictor.load(models[precision]), open_source(str(src)), Renderer(), RunOptions(save_masks=x86))
+    # the same backend on both sides: on x86 `auto` would pick OpenVINO when it is installed
+    run_loop(Predictor.load(models[precision], backend="onnxruntime"), open_source(str(src)), Renderer(),
+             RunOptions(save_masks=x86))
     t0 = time.perf_counter()
-    r = _run_arm64(arm64_env, ["run", str(models[precision]), "--source", str(src), "--save-masks",
+    r = _run_arm64(arm64_env, ["run", str(models[precision]), "--backend", "onnxruntime", "--source", str(src),
+                               "--save-masks",
                                str(tmp_path / "arm"), "--report", str(tmp_path / "arm.json"), "--threads", "2"])
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
