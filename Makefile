@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 # Export the bundled checkpoint, quantize it for the CPU (stored calibration ranges, so no photos
 # are needed), then run the live loop over photos and write overlays, masks and a latency report.
 # With ../shared present: photos of 37 breeds, and INT8 is gated on the 3-breed test split.
-# Without it: scikit-image's CC0 cat photo.
+# Without it: scikit-image's sample photos (a cat, and three without animals), all CC0/public domain.
 demo: $(BIN)/.installed
 	rm -rf $(OUT) && mkdir -p $(OUT)/input
 	$(BIN)/edgeseg info models/segnet_dsc.pth
@@ -38,7 +38,8 @@ demo: $(BIN)/.installed
 	if [ -d $(PETS37) ]; then \
 		ls $(PETS37)/*.jpg | awk 'NR % 10 == 1' | head -n 37 | xargs -I{} ln -s "$$(cd $(PETS37) && pwd)/$$(basename {})" $(OUT)/input/; \
 	else \
-		cp "$$($(BIN)/python -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data", "chelsea.png"))')" $(OUT)/input/cat.png; \
+		skdata="$$($(BIN)/python -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))")"; \
+		cp "$$skdata/chelsea.png" "$$skdata/coffee.png" "$$skdata/astronaut.png" "$$skdata/rocket.jpg" $(OUT)/input/; \
 	fi
 	$(BIN)/edgeseg run $(OUT)/segnet_dsc.int8.onnx --source $(OUT)/input --warmup 1 --view side-by-side \
 		--output $(OUT)/overlays --save-masks $(OUT)/masks --report $(OUT)/report.json

@@ -148,7 +148,7 @@ def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
         for frame in source:
             timer.add("capture", frame.wait_ms)
             if frame.tensor is not None:  # prepared on the reader thread, overlapping the last inference
-                timer.add("preprocess", frame.prepare_ms, overlapped=True)
+                timer.add("preprocess (reader thread)", frame.prepare_ms, overlapped=True)
                 x = frame.tensor
             else:
                 with timer.stage("preprocess"):

@@ -57,8 +57,11 @@ def test_loop_on_real_and_odd_images(onnx_model, odd_folder, tmp_path):
     assert data == json.loads(json.dumps(result))
     assert data["source_stats"]["skipped_unreadable"] == 1
     assert data["latency"]["frames"] == len(names) and data["latency"]["measured_frames"] == len(names) - 1
-    assert set(data["latency"]["stages_ms"]) == {"capture", "preprocess", "inference", "postprocess", "render",
-                                                  "write"}
+    assert set(data["latency"]["stages_ms"]) == {"capture", "preprocess (reader thread)", "inference",
+                                                  "postprocess", "render", "write"}
+    lat = data["latency"]
+    main_thread = sum(v["mean"] for k, v in lat["stages_ms"].items() if "reader thread" not in k)
+    assert lat["end_to_end_ms"]["mean"] == pytest.approx(main_thread, rel=0.2)  # overlapped work is not added
     assert data["model"]["backend"] == default_onnx_backend() and len(data["model"]["sha256"]) == 64
     assert {"cpu", "onnxruntime", "opencv", "python"} <= set(data["environment"])
 
