@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml
 
 # Export the bundled checkpoint, quantize it for the CPU (stored calibration ranges, so no photos
 # are needed), then run the live loop over photos and write overlays, masks and a latency report.
-# With ../shared present: photos of 37 breeds, and INT8 is gated on the 3-breed test split.
+# With ../shared present: one photo of each of 37 breeds, and INT8 is gated on the 3-breed test split.
 # Without it: scikit-image's sample photos (a cat, and three without animals), all CC0/public domain.
 demo: $(BIN)/.installed
 	rm -rf $(OUT) && mkdir -p $(OUT)/input
@@ -36,7 +36,7 @@ demo: $(BIN)/.installed
 			-o $(OUT)/segnet_dsc.int8.onnx; \
 	fi
 	if [ -d $(PETS37) ]; then \
-		ls $(PETS37)/*.jpg | awk 'NR % 10 == 1' | head -n 37 | xargs -I{} ln -s "$$(cd $(PETS37) && pwd)/$$(basename {})" $(OUT)/input/; \
+		for f in $$(ls $(PETS37)/*.jpg | awk 'NR % 10 == 1'); do ln -s "$$(realpath "$$f")" $(OUT)/input/; done; \
 	else \
 		skdata="$$($(BIN)/python -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data'))")"; \
 		cp "$$skdata/chelsea.png" "$$skdata/coffee.png" "$$skdata/astronaut.png" "$$skdata/rocket.jpg" $(OUT)/input/; \
