@@ -10,12 +10,17 @@ Settings and why (measured on the 2-core dev machine, see README's benchmark sec
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from edgeseg.errors import EdgesegError
+
+
+# Flushing denormals is deliberate; numpy notices it the first time it inspects float limits.
+warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
 
 
 def default_threads() -> int:
