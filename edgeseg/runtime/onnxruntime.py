@@ -18,7 +18,6 @@ import onnxruntime as ort
 
 from edgeseg.errors import EdgesegError
 
-
 # Flushing denormals is deliberate; numpy notices it the first time it inspects float limits.
 warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
 
