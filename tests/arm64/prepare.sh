@@ -11,9 +11,6 @@ WHEELS="$CACHE/site"
 mkdir -p "$CACHE"
 exec 3>&1 1>>"$CACHE/prepare.log" 2>&1
 
-if ! command -v qemu-aarch64 >/dev/null; then
-    apt-get install -y -q qemu-user
-fi
 if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
     dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
     apt-get update -q
@@ -29,6 +26,9 @@ if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
         libkeyutils1:arm64 libdb5.3:arm64 media-types)
     for d in "$debs"/*.deb; do dpkg -x "$d" "$SYSROOT.tmp"; done
     mv "$SYSROOT.tmp" "$SYSROOT"
+fi
+if ! command -v qemu-aarch64 >/dev/null; then
+    apt-get install -y -q qemu-user || { apt-get update -q && apt-get install -y -q qemu-user; }
 fi
 if [ ! -f "$WHEELS/.complete" ]; then
     rm -rf "$WHEELS"
