@@ -152,13 +152,12 @@ def export(
     from edgeseg.checkpoint import load_checkpoint
     from edgeseg.export import ExportOptions, validate_options
     from edgeseg.export import export as run_export
+    from edgeseg.files import check_writable
 
     opts = ExportOptions(size=parse_size(size) if size else None, opset=opset,
                          batch=None if dynamic_batch else batch, simplify=simplify, with_argmax=with_argmax)
     validate_options(opts)
     output = output or checkpoint.with_suffix(".onnx")
-    from edgeseg.files import check_writable
-
     check_writable(output, force)
     ckpt = load_checkpoint(checkpoint)
     size_hw = opts.size or ckpt.meta.input_size
