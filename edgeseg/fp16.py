@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeseg.errors import EdgesegError
+
 FP16_MAX = 65504.0
 
 
@@ -23,28 +25,19 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         a = numpy_helper.to_array(t)
         if np.abs(a).max(initial=0.0) > FP16_MAX:
-            raise ValueError(f"initializer {t.name} exceeds the FP16 range; build this model in FP32")
+            raise EdgesegError(f"initializer {t.name} exceeds the FP16 range; build this model with --precision fp32")
         g.initializer[i].CopyFrom(numpy_helper.from_array(a.astype(np.float16), t.name))
     for node in g.node:
         for a in node.attribute:
             if a.name == "to" and node.op_type == "Cast" and a.i == TensorProto.FLOAT:
                 a.i = TensorProto.FLOAT16
     casts_in = []
-    for inp in g.input:
-        if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
-            continue
-        half = f"{inp.name}_fp16"
-        for node in g.node:
-            node.input[:] = [half if x == inp.name else x for x in node.input]
+    for inp in (v for v in g.input if v.type.tensor_type.elem_type == TensorProto.FLOAT):
+        half = _rename(g, inp.name)
         casts_in.append(helper.make_node("Cast", [inp.name], [half], name=f"{inp.name}/to_fp16",
                                          to=TensorProto.FLOAT16))
-    for out in g.output:
-        if out.type.tensor_type.elem_type != TensorProto.FLOAT:
-            continue
-        half = f"{out.name}_fp16"
-        for node in g.node:
-            node.output[:] = [half if x == out.name else x for x in node.output]
-            node.input[:] = [half if x == out.name else x for x in node.input]
+    for out in (v for v in g.output if v.type.tensor_type.elem_type == TensorProto.FLOAT):
+        half = _rename(g, out.name)
         g.node.append(helper.make_node("Cast", [half], [out.name], name=f"{out.name}/to_fp32", to=TensorProto.FLOAT))
     nodes = casts_in + list(g.node)
     del g.node[:]
@@ -55,3 +48,12 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             p.value = "fp16"
     onnx.checker.check_model(m)
     return m
+
+
+def _rename(g: onnx.GraphProto, name: str) -> str:
+    """Point every node's use of tensor ``name`` (as input or output) at ``name_fp16``; return that name."""
+    half = f"{name}_fp16"
+    for node in g.node:
+        node.input[:] = [half if x == name else x for x in node.input]
+        node.output[:] = [half if x == name else x for x in node.output]
+    return half

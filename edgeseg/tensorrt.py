@@ -133,7 +133,8 @@ class EngineMeta:
     output: str = "logits"
 
     def save(self, engine: Path) -> None:
-        meta_path(engine).write_text(json.dumps(asdict(self), indent=2))
+        text = json.dumps(asdict(self), indent=2)
+        atomic_write(meta_path(engine), lambda p: p.write_text(text), force=True)
 
     @classmethod
     def load(cls, engine: Path) -> EngineMeta:
