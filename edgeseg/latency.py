@@ -118,7 +118,7 @@ def environment() -> dict:
         "machine": platform.machine(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "numpy": np.__version__, "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
     }
-    if os.path.exists("/etc/nv_tegra_release"):
-        with open("/etc/nv_tegra_release") as f:
-            env["l4t"] = f.readline().strip()
+    from edgeseg.tensorrt import jetson_facts  # no TensorRT import: reads /etc and runs nvpmodel etc.
+
+    env.update(jetson_facts(sample_seconds=0.5))  # empty off a Jetson
     return env

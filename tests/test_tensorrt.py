@@ -190,3 +190,13 @@ def test_info_reads_engine_metadata_without_tensorrt(cli, tmp_path):
     d = json.loads(cli("info", tmp_path / "m.engine", "--json").out)
     assert (d["kind"], d["precision"], d["gpu"], d["l4t"]) == ("engine", "fp16", "Orin", "36.4.3")
     assert "10.3.0" in cli("info", tmp_path / "m.engine").out
+
+
+def test_run_reports_carry_jetson_facts_on_a_jetson(monkeypatch):
+    from edgeseg.latency import environment
+
+    monkeypatch.setattr(et, "l4t_release", lambda: "36.4.3")
+    monkeypatch.setattr(et.shutil, "which", lambda name: None)  # no nvpmodel/jetson_clocks/tegrastats here
+    assert environment()["l4t"] == "36.4.3"
+    monkeypatch.setattr(et, "l4t_release", lambda: None)
+    assert "l4t" not in environment()
