@@ -77,16 +77,18 @@ def split_spec(spec: str | Path, default_backend: str) -> tuple[Path, str]:
     return Path(text), default_backend
 
 
-def bench(models: Sequence[str | Path], backend: str = "auto", threads: int | None = None, runs: int = 100,
+def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threads: int | None = None, runs: int = 100,
           warmup: int = 10, batch: int = 1, data: Path | None = None, data_limit: int = 0,
           end_to_end: bool = False, images: Path | None = None, peak: bool = True,
           progress: Callable[[int, int], None] | None = None) -> dict:
-    """Interleaved latency of ``models``; with ``data`` (Oxford layout) also mIoU and agreement."""
+    """Interleaved latency of ``models`` (paths, ``path@backend`` specs or loaded Predictors); with
+    ``data`` (Oxford layout) also mIoU and agreement."""
     if not models:
         raise EdgesegError("give at least one model")
     if runs < 1 or warmup < 0 or batch < 1:
         raise EdgesegError("--runs and --batch must be at least 1 and --warmup at least 0")
-    preds = [Predictor.load(*split_spec(m, backend), threads=threads) for m in models]
+    preds = [m if isinstance(m, Predictor) else Predictor.load(*split_spec(m, backend), threads=threads)
+             for m in models]
     sizes = {tuple(p.input_size) for p in preds}
     if len(sizes) > 1:
         raise EdgesegError("models have different input sizes (" + ", ".join(

@@ -11,6 +11,12 @@ from pathlib import Path
 from edgeseg.errors import EdgesegError
 
 
+def cache_root() -> Path:
+    """Where built artefacts are kept between runs (TensorRT engines, OpenVINO's compiled blobs):
+    $EDGESEG_CACHE, else ~/.cache/edgeseg."""
+    return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg"))
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

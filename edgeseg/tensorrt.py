@@ -10,7 +10,6 @@ Written against the TensorRT 10 and 11 Python APIs (see ../shared/notes/tensorrt
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_write, check_writable, sha256_file
+from edgeseg.files import atomic_write, cache_root, check_writable, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -168,7 +167,7 @@ def system_key() -> dict:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("EDGESEG_CACHE", Path.home() / ".cache" / "edgeseg")) / "engines"
+    return cache_root() / "engines"
 
 
 def cache_key(onnx_sha256: str, precision: str, system: dict) -> str:

@@ -14,6 +14,14 @@ PETS3 = DATASETS / "oxford-pets-3breeds"
 PETS37 = DATASETS / "oxford-pets-37breeds-photos"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Engines and OpenVINO's compiled models go to a temporary folder, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGESEG_CACHE", str(tmp_path_factory.mktemp("edgeseg-cache")))
+        yield
+
+
 @dataclass
 class CliResult:
     code: int

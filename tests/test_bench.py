@@ -74,3 +74,23 @@ def test_model_at_backend_spec():
     assert split_spec("m.onnx@openvino", "auto") == (Path("m.onnx"), "openvino")
     assert split_spec("m.onnx", "onnxruntime") == (Path("m.onnx"), "onnxruntime")
     assert split_spec("odd@name.onnx", "auto") == (Path("odd@name.onnx"), "auto")
+
+
+def test_cpu_table_benchmark_lists_every_configuration(tmp_path):
+    """benchmarks/cpu_table.py (the README's CPU table) still runs end to end on the bundled model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "table.json"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "cpu_table.py"), "--runs", "2", "--warmup", "0",
+                        "--threads", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["models"]
+    labels = [row["configuration"] for row in rows]
+    assert labels[:5] == ["PyTorch eager FP32", "ONNX Runtime FP32, unpool as exported", "ONNX Runtime FP32",
+                          "ONNX Runtime INT8, unpool as exported", "ONNX Runtime INT8"]
+    assert all(label in r.stdout for label in labels)
+    assert "default INT8 p50 / default FP32 p50" in r.stdout
+    assert {row["precision"] for row in rows[3:5]} == {"int8-cpu"}

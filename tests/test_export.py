@@ -42,9 +42,8 @@ def test_exact_unpool_equals_maxunpool_on_ties(seed):
     assert torch.equal(exact_unpool(pre, pooled, x), maxunpool_reference(pre, x))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_onnx_unpool_subgraph_is_bit_exact_in_onnxruntime(seed):
-    n, c, h, w = 2, 9, 16, 24
+def unpool_model(n: int, c: int, h: int, w: int) -> onnx.ModelProto:
+    """The export's unpool subgraph alone: inputs ``pre`` (N, C, H, W) and ``x`` (N, C, H/2, W/2)."""
     g = _Graph()
     _unpool(g, "pre", "x", (h, w), "out")
     graph = helper.make_graph(
@@ -54,7 +53,13 @@ def test_onnx_unpool_subgraph_is_bit_exact_in_onnxruntime(seed):
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [n, c, h, w])], initializer=g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    sess = create_session(model.SerializeToString(), threads=1)
+    return model
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_onnx_unpool_subgraph_is_bit_exact_in_onnxruntime(seed):
+    n, c, h, w = 2, 9, 16, 24
+    sess = create_session(unpool_model(n, c, h, w).SerializeToString(), threads=1)
     pre = tie_heavy((n, c, h, w), seed)
     x = torch.rand(n, c, h // 2, w // 2, generator=torch.Generator().manual_seed(seed)) + 0.1
     out = sess.run(None, {"pre": pre.numpy(), "x": x.numpy()})[0]

@@ -265,3 +265,32 @@ def test_auto_backend_prefers_openvino_on_x86_only(monkeypatch, machine, install
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     assert default_onnx_backend() == expected
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_class_ids_match_argmax_including_ties(classes):
+    from edgeseg.runtime.predictor import class_ids
+
+    logits = np.random.default_rng(classes).standard_normal((2, classes, 16, 16)).astype(np.float32)
+    logits[:, -1, :4] = logits[:, 0, :4]  # ties: the first class must win, as with argmax
+    logits[:, 1, 4:8] = np.round(logits[:, 1, 4:8])
+    logits[:, 0, 4:8] = np.round(logits[:, 0, 4:8])
+    ids = class_ids(logits)
+    assert ids.dtype == np.uint8
+    assert np.array_equal(ids, logits.argmax(1))
+
+
+def test_openvino_caches_compiled_models_and_runs_without_a_cache(onnx_model, tmp_path, monkeypatch):
+    pytest.importorskip("openvino", reason="pip install 'edgeseg[openvino]' (installed by make test)")
+    x = np.random.default_rng(0).random((1, 3, *Predictor.load(onnx_model, threads=1).input_size), dtype=np.float32)
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "cache"))
+    first = Predictor.load(onnx_model, backend="openvino", threads=1)
+    assert first.info.extra["model_cache"] == str(tmp_path / "cache" / "openvino")
+    assert any((tmp_path / "cache" / "openvino").iterdir())
+    cached = Predictor.load(onnx_model, backend="openvino", threads=1)
+    assert np.array_equal(cached.infer(x), first.infer(x))
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "not-a-folder" / "x"))
+    (tmp_path / "not-a-folder").write_text("")
+    uncached = Predictor.load(onnx_model, backend="openvino", threads=1)
+    assert uncached.info.extra["model_cache"] == "off"
+    assert np.array_equal(uncached.infer(x), first.infer(x))

@@ -9,11 +9,24 @@ identical whichever backend runs the graph.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.files import cache_root
+
+
+def _model_cache() -> str | None:
+    """OpenVINO's compiled-model cache folder (it keys entries by model, device and settings), or
+    None when it cannot be created: caching is an optimisation, never a reason to fail."""
+    folder = cache_root() / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(folder) if os.access(folder, os.W_OK) else None
 
 
 class OpenVINOBackend:
@@ -26,6 +39,9 @@ class OpenVINOBackend:
         except ImportError:
             raise EdgesegError("OpenVINO is not installed: pip install 'edgeseg[openvino]' (x86 CPUs)") from None
         core = ov.Core()
+        cache = _model_cache()
+        if cache:  # compiled blobs: an INT8 model starts in ~0.2 s instead of ~0.5 s (README, start-up)
+            core.set_property({"CACHE_DIR": cache})
         model = core.read_model(str(path))
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or default_threads(),
                   "INFERENCE_PRECISION_HINT": "f32"}
@@ -43,7 +59,7 @@ class OpenVINOBackend:
                                 threads=threads or default_threads(),
                                 output="classes" if len(out.get_partial_shape()) == 3 else "logits",
                                 static_batch=shape[0] if isinstance(shape[0], int) else None,
-                                extra={"openvino": ov.get_version()})
+                                extra={"openvino": ov.get_version(), "model_cache": cache or "off"})
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.request.infer([x])[0]

