@@ -294,3 +294,20 @@ def test_openvino_caches_compiled_models_and_runs_without_a_cache(onnx_model, tm
     uncached = Predictor.load(onnx_model, backend="openvino", threads=1)
     assert uncached.info.extra["model_cache"] == "off"
     assert np.array_equal(uncached.infer(x), first.infer(x))
+
+
+def test_default_threads_count_physical_cores(tmp_path, monkeypatch):
+    import os
+
+    from edgeseg.runtime.onnxruntime import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for cpu, core in enumerate([0, 1, 0, 1]):  # 2 cores with 2 SMT threads each
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text("0\n")
+        (topo / "core_id").write_text(f"{core}\n")
+    assert default_threads(tmp_path) == 2
+    (tmp_path / "cpu3" / "topology" / "core_id").unlink()  # unreadable topology: every allowed CPU
+    assert default_threads(tmp_path) == 4
+    assert default_threads() >= 1

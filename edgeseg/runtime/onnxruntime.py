@@ -4,7 +4,8 @@ Settings and why (measured on the 2-core dev machine, see README's benchmark sec
 - denormals flushed: trained weights make denormal activations that cost several times the FLOPs;
 - intra-op spinning off: several sessions in one process (bench, quantize's gate) otherwise steal
   each other's cores while their idle threads spin;
-- threads default to the number of physical cores (os.cpu_count() when that is unknown).
+- threads default to the physical cores the process may use (SMT siblings counted once; the allowed
+  CPU count when sysfs has no topology).
 """
 
 from __future__ import annotations
@@ -22,8 +23,19 @@ from edgeseg.errors import EdgesegError
 warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
 
 
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def default_threads(sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
+    """Physical cores this process may run on: SMT siblings share one core's vector units, and a
+    second thread per core slows compute-bound kernels down. Counts (package, core) pairs of the
+    allowed CPUs from sysfs; the allowed CPU count where the topology cannot be read."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topo = sysfs / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
 
 
 def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
