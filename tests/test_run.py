@@ -64,6 +64,10 @@ def test_loop_on_real_and_odd_images(onnx_model, odd_folder, tmp_path):
     assert lat["end_to_end_ms"]["mean"] == pytest.approx(main_thread, rel=0.2)  # overlapped work is not added
     assert data["model"]["backend"] == default_onnx_backend() and len(data["model"]["sha256"]) == 64
     assert {"cpu", "onnxruntime", "opencv", "python"} <= set(data["environment"])
+    if data["model"]["backend"] == "onnxruntime":  # how the session was set up, for whoever reads the report
+        assert data["model"]["session"]["denormals_flushed"] and not data["model"]["session"]["spinning"]
+    else:
+        assert data["model"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
 
 
 def _write_video(path, frames):

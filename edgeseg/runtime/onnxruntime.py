@@ -49,6 +49,13 @@ def session_options(threads: int | None = None, spinning: bool = False) -> ort.S
     return so
 
 
+def session_settings(so: ort.SessionOptions) -> dict:
+    """What a report should say about how a session was configured."""
+    return {"intra_op_threads": so.intra_op_num_threads, "graph_optimization": str(so.graph_optimization_level),
+            "denormals_flushed": so.get_session_config_entry("session.set_denormal_as_zero") == "1",
+            "spinning": so.get_session_config_entry("session.intra_op.allow_spinning") == "1"}
+
+
 def create_session(model: str | Path | bytes, threads: int | None = None, spinning: bool = False,
                    providers: list[str] | None = None) -> ort.InferenceSession:
     """An InferenceSession with :func:`session_options`; a bad file becomes one clear error."""

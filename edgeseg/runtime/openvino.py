@@ -59,7 +59,8 @@ class OpenVINOBackend:
                                 threads=threads or default_threads(),
                                 output="classes" if len(out.get_partial_shape()) == 3 else "logits",
                                 static_batch=shape[0] if isinstance(shape[0], int) else None,
-                                extra={"openvino": ov.get_version(), "model_cache": cache or "off"})
+                                extra={"openvino": ov.get_version(), "model_cache": cache or "off",
+                                       "config": {k: str(v) for k, v in config.items()}})
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.request.infer([x])[0]

@@ -43,7 +43,7 @@ class BackendInfo:
 
 class _OnnxRuntimeBackend:
     def __init__(self, path: Path, threads: int | None, lower_unpool: bool = True) -> None:
-        from edgeseg.runtime.onnxruntime import create_session, default_threads
+        from edgeseg.runtime.onnxruntime import create_session, default_threads, session_settings
 
         lowered = _lowered_unpools(path) if lower_unpool else None
         self.session = create_session(lowered[0] if lowered else path, threads=threads)
@@ -58,7 +58,8 @@ class _OnnxRuntimeBackend:
             threads=threads or default_threads(), output="classes" if len(out.shape) == 3 else "logits",
             static_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
             extra={"onnxruntime": __import__("onnxruntime").__version__,
-                   "unpool": f"rewritten for NCHWc ({lowered[1]})" if lowered else "as exported"},
+                   "unpool": f"rewritten for NCHWc ({lowered[1]})" if lowered else "as exported",
+                   "session": session_settings(self.session.get_session_options())},
         )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
