@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -33,19 +35,20 @@ def test_jetson_image_keeps_system_tensorrt_and_opencv():
 
 def test_cpu_runtime_stage_installs_only_the_runtime_set():
     runtime_stage = (DOCKER / "Dockerfile.cpu").read_text().split("AS export")[0]
-    assert "RUN pip install . &&" in runtime_stage and "torch" not in runtime_stage
+    assert 'RUN pip install "/opt/edgeseg[openvino]" &&' in runtime_stage and "torch" not in runtime_stage
 
 
 @pytest.mark.slow
 def test_runtime_dependency_set_runs_run_and_bench_without_torch(tmp_path, exported):
-    """Install edgeseg as the CPU image does (no extras) into a fresh venv and use it on an ONNX model."""
+    """Install edgeseg as the CPU image does (runtime set + openvino extra) into a fresh venv and use it
+    on an ONNX model: no PyTorch, and the backend ``auto`` picks is the one the report names."""
     if not PETS3.is_dir():
         pytest.skip(f"dataset not found at {PETS3}")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", str(REPO)], capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", f"{REPO}[openvino]"], capture_output=True,
+                       text=True, timeout=900)
     if r.returncode != 0 and ("Could not find a version" in r.stderr or "connection" in r.stderr.lower()):
         pytest.skip(f"no package index reachable: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr
@@ -57,6 +60,14 @@ def test_runtime_dependency_set_runs_run_and_bench_without_torch(tmp_path, expor
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "ov" / "Abyssinian_1.jpg").exists()
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert json.loads((tmp_path / "r.json").read_text())["model"]["backend"] == ("openvino" if x86 else "onnxruntime")
+    r = subprocess.run([str(edgeseg), "run", str(model), "--backend", "onnxruntime", "--source",
+                        str(PETS3 / "images" / "Abyssinian_1.jpg"), "--report", str(tmp_path / "ort.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    unpool = json.loads((tmp_path / "ort.json").read_text())["model"]["unpool"]
+    assert unpool == ("rewritten for NCHWc (4)" if x86 else "as exported")
     r = subprocess.run([str(edgeseg), "bench", str(model), "--runs", "3", "--warmup", "1", "--no-peak"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
