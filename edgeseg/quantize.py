@@ -19,7 +19,6 @@ without re-calibrating.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import random
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeseg.calibration_cache import quantize_static_cached, ranges_method
 from edgeseg.data import ImageError, is_oxford_layout, list_images, oxford_split, preprocess, read_image
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_writable, sha256_file
@@ -128,11 +128,11 @@ def _ort_method(opts: QuantizeOptions):
 
 
 def _quantize(model_path: Path, out: Path, opts: QuantizeOptions, ranges: Path, reader=None) -> None:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType
 
-    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
-        raise EdgesegError("edgeseg quantize needs an onnxruntime with calibration caching (1.24 or newer); "
-                           "pip install -U onnxruntime")
+    if ranges.is_file() and ranges_method(ranges) != opts.method:
+        raise EdgesegError(f"these ranges were computed with --method {ranges_method(ranges)}; pass that, or "
+                           "calibrate again with --calib DIR", ranges)
     extra: dict = {"CalibPercentile": opts.percentile} if opts.method == "percentile" else {}
     if opts.target == "tensorrt":
         act, extra = QuantType.QInt8, {**extra, "ActivationSymmetric": True, "WeightSymmetric": True,
@@ -143,11 +143,11 @@ def _quantize(model_path: Path, out: Path, opts: QuantizeOptions, ranges: Path, 
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs pre-processing advice on every call
     try:
-        quantize_static(
-            str(model_path), str(out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-            per_channel=True, reduce_range=False, activation_type=act, weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(opts.exclude), calibrate_method=_ort_method(opts), extra_options=extra,
-            calibration_cache_path=str(ranges),
+        quantize_static_cached(
+            ranges, reader, model_input=str(model_path), model_output=str(out), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False, activation_type=act,
+            weight_type=QuantType.QInt8, nodes_to_exclude=list(opts.exclude), calibrate_method=_ort_method(opts),
+            extra_options=extra,
         )
     finally:
         root.setLevel(level)

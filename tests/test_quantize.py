@@ -123,3 +123,33 @@ def test_quantize_refuses_bad_inputs(cli, fp32, calib_ranges, tmp_path):
     other.write_text(json.dumps({"CLS": "TensorsData", "data": {"not.a.tensor": {}}}))
     r = cli("quantize", fp32, "--calib-ranges", other, "-o", tmp_path / "x.onnx")
     assert r.code == 1 and "computed for another model" in r.err
+    r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "--method", "entropy", "-o", tmp_path / "x.onnx")
+    assert r.code == 1 and "computed with --method minmax" in r.err
+
+
+def _weights(path) -> dict:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_onnxruntime_before_1_24_quantizes_the_same_from_the_same_ranges(monkeypatch, fp32, calib_ranges, tmp_path):
+    """Python 3.10 (JetPack 6) gets ONNX Runtime 1.23 at most, without calibration caching: edgeseg
+    feeds the stored ranges to its quantizer itself and writes ranges in the same file layout."""
+    from conftest import PETS37
+
+    import edgeseg.calibration_cache as cc
+
+    native = tmp_path / "native.onnx"
+    q.quantize(fp32, native, q.QuantizeOptions(), calib_ranges=calib_ranges)
+    monkeypatch.setattr(cc, "native_cache", lambda: False)
+    legacy = tmp_path / "legacy.onnx"
+    q.quantize(fp32, legacy, q.QuantizeOptions(), calib_ranges=calib_ranges)
+    a, b = _weights(native), _weights(legacy)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # Ranges computed on the legacy path, then used on the native one: same model again.
+    ranges = tmp_path / "legacy-ranges.json"
+    q.quantize(fp32, tmp_path / "l2.onnx", q.QuantizeOptions(num_images=16), calib_dir=PETS37, save_ranges=ranges)
+    monkeypatch.undo()
+    q.quantize(fp32, tmp_path / "n2.onnx", q.QuantizeOptions(), calib_ranges=ranges)
+    a, b = _weights(tmp_path / "l2.onnx"), _weights(tmp_path / "n2.onnx")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads(ranges.read_text()).keys() == json.loads(calib_ranges.read_text()).keys()

@@ -1,0 +1,112 @@
+"""Calibration ranges stored as a JSON file, on every ONNX Runtime edgeseg supports.
+
+ONNX Runtime 1.24 added ``quantize_static(calibration_cache_path=...)``: compute the activation
+ranges once, reuse them for every later quantization. Its wheels need Python 3.11+, so JetPack 6
+(Python 3.10) gets ONNX Runtime 1.23 at most, whose ``quantize_static`` always calibrates. There,
+:func:`quantize_static_cached` hands the stored ranges to ONNX Runtime's own quantizer through its
+calibrator hook (or captures the ranges it computes) and reads/writes the same JSON layout, so a
+ranges file moves freely between the two (``models/segnet_dsc.calib.json`` is one).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_write
+
+
+def native_cache() -> bool:
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _encode(obj):
+    if isinstance(obj, np.ndarray):
+        return {"data": obj.tolist(), "dtype": str(obj.dtype), "CLS": "numpy.array"}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Enum):
+        return {"CLS": type(obj).__name__, "value": str(obj)}
+    if hasattr(obj, "_attrs"):  # TensorData
+        return {**{k: getattr(obj, k) for k in obj._attrs}, "CLS": type(obj).__name__}
+    raise TypeError(f"cannot store {type(obj).__name__} in a calibration cache")
+
+
+def write_ranges(tensors, path: Path) -> None:
+    """``tensors`` (ONNX Runtime TensorsData) -> ``path`` in ONNX Runtime 1.24's cache layout."""
+    payload = {"CLS": "TensorsData", "data": tensors.data, "calibration_method": tensors.calibration_method,
+               "smooth_quant": False}
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, default=_encode)), force=True)
+
+
+def ranges_method(path: Path) -> str:
+    """The calibration method a ranges file was computed with: minmax, entropy or percentile."""
+    try:
+        method = json.loads(path.read_text())["calibration_method"]
+        return (method["value"] if isinstance(method, dict) else str(method)).split(".")[-1].lower()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise EdgesegError("not a calibration ranges file (edgeseg quantize --save-ranges writes one)", path) from None
+
+
+def read_ranges(path: Path):
+    """``path`` -> ONNX Runtime TensorsData (any ONNX Runtime edgeseg supports)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    method = {m.name.lower(): m for m in CalibrationMethod}[ranges_method(path)]
+
+    def value(v):
+        return np.array(v["data"], dtype=v["dtype"]) if isinstance(v, dict) and v.get("CLS") == "numpy.array" else v
+
+    data = json.loads(path.read_text())["data"]
+    return TensorsData(method, {name: TensorData(**{k: value(v) for k, v in attrs.items() if k != "CLS"})
+                                for name, attrs in data.items()})
+
+
+def quantize_static_cached(ranges: Path, reader, **kwargs) -> None:
+    """``onnxruntime.quantization.quantize_static(**kwargs)`` with the ranges in ``ranges``: read from
+    it when it exists, else computed from ``reader`` and written to it."""
+    from onnxruntime.quantization import quantize_static
+
+    if native_cache():
+        quantize_static(calibration_data_reader=reader, calibration_cache_path=str(ranges), **kwargs)
+        return
+    # the module, not the ``quantize`` function the package re-exports under the same name
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
+    real = ort_quantize.create_calibrator
+    computed = []
+    if ranges.is_file():
+        stored = read_ranges(ranges)
+
+        class Stored:
+            def collect_data(self, _reader) -> None:
+                pass
+
+            def compute_data(self):
+                return stored
+
+        def calibrator(*_args, **_kwargs):
+            return Stored()
+
+        reader = reader or iter(())
+    else:
+        def calibrator(*args, **kw):
+            c = real(*args, **kw)
+            compute = c.compute_data
+            c.compute_data = lambda: computed.append(compute()) or computed[-1]
+            return c
+
+    ort_quantize.create_calibrator = calibrator
+    try:
+        quantize_static(calibration_data_reader=reader, **kwargs)
+    finally:
+        ort_quantize.create_calibrator = real
+    if computed:
+        write_ranges(computed[-1], ranges)
