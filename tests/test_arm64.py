@@ -67,6 +67,9 @@ def test_arm64_masks_equal_x86(precision, arm64_env, models, tmp_path, capsys):
     src.mkdir()
     for name in IMAGES:
         shutil.copy(PETS3 / "images" / f"{name}.jpg", src / f"{name}.jpg")
+    # an HD camera-sized frame: its preprocessing takes the 2x2 halving path too
+    hd = cv2.resize(cv2.imread(str(PETS3 / "images" / f"{IMAGES[0]}.jpg")), (1280, 720), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(src / "hd_frame.png"), hd)
     from edgeseg.overlay import Renderer
     from edgeseg.run import RunOptions, run_loop
     from edgeseg.runtime.predictor import Predictor
@@ -83,7 +86,7 @@ def test_arm64_masks_equal_x86(precision, arm64_env, models, tmp_path, capsys):
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     a, b = _masks(x86), _masks(tmp_path / "arm")
-    assert sorted(a) == sorted(b) == sorted(IMAGES)
+    assert sorted(a) == sorted(b) == sorted([*IMAGES, "hd_frame"])
     same = sum(int((a[k] == b[k]).sum()) for k in a)
     total = sum(a[k].size for k in a)
     with capsys.disabled():

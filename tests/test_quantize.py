@@ -153,3 +153,17 @@ def test_onnxruntime_before_1_24_quantizes_the_same_from_the_same_ranges(monkeyp
     a, b = _weights(tmp_path / "l2.onnx"), _weights(tmp_path / "n2.onnx")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert json.loads(ranges.read_text()).keys() == json.loads(calib_ranges.read_text()).keys()
+
+
+def test_ranges_without_the_relu_outputs_are_refused_by_name(cli, fp32, calib_ranges, tmp_path):
+    """Ranges from an edgeseg that quantized convs only lack the ReLU outputs `cpu` now quantizes."""
+    m = onnx.load(str(fp32))
+    relu_outputs = {n.output[0] for n in m.graph.node if n.op_type == "Relu"}
+    old = json.loads(calib_ranges.read_text())
+    old["data"] = {k: v for k, v in old["data"].items() if k not in relu_outputs or k in
+                   {i for n in m.graph.node if n.op_type == "Conv" for i in n.input}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    r = cli("quantize", fp32, "--calib-ranges", path, "-o", tmp_path / "x.onnx")
+    assert r.code == 1 and f"{path}: these ranges lack" in r.err and "--calib DIR" in r.err
+    assert cli("quantize", fp32, "--calib-ranges", path, "--target", "tensorrt", "-o", tmp_path / "t.onnx").code == 0
