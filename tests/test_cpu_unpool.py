@@ -37,6 +37,11 @@ def test_graphs_of_another_shape_are_left_alone():
     # Another consumer of an intermediate: rewriting would change what it sees.
     model.graph.output.append(helper.make_tensor_value_info("out/is_max", TensorProto.BOOL, [1, 16, 8, 8]))
     assert lower_unpools(model) == 0
+    model = unpool_model(1, 16, 8, 8)  # a Resize that is not a plain 2x replication
+    resize = next(n for n in model.graph.node if n.op_type == "Resize")
+    next(a for a in resize.attribute if a.name == "nearest_mode").s = b"ceil"
+    assert lower_unpools(model) == 0
+    assert lower_unpools(unpool_model(1, 16, 8, 8)) == 1
 
 
 @needs_x86

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _BIG = np.float32(2.0**127)
+EXACT_2X_MODES = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor")}
 
 
 @dataclass
@@ -49,7 +50,22 @@ def nchwc_platform() -> bool:
 
 
 def _find_unpools(graph) -> list[_Unpool]:
+    from onnx import numpy_helper
+
     producer = {o: n for n in graph.node for o in n.output}
+    inits = {t.name: t for t in graph.initializer}
+
+    def resize2x(n) -> bool:
+        """Nearest 2x spatial replication: what the exporter writes (asymmetric, floor) or ONNX's
+        defaults (half_pixel, round_prefer_floor), which pick the same source pixels at 2x."""
+        attrs = {a.name: a.s.decode() for a in n.attribute if a.type == a.STRING}
+        modes = (attrs.get("coordinate_transformation_mode", "half_pixel"), attrs.get("nearest_mode",
+                                                                                     "round_prefer_floor"))
+        if (attrs.get("mode", "nearest") != "nearest" or modes not in EXACT_2X_MODES or len(n.input) != 3
+                or n.input[2] not in inits):
+            return False
+        return numpy_helper.to_array(inits[n.input[2]]).tolist() == [1.0, 1.0, 2.0, 2.0]
+
     uses: dict[str, int] = {}
     for n in graph.node:
         for i in n.input:
@@ -64,7 +80,7 @@ def _find_unpools(graph) -> list[_Unpool]:
     def pool_resize(name: str, source: str):
         """Resize2x(MaxPool2x2(source)) -> its two nodes, else None."""
         resize = node(name, "Resize")
-        pool = resize and node(resize.input[0], "MaxPool")
+        pool = resize and resize2x(resize) and node(resize.input[0], "MaxPool")
         if not pool or pool.input[0] != source:
             return None
         attrs = {a.name: list(a.ints) for a in pool.attribute}
@@ -76,7 +92,7 @@ def _find_unpools(graph) -> list[_Unpool]:
             continue
         winner = node(where.input[0], "Equal")
         x_2x = node(where.input[1], "Resize")
-        if not winner or not x_2x:
+        if not winner or not x_2x or not resize2x(x_2x):
             continue
         score_name, best_2x_name = winner.input
         score = node(score_name, "Where")
@@ -125,13 +141,15 @@ def lower_unpools(model) -> int:
             inits[name] = numpy_helper.from_array(value, name)
         return name
 
-    replaced = {id(n) for u in unpools for n in u.nodes}
-    position = {id(u.nodes[-1]): u for u in unpools}
+    # nodes are identified by their first output (unique in a valid graph), not by Python identity
+    replaced = {n.output[0] for u in unpools for n in u.nodes}
+    position = {u.out: u for u in unpools}
     new_nodes = []
     for n in graph.node:
-        if id(n) in position:
-            new_nodes.extend(_arith_unpool(position[id(n)], channels[position[id(n)].pre], scales, const, helper))
-        elif id(n) not in replaced:
+        if n.output[0] in position:
+            u = position[n.output[0]]
+            new_nodes.extend(_arith_unpool(u, channels[u.pre], scales, const, helper))
+        elif n.output[0] not in replaced:
             new_nodes.append(n)
     del graph.node[:]
     graph.node.extend(new_nodes)
