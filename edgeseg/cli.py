@@ -566,6 +566,14 @@ def train(
     console.print(f"best epoch {b['epoch']}: val mIoU {b['miou']:.4f}; checkpoint written to {result['out']}")
 
 
+# What the device-side install (pip install .) leaves out, and how to add it.
+OPTIONAL_MODULES = {
+    "torch": "PyTorch (export, train, checkpoints): pip install torch --index-url https://download.pytorch.org/whl/cpu",
+    "onnx": "onnx (export, quantize): pip install 'edgeseg[export]', or pip install onnx on a device",
+    "onnxsim": "onnxsim (export): pip install 'edgeseg[export]'",
+}
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1 (traceback with --debug)."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("EDGESEG_DEBUG") == "1"
@@ -579,6 +587,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except ModuleNotFoundError as e:  # a device-side install running a workstation command
+        fix = OPTIONAL_MODULES.get((e.name or "").split(".")[0])
+        if debug or fix is None:
+            raise
+        print(f"error: this command needs {fix}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:  # a bug, not bad input: still one line unless --debug
         if debug:
             raise

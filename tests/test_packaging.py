@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 # Makes `import torch` fail in the child, as on a device where PyTorch is not installed.
@@ -47,3 +48,18 @@ def test_version_from_module_and_console_script():
 
     r = subprocess.run([sys.executable, "-m", "edgeseg", "--version"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == f"edgeseg {__version__}"
+
+
+
+@pytest.mark.parametrize(("module", "args", "fix"), [
+    ("onnx", ["quantize", "m.onnx", "--calib-ranges", "r.json", "-o", "q.onnx"], "pip install 'edgeseg[export]'"),
+    ("torch", ["export", "m.pth", "-o", "m.onnx"], "pip install torch"),
+])
+def test_missing_workstation_extras_give_one_line_with_the_fix(tmp_path, module, args, fix):
+    """A device-side install (no torch/onnx) running export or quantize: one line naming the fix."""
+    for name, data in (("m.onnx", b"x"), ("r.json", b"{}"), ("m.pth", b"x")):
+        (tmp_path / name).write_bytes(data)
+    code = (f"import sys; sys.modules[{module!r}] = None; sys.argv = ['edgeseg', *{args!r}]; "
+            "from edgeseg.cli import main; main()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and fix in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
