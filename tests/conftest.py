@@ -36,7 +36,7 @@ def cli(capsys, monkeypatch):
 
     def run(*args: str) -> CliResult:
         monkeypatch.setattr(sys, "argv", ["edgeseg", *map(str, args)])
-        monkeypatch.delenv("EDGESEG_DEBUG", raising=False)
+        monkeypatch.setenv("EDGESEG_DEBUG", "")  # recorded, so a --debug run cannot leak "1" to later tests
         code = 0
         try:
             main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -61,5 +62,7 @@ def test_missing_workstation_extras_give_one_line_with_the_fix(tmp_path, module,
         (tmp_path / name).write_bytes(data)
     code = (f"import sys; sys.modules[{module!r}] = None; sys.argv = ['edgeseg', *{args!r}]; "
             "from edgeseg.cli import main; main()")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "EDGESEG_DEBUG"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 1 and fix in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
