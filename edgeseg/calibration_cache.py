@@ -47,11 +47,13 @@ def write_ranges(tensors, path: Path) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, default=_encode)), force=True)
 
 
-def ranges_method(path: Path) -> str:
-    """The calibration method a ranges file was computed with: minmax, entropy or percentile."""
+def load_ranges_file(path: Path) -> tuple[str, dict]:
+    """A ranges file -> (calibration method: minmax, entropy or percentile; {tensor: stored range})."""
     try:
-        method = json.loads(path.read_text())["calibration_method"]
-        return (method["value"] if isinstance(method, dict) else str(method)).split(".")[-1].lower()
+        payload = json.loads(path.read_text())
+        method = payload["calibration_method"]
+        name = (method["value"] if isinstance(method, dict) else str(method)).split(".")[-1].lower()
+        return name, dict(payload["data"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise EdgesegError("not a calibration ranges file (edgeseg quantize --save-ranges writes one)", path) from None
 
@@ -60,12 +62,12 @@ def read_ranges(path: Path):
     """``path`` -> ONNX Runtime TensorsData (any ONNX Runtime edgeseg supports)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
-    method = {m.name.lower(): m for m in CalibrationMethod}[ranges_method(path)]
+    method_name, data = load_ranges_file(path)
+    method = {m.name.lower(): m for m in CalibrationMethod}[method_name]
 
     def value(v):
         return np.array(v["data"], dtype=v["dtype"]) if isinstance(v, dict) and v.get("CLS") == "numpy.array" else v
 
-    data = json.loads(path.read_text())["data"]
     return TensorsData(method, {name: TensorData(**{k: value(v) for k, v in attrs.items() if k != "CLS"})
                                 for name, attrs in data.items()})
 

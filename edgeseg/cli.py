@@ -208,7 +208,7 @@ def eval_(
     data: Annotated[Path, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")],
     split: Annotated[str, typer.Option(help="Split file in annotations/: test, trainval or list.")] = "test",
     limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
-    threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
     backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime or torch.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -263,7 +263,7 @@ def run(
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt or torch.")] = "auto",
     precision: Annotated[str, typer.Option(
         help="With --backend tensorrt and an ONNX: engine precision (built once, then cached).")] = "fp16",
-    threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
     view: Annotated[str, typer.Option(help="overlay, mask or side-by-side.")] = "overlay",
     alpha: Annotated[float, typer.Option(help="Overlay opacity 0..1.")] = 0.5,
     pet_color: Annotated[str, typer.Option(help="Pet colour, #rrggbb or r,g,b.")] = "#ffc800",
@@ -418,7 +418,7 @@ def bench(
         help="Checkpoints (PyTorch reference), FP32/INT8 ONNX, engines; MODEL@BACKEND picks a backend per model.")],
     backend: Annotated[str, typer.Option(help="Default backend: auto (from each file), onnxruntime, openvino, "
                                               "tensorrt or torch.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 100,
     warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 10,
     batch: Annotated[int, typer.Option(help="Images per inference.")] = 1,

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeseg.calibration_cache import quantize_static_cached, ranges_method
+from edgeseg.calibration_cache import load_ranges_file, quantize_static_cached
 from edgeseg.data import ImageError, is_oxford_layout, list_images, oxford_split, preprocess, read_image
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_writable, sha256_file
@@ -166,9 +166,10 @@ def check_ranges(ranges: Path, model_path: Path, opts: QuantizeOptions) -> None:
     src = onnx.load(str(model_path), load_external_data=False)
     names = {o for n in src.graph.node for o in n.output} | {i.name for i in src.graph.input}
     try:
-        cached = set(json.loads(ranges.read_text()).get("data", {}))
-    except (OSError, ValueError, AttributeError):
-        cached = set()
+        method, data = load_ranges_file(ranges)
+    except EdgesegError:  # any other JSON: most likely ranges of another model or tool
+        method, data = None, {}
+    cached = set(data)
     if not cached or not cached <= names:
         raise EdgesegError("these calibration ranges were computed for another model; calibrate with --calib DIR",
                            ranges)
@@ -176,8 +177,8 @@ def check_ranges(ranges: Path, model_path: Path, opts: QuantizeOptions) -> None:
     if not needed <= cached:
         raise EdgesegError(f"these ranges lack {len(needed - cached)} tensor(s) --target {opts.target} quantizes "
                            "(made by an older edgeseg?); calibrate again with --calib DIR", ranges)
-    if ranges_method(ranges) != opts.method:
-        raise EdgesegError(f"these ranges were computed with --method {ranges_method(ranges)}; pass that, or "
+    if method != opts.method:
+        raise EdgesegError(f"these ranges were computed with --method {method}; pass that, or "
                            "calibrate again with --calib DIR", ranges)
 
 

@@ -46,7 +46,7 @@ def test_area_resize_is_close_to_opencv_area(pets3, frame):
     ours = resize(photo, (128, 128), "area").astype(int)
     ref = cv2.resize(photo, (128, 128), interpolation=cv2.INTER_AREA).astype(int)
     assert ours.shape == ref.shape
-    assert np.abs(ours - ref).mean() < 0.75
+    assert np.abs(ours - ref).mean() < (0.5 if frame is None else 0.75)
 
 
 def test_preprocess_is_rgb_nchw_in_range(pets3):
