@@ -66,29 +66,36 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def split_spec(spec: str | Path, default_backend: str) -> tuple[Path, str]:
-    """``model.onnx@openvino`` -> (model.onnx, "openvino"): a backend per model on one command line."""
+def split_spec(spec: str | Path, default_backend: str, default_precision: str = "auto") -> tuple[Path, str, str]:
+    """``model.onnx@openvino:bf16`` -> (model.onnx, "openvino", "bf16"): a backend (and precision)
+    per model on one command line."""
     from edgeseg.runtime.predictor import BACKENDS
 
     text = str(spec)
-    path, _, backend = text.rpartition("@")
+    path, _, tail = text.rpartition("@")
+    backend, _, precision = tail.partition(":")
     if path and backend in BACKENDS:
-        return Path(path), backend
-    return Path(text), default_backend
+        return Path(path), backend, precision or default_precision
+    return Path(text), default_backend, default_precision
 
 
 def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threads: int | None = None, runs: int = 100,
           warmup: int = 10, batch: int = 1, data: Path | None = None, data_limit: int = 0,
           end_to_end: bool = False, images: Path | None = None, peak: bool = True,
-          progress: Callable[[int, int], None] | None = None) -> dict:
-    """Interleaved latency of ``models`` (paths, ``path@backend`` specs or loaded Predictors); with
-    ``data`` (Oxford layout) also mIoU and agreement."""
+          progress: Callable[[int, int], None] | None = None, precision: str = "auto") -> dict:
+    """Interleaved latency of ``models`` (paths, ``path@backend[:precision]`` specs or loaded
+    Predictors); with ``data`` (Oxford layout) also mIoU and agreement."""
     if not models:
         raise EdgesegError("give at least one model")
     if runs < 1 or warmup < 0 or batch < 1:
         raise EdgesegError("--runs and --batch must be at least 1 and --warmup at least 0")
-    preds = [m if isinstance(m, Predictor) else Predictor.load(*split_spec(m, backend), threads=threads)
-             for m in models]
+    preds = []
+    for m in models:
+        if isinstance(m, Predictor):
+            preds.append(m)
+        else:
+            path, b, p = split_spec(m, backend, precision)
+            preds.append(Predictor.load(path, backend=b, precision=p, threads=threads))
     sizes = {tuple(p.input_size) for p in preds}
     if len(sizes) > 1:
         raise EdgesegError("models have different input sizes (" + ", ".join(

@@ -20,6 +20,9 @@ from rich.table import Table
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 
+PRECISION_HELP = ("auto (CPU: the fastest precision this CPU runs natively that agrees with fp32, measured "
+                  "once per model and cached; TensorRT: fp16, or int8 for a quantized file), fp32, bf16 or "
+                  "fp16; TensorRT with an ONNX also int8 (the engine is built once, then cached).")
 app = typer.Typer(
     name="edgeseg",
     help="SegNet-DSC pet segmentation from a PyTorch checkpoint to an edge device.",
@@ -209,7 +212,9 @@ def eval_(
     split: Annotated[str, typer.Option(help="Split file in annotations/: test, trainval or list.")] = "test",
     limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
-    backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime or torch.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime, openvino, tensorrt or torch.")
+                       ] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution."""
@@ -219,7 +224,7 @@ def eval_(
     from edgeseg.runtime.predictor import Predictor
 
     samples = load_split(data, split, limit)
-    predictors = [Predictor.load(m, backend=backend, threads=threads) for m in models]
+    predictors = [Predictor.load(m, backend=backend, threads=threads, precision=precision) for m in models]
     with Progress(console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
         results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i))
@@ -260,9 +265,8 @@ def run(
         help="Folder, glob, image, video file, /dev/videoN, rtsp:// or http:// URL, csi://N, GStreamer pipeline.")
     ] = None,
     recursive: Annotated[bool, typer.Option(help="Include images in subfolders of a folder source.")] = False,
-    backend: Annotated[str, typer.Option(help="auto, onnxruntime, tensorrt or torch.")] = "auto",
-    precision: Annotated[str, typer.Option(
-        help="With --backend tensorrt and an ONNX: engine precision (built once, then cached).")] = "fp16",
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
     view: Annotated[str, typer.Option(help="overlay, mask or side-by-side.")] = "overlay",
     alpha: Annotated[float, typer.Option(help="Overlay opacity 0..1.")] = 0.5,
@@ -415,9 +419,11 @@ def quantize(
 @app.command()
 def bench(
     models: Annotated[list[str], typer.Argument(
-        help="Checkpoints (PyTorch reference), FP32/INT8 ONNX, engines; MODEL@BACKEND picks a backend per model.")],
+        help="Checkpoints (PyTorch reference), FP32/INT8 ONNX, engines; MODEL@BACKEND or MODEL@BACKEND:PRECISION "
+             "sets them per model (m.onnx@openvino:bf16).")],
     backend: Annotated[str, typer.Option(help="Default backend: auto (from each file), onnxruntime, openvino, "
                                               "tensorrt or torch.")] = "auto",
+    precision: Annotated[str, typer.Option(help="Default precision. " + PRECISION_HELP)] = "auto",
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 100,
     warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 10,
@@ -441,8 +447,8 @@ def bench(
     with Progress(TextColumn("timing {task.total} interleaved runs"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("bench", total=runs)
-        r = run_bench(models, backend=backend, threads=threads, runs=runs, warmup=warmup, batch=batch, data=data,
-                      data_limit=data_limit, end_to_end=end_to_end, images=images, peak=peak,
+        r = run_bench(models, backend=backend, precision=precision, threads=threads, runs=runs, warmup=warmup,
+                      batch=batch, data=data, data_limit=data_limit, end_to_end=end_to_end, images=images, peak=peak,
                       progress=lambda i, n: bar.update(task, completed=i))
     env = r["environment"]
     title = (f"edgeseg bench ({r['mode']}, batch {batch}, {r['input_size'][0]}x{r['input_size'][1]}, {runs} runs "

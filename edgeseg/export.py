@@ -9,15 +9,23 @@ BatchNorms after convs are folded into the convs (in float64); the input BatchNo
 BatchNormalization node because folding it into a zero-padded conv would change the borders.
 
 Unpooling (TensorRT has no MaxUnpool and rejects MaxPool's indices) is written as in
-:func:`edgeseg.nets.exact_unpool`, with ops TensorRT supports::
+:func:`edgeseg.nets.exact_unpool`: a tournament of comparisons inside each 2x2 window of the
+pooled activation, with ops TensorRT, ONNX Runtime and OpenVINO all support::
 
-    is_max = Equal(pre_pool, Resize2x(MaxPool2x2(pre_pool)))  # positions holding their window's max
-    score  = Where(is_max, priority, 0)                     # priority tile 4 3 / 2 1 (scan order)
-    winner = Equal(score, Resize2x(MaxPool2x2(score)))      # exactly one per window: PyTorch's pick
-    out    = Where(winner, Resize2x(decoder_input), 0)
+    a, b, c, d = pre[..., 0::2, 0::2], pre[..., 0::2, 1::2], pre[..., 1::2, 0::2], pre[..., 1::2, 1::2]
+    top    = a >= b                        # first maximum of the upper pair (a wins ties)
+    bottom = c >= d
+    upper  = Max(a, b) >= Max(c, d)        # the upper pair wins ties: it comes first in scan order
+    out    = DepthToSpace(Concat(x if upper & top, x if upper & !top,
+                                 x if !upper & bottom, x if !upper & !bottom; else 0))
 
-All Resize nodes are nearest/asymmetric/floor, an exact 2x replication, so the result equals
-MaxPool2d(return_indices)+MaxUnpool2d bit for bit, ties included.
+Every comparison reads values sliced from one tensor and every window ends with exactly one
+winner, whatever precision a runtime computes the comparisons in (FP32, FP16, BF16, INT8 with
+float islands): a runtime that rounds differently may pick another position of a near-tie, never
+none or two. In FP32 it is MaxPool2d(return_indices)+MaxUnpool2d bit for bit, ties included
+(PyTorch keeps the first maximum in row-major order). The earlier form,
+``Equal(pre, Resize2x(MaxPool(pre)))``, needed both sides of Equal at one precision and lost 21
+mIoU points under OpenVINO's bf16 with INT8 islands (README "Precision").
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ OPSETS = range(13, 22)  # Resize with scales input and BatchNormalization-15 sem
 DEFAULT_OPSET = 17
 INPUT_NAME = "input"
 ARGMAX_DTYPES = {"uint8": TensorProto.UINT8, "int32": TensorProto.INT32}
+# (row, column) of a, b, c, d in a 2x2 window: the scan order MaxPool2d uses to break ties
+WINDOW_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
 @dataclass
@@ -140,29 +150,24 @@ def _conv_bn_relu_stack(g: _Graph, x: str, seq: torch.nn.Sequential, prefix: str
     return x
 
 
-def _resize2x(g: _Graph, x: str, name: str) -> str:
-    scales = g.shared_const("scales_2x", np.array([1, 1, 2, 2], dtype=np.float32))
-    return g.op("Resize", [x, "", scales], name, mode="nearest", coordinate_transformation_mode="asymmetric",
-                nearest_mode="floor")
-
-
-def _unpool(g: _Graph, pre: str, x: str, hw: tuple[int, int], name: str) -> str:
-    h, w = hw
-    tile = np.array([[4, 3], [2, 1]], dtype=np.float32)
-    priority = g.const(f"{name}.priority", np.tile(tile, (h // 2, w // 2))[None, None])
+def _unpool(g: _Graph, pre: str, x: str, name: str) -> str:
+    """MaxUnpool2d(2) of ``x`` at the positions of ``pre``'s 2x2 window maxima (see module docstring)."""
     zero = g.shared_const("zero", np.zeros((), dtype=np.float32))
-    # The unpool pools `pre` itself instead of reusing the encoder's MaxPool output: a quantizer
-    # puts Q/DQ on that output (it feeds a Conv), and comparing `pre` with a re-quantized maximum
-    # would miss most windows (7-13 mIoU points lost). Both sides of Equal now derive from the same
-    # tensor, float or quantized, so the comparison stays exact. ORT merges the twin pools in FP32.
-    # (explicit default pads/dilations keep onnxsim from merging it with the encoder's pool)
-    pooled = g.op("MaxPool", [pre], f"{name}/pooled", kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0],
-                  dilations=[1, 1])
-    is_max = g.op("Equal", [pre, _resize2x(g, pooled, f"{name}/pooled_2x")], f"{name}/is_max")
-    score = g.op("Where", [is_max, priority, zero], f"{name}/score")
-    best = g.op("MaxPool", [score], f"{name}/best", kernel_shape=[2, 2], strides=[2, 2])
-    winner = g.op("Equal", [score, _resize2x(g, best, f"{name}/best_2x")], f"{name}/winner")
-    return g.op("Where", [winner, _resize2x(g, x, f"{name}/x_2x"), zero], name)
+    axes = g.shared_const("hw_axes", np.array([2, 3], dtype=np.int64))
+    steps = g.shared_const("hw_steps", np.array([2, 2], dtype=np.int64))
+    ends = g.shared_const("hw_ends", np.array([2**62, 2**62], dtype=np.int64))
+    a, b, c, d = (g.op("Slice", [pre, g.shared_const(f"offset_{i}{j}", np.array([i, j], dtype=np.int64)), ends, axes,
+                                 steps], f"{name}/{label}")
+                  for (i, j), label in zip(WINDOW_OFFSETS, "abcd", strict=True))
+    top = g.op("GreaterOrEqual", [a, b], f"{name}/top")
+    bottom = g.op("GreaterOrEqual", [c, d], f"{name}/bottom")
+    upper = g.op("GreaterOrEqual", [g.op("Max", [a, b], f"{name}/max_ab"), g.op("Max", [c, d], f"{name}/max_cd")],
+                 f"{name}/upper")
+    x_up = g.op("Where", [upper, x, zero], f"{name}/x_upper")
+    x_low = g.op("Where", [upper, zero, x], f"{name}/x_lower")
+    parts = [g.op("Where", [top, x_up, zero], f"{name}/x_a"), g.op("Where", [top, zero, x_up], f"{name}/x_b"),
+             g.op("Where", [bottom, x_low, zero], f"{name}/x_c"), g.op("Where", [bottom, zero, x_low], f"{name}/x_d")]
+    return g.op("DepthToSpace", [g.op("Concat", parts, f"{name}/windows", axis=1)], name, blocksize=2, mode="DCR")
 
 
 def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions) -> onnx.ModelProto:
@@ -183,10 +188,9 @@ def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions) -> onnx.ModelProto:
     for i in range(1, 5):
         pre = _conv_bn_relu_stack(g, x, getattr(model, f"dc{i}").seq, f"dc{i}.seq")
         x = g.op("MaxPool", [pre], f"dc{i}.mp", kernel_shape=[2, 2], strides=[2, 2])
-        skips.append((pre, (h >> (i - 1), w >> (i - 1))))
+        skips.append(pre)
     for i in range(4, 0, -1):
-        pre, hw = skips[i - 1]
-        x = _unpool(g, pre, x, hw, f"uc{i}.mup")
+        x = _unpool(g, skips[i - 1], x, f"uc{i}.mup")
         x = _conv_bn_relu_stack(g, x, getattr(model, f"uc{i}").seq, f"uc{i}.seq")
     batch: int | str = opts.batch if opts.batch is not None else "batch"
     g.nodes[-1].output[0] = "logits"

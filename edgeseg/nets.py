@@ -126,26 +126,22 @@ def build_model(arch: str, kernel_size: int = 3) -> _SegNetBase:
     return classes[arch](kernel_size=kernel_size)
 
 
-def exact_unpool(pre_pool: torch.Tensor, pooled: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def exact_unpool(pre_pool: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """MaxUnpool2d(2) of ``x`` without indices, bit-exact with PyTorch's MaxPool2d/MaxUnpool2d pair.
 
-    ``pre_pool`` is the encoder activation that was pooled and ``pooled`` its 2x2 max. A position
-    receives ``x`` when it holds its window's maximum and no earlier position of the window (in
-    PyTorch's row-major scan order) does; ties therefore resolve exactly as MaxPool's indices.
-    The ONNX export writes the same formula with Resize/Equal/Where/MaxPool, which TensorRT supports.
+    ``pre_pool`` is the encoder activation that was pooled. Each 2x2 window's winner is found by a
+    tournament of comparisons in PyTorch's row-major scan order (the first maximum wins ties), so
+    every window gets exactly one winner whatever precision the comparisons run at. The ONNX export
+    writes the same formula with Slice/GreaterOrEqual/Max/Where/DepthToSpace (see edgeseg.export).
     """
-    up = nn.functional.interpolate
-    is_max = pre_pool == up(pooled, scale_factor=2.0, mode="nearest")
-    priority = window_priority(pre_pool.shape[-2], pre_pool.shape[-1], pre_pool.dtype, pre_pool.device)
-    score = torch.where(is_max, priority, torch.zeros_like(priority))
-    winner = score == up(nn.functional.max_pool2d(score, 2), scale_factor=2.0, mode="nearest")
-    return torch.where(winner, up(x, scale_factor=2.0, mode="nearest"), torch.zeros((), dtype=x.dtype))
-
-
-def window_priority(height: int, width: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """A (1, 1, H, W) tile of 4 3 / 2 1: the scan-order priority of each position in its 2x2 window."""
-    tile = torch.tensor([[4.0, 3.0], [2.0, 1.0]], dtype=dtype, device=device)
-    return tile.repeat(height // 2, width // 2)[None, None]
+    a, b, c, d = (pre_pool[..., i::2, j::2] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    top, bottom = a >= b, c >= d
+    upper = torch.maximum(a, b) >= torch.maximum(c, d)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    x_up, x_low = torch.where(upper, x, zero), torch.where(upper, zero, x)
+    parts = [torch.where(top, x_up, zero), torch.where(top, zero, x_up),
+             torch.where(bottom, x_low, zero), torch.where(bottom, zero, x_low)]
+    return nn.functional.pixel_shuffle(torch.cat(parts, 1).unflatten(1, (4, -1)).transpose(1, 2).flatten(1, 2), 2)
 
 
 class DeployUnpool(nn.Module):
@@ -163,10 +159,9 @@ class DeployUnpool(nn.Module):
             block = getattr(m, f"dc{i}")
             pre = block.seq(x)
             x = nn.functional.max_pool2d(pre, 2)
-            skips.append((pre, x))
+            skips.append(pre)
         for i in range(4, 0, -1):
-            pre, pooled = skips[i - 1]
-            x = getattr(m, f"uc{i}").seq(exact_unpool(pre, pooled, x))
+            x = getattr(m, f"uc{i}").seq(exact_unpool(skips[i - 1], x))
         return x
 
 

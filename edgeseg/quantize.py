@@ -9,10 +9,10 @@ Targets (ONNX Runtime static quantization, QDQ format, per-channel weights):
   biases left in float (TensorRT dequantizes only 8-bit types); passes ``edgeseg check --target
   tensorrt``.
 
-The unpool's Equal compares a tensor with the 2x2 maximum of the same tensor (see export.py);
-MaxPool, Resize, Equal and Where stay in float, and when the ReLU output they read is quantized
-(``cpu``) all of them read the one DequantizeLinear of it, so both sides of that comparison always
-see identical values.
+The unpool (see export.py) compares values sliced from one tensor; MaxPool and the unpool's
+Slice/GreaterOrEqual/Max/Where/DepthToSpace stay in float, and when the ReLU output they read is
+quantized (``cpu``) all of them read the one DequantizeLinear of it. Every window keeps exactly
+one winner in any case, whatever precision a runtime runs those float islands in.
 
 Calibration ranges can be cached to a JSON file and reused (``--calib-ranges``), which is how the
 bundled model is quantized without any photos, and how the sensitivity search re-quantizes
@@ -222,8 +222,8 @@ def gate(fp32_path: Path, int8: bytes, val: Path, limit: int = 0, threads: int |
         q = Path(tmp) / "int8.onnx"
         q.write_bytes(int8)
         # ONNX Runtime as the reference for both targets (OpenVINO's INT8 scored within 0.05 points of it)
-        preds = [Predictor.load(fp32_path, backend="onnxruntime", threads=threads),
-                 Predictor.load(q, backend="onnxruntime", threads=threads)]
+        preds = [Predictor.load(fp32_path, backend="onnxruntime", threads=threads, precision="fp32"),
+                 Predictor.load(q, backend="onnxruntime", threads=threads, precision="fp32")]
         if is_oxford_layout(val):
             split = "test" if (val / "annotations" / "test.txt").exists() else "list"
             samples = oxford_split(val, split)

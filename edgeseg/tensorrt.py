@@ -5,6 +5,10 @@ Written against the TensorRT 10 and 11 Python APIs (see ../shared/notes/tensorrt
 - TensorRT 11: no precision flags and no calibrator: a strongly typed network, FP16 from an
   FP16-converted ONNX (edgeseg.fp16, checked with ONNX Runtime first), INT8 from Q/DQ nodes.
 ``tensorrt`` and ``cuda-python`` are imported lazily: everything else here runs without a GPU.
+
+No layer precision constraints are set: a weakly typed build may run any layer in FP16 or INT8,
+and the exported unpool (a comparison tournament per 2x2 window, see edgeseg.export) keeps
+exactly one winner per window whatever precision TensorRT picks for its comparisons.
 """
 
 from __future__ import annotations

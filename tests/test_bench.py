@@ -71,9 +71,10 @@ def test_model_at_backend_spec():
 
     from edgeseg.bench import split_spec
 
-    assert split_spec("m.onnx@openvino", "auto") == (Path("m.onnx"), "openvino")
-    assert split_spec("m.onnx", "onnxruntime") == (Path("m.onnx"), "onnxruntime")
-    assert split_spec("odd@name.onnx", "auto") == (Path("odd@name.onnx"), "auto")
+    assert split_spec("m.onnx@openvino", "auto") == (Path("m.onnx"), "openvino", "auto")
+    assert split_spec("m.onnx@openvino:bf16", "auto") == (Path("m.onnx"), "openvino", "bf16")
+    assert split_spec("m.onnx", "onnxruntime", "fp32") == (Path("m.onnx"), "onnxruntime", "fp32")
+    assert split_spec("odd@name.onnx", "auto") == (Path("odd@name.onnx"), "auto", "auto")
 
 
 def test_cpu_table_benchmark_lists_every_configuration(tmp_path):

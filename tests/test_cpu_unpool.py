@@ -22,7 +22,7 @@ def test_rewritten_unpool_is_bit_exact_on_ties(channels, seed):
     n, h, w = 2, 16, 24
     model = unpool_model(n, channels, h, w)
     assert lower_unpools(model) == 1
-    assert not {"Equal", "Where"} & {node.op_type for node in model.graph.node}
+    assert not {"GreaterOrEqual", "Where", "DepthToSpace"} & {node.op_type for node in model.graph.node}
     sess = create_session(model.SerializeToString(), threads=1)
     pre = tie_heavy((n, channels, h, w), seed)
     pre[:, 1, :4] = 1e-30  # tiny but normal values: their differences must not read as ties
@@ -32,14 +32,29 @@ def test_rewritten_unpool_is_bit_exact_on_ties(channels, seed):
     assert np.array_equal(out, maxunpool_reference(pre, x).numpy())
 
 
+@pytest.mark.parametrize("scale", [2.0**-101, 2.0**-60, 1e-30])
+def test_rewrite_is_exact_down_to_its_stated_bound(scale):
+    """Exact for values down to 2^-102 (module docstring): there, neighbours one ulp apart still
+    differ by a normal float, so the flushed difference never fakes a tie."""
+    n, c, h, w = 1, 16, 8, 8
+    model = unpool_model(n, c, h, w)
+    assert lower_unpools(model) == 1
+    base = np.float32(scale)
+    pre = np.full((n, c, h, w), base, np.float32)
+    pre[..., 1::2, 1::2] = np.nextafter(base, np.float32(1))  # the last position is one ulp higher
+    x = np.ones((n, c, h // 2, w // 2), np.float32)
+    out = create_session(model.SerializeToString(), threads=1).run(None, {"pre": pre, "x": x})[0]
+    assert np.array_equal(out, maxunpool_reference(torch.from_numpy(pre), torch.from_numpy(x)).numpy())
+
+
 def test_graphs_of_another_shape_are_left_alone():
     model = unpool_model(1, 16, 8, 8)
     # Another consumer of an intermediate: rewriting would change what it sees.
-    model.graph.output.append(helper.make_tensor_value_info("out/is_max", TensorProto.BOOL, [1, 16, 8, 8]))
+    model.graph.output.append(helper.make_tensor_value_info("out/top", TensorProto.BOOL, [1, 16, 4, 4]))
     assert lower_unpools(model) == 0
-    model = unpool_model(1, 16, 8, 8)  # a Resize that is not a plain 2x replication
-    resize = next(n for n in model.graph.node if n.op_type == "Resize")
-    next(a for a in resize.attribute if a.name == "nearest_mode").s = b"ceil"
+    model = unpool_model(1, 16, 8, 8)  # windows compared in another order than the scan order
+    b, c = (next(n for n in model.graph.node if n.name == f"out/{k}") for k in "bc")
+    b.input[1], c.input[1] = c.input[1], b.input[1]
     assert lower_unpools(model) == 0
     assert lower_unpools(unpool_model(1, 16, 8, 8)) == 1
 

@@ -66,8 +66,11 @@ def test_loop_on_real_and_odd_images(onnx_model, odd_folder, tmp_path):
     assert {"cpu", "onnxruntime", "opencv", "python"} <= set(data["environment"])
     if data["model"]["backend"] == "onnxruntime":  # how the session was set up, for whoever reads the report
         assert data["model"]["session"]["denormals_flushed"] and not data["model"]["session"]["spinning"]
-    else:
-        assert data["model"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    else:  # the precision edgeseg chose is the one OpenVINO was told to use, never its silent default
+        hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[data["model"]["compute_precision"]]
+        assert data["model"]["config"]["INFERENCE_PRECISION_HINT"] == hint
+    assert data["model"]["precision_choice"]["precision"] == data["model"]["compute_precision"]
+    assert data["model"]["precision_choice"]["reason"].startswith("auto: ")
 
 
 def _write_video(path, frames):

@@ -2,7 +2,9 @@
 
 ``auto`` picks it for .onnx files on x86 when it is installed (see predictor.default_onnx_backend);
 ONNX Runtime stays the portable default elsewhere, ARM included, and ``--backend onnxruntime``
-forces it. FP32 stays FP32 (no bf16/fp16 inference hint), so accuracy matches ONNX Runtime's.
+forces it. The arithmetic precision is edgeseg's choice, never OpenVINO's silent default (bf16 on
+CPUs with AMX): ``precision`` fp32/bf16/fp16 sets INFERENCE_PRECISION_HINT, and ``auto`` measures
+and verifies the candidates once per model and CPU (see edgeseg.runtime.precision).
 The model's edgeseg metadata is read with ONNX Runtime's light model-meta API, so preprocessing is
 identical whichever backend runs the graph.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import cache_root
+from edgeseg.files import cache_root, sha256_file
 
 
 def _model_cache() -> str | None:
@@ -29,10 +31,14 @@ def _model_cache() -> str | None:
     return str(folder) if os.access(folder, os.W_OK) else None
 
 
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
 class OpenVINOBackend:
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, precision: str = "auto") -> None:
+        from edgeseg.runtime import precision as prec
         from edgeseg.runtime.onnxruntime import default_threads
-        from edgeseg.runtime.predictor import BackendInfo, _meta_from_props
+        from edgeseg.runtime.predictor import BackendInfo, _meta_from_props, class_ids
 
         try:
             import openvino as ov
@@ -42,25 +48,40 @@ class OpenVINOBackend:
         cache = _model_cache()
         if cache:  # compiled blobs: an INT8 model starts in ~0.2 s instead of ~0.5 s (README, start-up)
             core.set_property({"CACHE_DIR": cache})
+        candidates = prec.resolve(precision, "OpenVINO", ("bf16", "fp16"))
         model = core.read_model(str(path))
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or default_threads(),
-                  "INFERENCE_PRECISION_HINT": "f32"}
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        inp, out = self.compiled.inputs[0], self.compiled.outputs[0]
+        threads = threads or default_threads()
         props = {}
         if model.has_rt_info(["framework"]):
             framework = model.get_rt_info()["framework"]
             props = {k: framework[k].astype(str) for k in framework}
-        shape = [d.get_length() if d.is_static else "batch" for d in inp.get_partial_shape()]
+        shape = [d.get_length() if d.is_static else "batch" for d in model.inputs[0].get_partial_shape()]
         self.meta = _meta_from_props(props, shape, path)
-        precision = props.get("precision", "fp32")
-        self.info = BackendInfo(name="openvino", provider="CPU", precision=precision,
-                                threads=threads or default_threads(),
+        configs = {p: {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                       "INFERENCE_PRECISION_HINT": HINTS[p]} for p in candidates}
+        requests = {}
+
+        def make(p: str):
+            requests[p] = core.compile_model(model, "CPU", configs[p]).create_infer_request()
+            return lambda x: requests[p].infer([x])[0]
+
+        if precision == "auto":
+            logits = len(model.outputs[0].get_partial_shape()) == 4
+            choice, _ = prec.choose(candidates, make, class_ids if logits else lambda o: o,
+                                    tuple(self.meta.input_size),
+                                    prec.cache_key(sha256_file(path), f"openvino-{ov.get_version()}", threads))
+        else:
+            choice = prec.PrecisionChoice(precision, "requested")
+            make(precision)
+        self.request = requests[choice.precision]
+        out = self.request.get_compiled_model().outputs[0]
+        self.info = BackendInfo(name="openvino", provider="CPU", precision=props.get("precision", "fp32"),
+                                compute=choice.precision, threads=threads,
                                 output="classes" if len(out.get_partial_shape()) == 3 else "logits",
                                 static_batch=shape[0] if isinstance(shape[0], int) else None,
                                 extra={"openvino": ov.get_version(), "model_cache": cache or "off",
-                                       "config": {k: str(v) for k, v in config.items()}})
+                                       "precision_choice": choice.describe(),
+                                       "config": {k: str(v) for k, v in configs[choice.precision].items()}})
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.request.infer([x])[0]

@@ -11,6 +11,7 @@ The ONNX Runtime path never imports PyTorch.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from collections.abc import Sequence
@@ -34,36 +35,86 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 class BackendInfo:
     name: str  # onnxruntime | torch
     provider: str  # CPUExecutionProvider, cpu, cuda...
-    precision: str  # fp32, or what edgeseg quantize recorded (int8-cpu, int8-tensorrt)
+    precision: str  # the file's: fp32, or what edgeseg quantize recorded (int8-cpu, int8-tensorrt)
     threads: int
     output: str  # "logits" or "classes" (the model ends in an ArgMax head)
     static_batch: int | None  # None when the batch dimension is dynamic
     extra: dict = field(default_factory=dict)
+    compute: str = "fp32"  # the arithmetic of its float layers: fp32, bf16 or fp16 (TensorRT: the engine's)
+
+    @property
+    def label(self) -> str:
+        """``fp32``, ``fp32 as bf16``, ``int8-cpu + bf16``: what tables show."""
+        if self.compute == "fp32" or self.compute == self.precision:
+            return self.precision
+        return f"{self.precision} + {self.compute}" if self.precision.startswith("int8") else \
+            f"{self.precision} as {self.compute}"
 
 
 class _OnnxRuntimeBackend:
-    def __init__(self, path: Path, threads: int | None, lower_unpool: bool = True) -> None:
+    """ONNX Runtime's CPU provider. ``precision`` fp16 runs an FP16 conversion of an FP32 file
+    (FP32 inputs and outputs); ``auto`` considers it only where the CPU has FP16 arithmetic and
+    keeps it only when measured faster and in agreement (edgeseg.runtime.precision)."""
+
+    def __init__(self, path: Path, threads: int | None, lower_unpool: bool = True, precision: str = "auto") -> None:
+        import onnxruntime
+
+        from edgeseg.runtime import precision as prec
         from edgeseg.runtime.onnxruntime import create_session, default_threads, session_settings
 
-        lowered = _lowered_unpools(path) if lower_unpool else None
-        self.session = create_session(lowered[0] if lowered else path, threads=threads)
-        inp = self.session.get_inputs()[0]
-        out = self.session.get_outputs()[0]
+        candidates = prec.resolve(precision, "ONNX Runtime", ("fp16",))
+        threads = threads or default_threads()
+        probe = create_session(path, threads=1)
+        props = dict(probe.get_modelmeta().custom_metadata_map)
+        inp, out = probe.get_inputs()[0], probe.get_outputs()[0]
+        del probe
         self.input_name = inp.name
-        props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.meta = _meta_from_props(props, inp.shape, path)
-        precision = props.get("precision", "fp32")
+        file_precision = props.get("precision", "fp32")
+        if file_precision != "fp32" or importlib.util.find_spec("onnx") is None:
+            if precision == "fp16":
+                raise EdgesegError("--precision fp16 with ONNX Runtime needs an FP32 file and the onnx package "
+                                   "(pip install onnx); use --precision fp32", path)
+            candidates = ["fp32"]
+        sessions, unpool = {}, {}
+
+        def make(p: str):
+            if p == "fp16":
+                sessions[p], unpool[p] = create_session(_fp16_bytes(path), threads=threads), "as exported (fp16)"
+            else:
+                lowered = _lowered_unpools(path) if lower_unpool else None
+                sessions[p] = create_session(lowered[0] if lowered else path, threads=threads)
+                unpool[p] = f"rewritten for NCHWc ({lowered[1]})" if lowered else "as exported"
+            return lambda x: sessions[p].run(None, {self.input_name: x})[0]
+
+        if precision == "auto":
+            key = prec.cache_key(sha256_file(path), f"onnxruntime-{onnxruntime.__version__}", threads)
+            choice, _ = prec.choose(candidates, make, class_ids if len(out.shape) == 4 else lambda o: o,
+                                    tuple(self.meta.input_size), key)
+        else:
+            choice = prec.PrecisionChoice(candidates[0], "requested")
+            make(candidates[0])
+        self.session = sessions[choice.precision]
         self.info = BackendInfo(
-            name="onnxruntime", provider=self.session.get_providers()[0], precision=precision,
-            threads=threads or default_threads(), output="classes" if len(out.shape) == 3 else "logits",
+            name="onnxruntime", provider=self.session.get_providers()[0], precision=file_precision,
+            compute=choice.precision, threads=threads, output="classes" if len(out.shape) == 3 else "logits",
             static_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
-            extra={"onnxruntime": __import__("onnxruntime").__version__,
-                   "unpool": f"rewritten for NCHWc ({lowered[1]})" if lowered else "as exported",
+            extra={"onnxruntime": onnxruntime.__version__, "unpool": unpool[choice.precision],
+                   "precision_choice": choice.describe(),
                    "session": session_settings(self.session.get_session_options())},
         )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
+
+
+def _fp16_bytes(path: Path) -> bytes:
+    """The FP16 conversion of an FP32 ONNX file (FP32 inputs and outputs kept)."""
+    import onnx
+
+    from edgeseg.fp16 import to_fp16
+
+    return to_fp16(onnx.load(str(path))).SerializeToString()
 
 
 def _lowered_unpools(path: Path) -> tuple[bytes, int] | None:
@@ -112,6 +163,13 @@ def default_onnx_backend() -> str:
     return "onnxruntime"
 
 
+def _file_precision(path: Path) -> str:
+    """The precision edgeseg recorded in an ONNX file's metadata (fp32 when absent)."""
+    from edgeseg.runtime.onnxruntime import create_session
+
+    return create_session(path, threads=1).get_modelmeta().custom_metadata_map.get("precision", "fp32")
+
+
 def _meta_from_props(props: dict[str, str], input_shape: list, path: Path) -> ModelMeta:
     if "edgeseg_meta" in props:
         return ModelMeta.from_dict(json.loads(props["edgeseg_meta"]))
@@ -135,10 +193,13 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
-             precision: str = "fp16", lower_unpool: bool = True) -> Predictor:
-        """``precision`` applies to ``backend="tensorrt"`` with an ONNX file: the engine is built once
-        for it and cached (see edgeseg.tensorrt.cached_engine). ``lower_unpool=False`` runs an ONNX
-        file in ONNX Runtime exactly as written (for comparisons; results are bit-identical)."""
+             precision: str = "auto", lower_unpool: bool = True) -> Predictor:
+        """``precision``: for ONNX Runtime and OpenVINO the arithmetic of the float layers (fp32,
+        bf16, fp16, or auto: the fastest this CPU runs natively that agrees with fp32, see
+        edgeseg.runtime.precision); for TensorRT with an ONNX file the engine's (fp32, fp16, int8;
+        auto: int8 for a quantized file, else fp16), built once and cached (edgeseg.tensorrt.cached_engine).
+        ``lower_unpool=False`` runs an ONNX file in ONNX Runtime exactly as written (for
+        comparisons; results are bit-identical)."""
         path = Path(path)
         if backend not in BACKENDS:
             raise EdgesegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -159,14 +220,18 @@ class Predictor:
             from edgeseg.runtime.tensorrt import TensorRTBackend
             from edgeseg.tensorrt import cached_engine
 
+            if suffix == ".onnx" and precision == "auto":
+                precision = "int8" if _file_precision(path).startswith("int8") else "fp16"
             engine = cached_engine(path, precision) if suffix == ".onnx" else path
             return cls(TensorRTBackend(engine), path)
         if backend == "onnxruntime":
-            return cls(_OnnxRuntimeBackend(path, threads, lower_unpool), path)
+            return cls(_OnnxRuntimeBackend(path, threads, lower_unpool, precision), path)
         if backend == "openvino":
             from edgeseg.runtime.openvino import OpenVINOBackend
 
-            return cls(OpenVINOBackend(path, threads), path)
+            return cls(OpenVINOBackend(path, threads, precision), path)
+        if precision not in ("auto", "fp32"):
+            raise EdgesegError(f"--precision {precision}: the PyTorch reference runs in fp32 only", path)
         return cls(_TorchBackend(path, threads), path)
 
     @property
@@ -214,7 +279,8 @@ class Predictor:
 
     def describe(self) -> dict:
         return {"model": str(self.path), "sha256": self.sha256, "backend": self.info.name,
-                "provider": self.info.provider, "precision": self.info.precision, "threads": self.info.threads,
+                "provider": self.info.provider, "precision": self.info.label, "file_precision": self.info.precision,
+                "compute_precision": self.info.compute, "threads": self.info.threads,
                 "output": self.info.output, "input_size": list(self.input_size), **self.info.extra}
 
 
