@@ -176,8 +176,10 @@ def export(
         ("nodes", f"{r.nodes_before} -> {r.nodes_after}" + (" (onnxsim)" if r.simplified else " (not simplified)")),
         ("ops", ", ".join(f"{k} {n}" for k, n in r.op_histogram.items())),
         ("verified", f"{v.inputs} inputs ({v.real_images} real photos), {v.pixels:,} pixels: "
-                     f"{v.agreement:.4%} argmax agreement ({v.synthetic_flips} flips on synthetic inputs, "
-                     f"{v.real_flips} on photos), max abs error {v.max_abs_error:.2e}"),
+                     f"{v.agreement:.4%} argmax agreement with PyTorch ({v.synthetic_flips} near-tie flips on "
+                     f"synthetic inputs, {v.real_flips} on photos), max abs error {v.max_abs_error:.2e}"),
+        ("unpool", f"identical to MaxPool indices + MaxUnpool in ONNX Runtime ({v.unpool_flips} flips, max abs "
+                   f"difference {v.unpool_max_abs_diff:g})"),
         ("file", f"{r.file_bytes / 1e6:.2f} MB, written in {r.seconds:.1f} s"),
     ]))
 
@@ -513,6 +515,68 @@ def build(
         ("input", "x".join(map(str, meta.input_shape))), ("metadata", f"{output}.json"),
         ("time", f"{time.perf_counter() - t0:.0f} s"),
     ]))
+
+
+@app.command()
+def doctor(
+    model: Annotated[Path | None, typer.Argument(help="ONNX to check (default: the bundled models/segnet_dsc.onnx).")
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="Photos to compare masks on (default: calibration/).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Oxford-layout folder with trimaps: also score mIoU on its test split (first 37 images).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (what to attach to a bug report).")] = False,
+) -> None:
+    """First run on a new device: versions, GPU, L4T, cameras, and every precision checked against the CPU."""
+    from edgeseg.doctor import doctor as run_doctor
+
+    if as_json:
+        report = run_doctor(model, images, data)
+        _print_json(report)
+    else:
+        with console.status("checking...") as status:
+            report = run_doctor(model, images, data, progress=lambda name: status.update(f"checking {name}..."))
+        f = report["facts"]
+
+        def have(key: str) -> str:
+            return f[key] or "not installed"
+
+        gpu = (f"{f['gpu']} (compute {f['compute_capability']})" if f.get("gpu")
+               else f.get("gpu_problem", "none (no TensorRT)"))
+        cams = ", ".join(f"{c['device']} {c['frame'] or 'opens, no frame' if c['opens'] else 'does not open'}"
+                         for c in f["cameras"]) or "none found (/dev/video*)"
+        rows: list[tuple[str, object]] = [
+            ("edgeseg", f"{f['edgeseg']} on Python {f['python']} ({f['machine']})"),
+            ("CPU", f"{f['cpu']}, {f['cpu_count']} cores, native {'/'.join(f['cpu_native_precisions'])}"),
+            ("ONNX Runtime", have("onnxruntime")), ("OpenVINO", have("openvino")), ("onnx", have("onnx")),
+            ("TensorRT", have("tensorrt")), ("cuda-python", have("cuda_python")), ("GPU", gpu),
+            ("OpenCV", f"{f['opencv']}, GStreamer {'yes' if f['gstreamer'] else 'no'}"), ("cameras", cams),
+            ("cache", f"{f['cache']} ({f['cache_problem'] or 'writable'})"),
+        ]
+        rows += [(k, f[k]) for k in ("l4t", "power_mode", "jetson_clocks", "tegrastats") if k in f]
+        console.print(_kv_table("edgeseg doctor", rows))
+        scored = report["photos"]["trimaps"]
+        table = Table(title=f"masks on {report['photos']['count']} photos of {report['photos']['source']} beside "
+                            "ONNX Runtime FP32 (CPU)", title_justify="left")
+        for col in ("check", "result", "agree %", "mIoU vs ref", *(("mIoU", "Δ mIoU") if scored else ()),
+                    "ms/image", "detail"):
+            table.add_column(col, justify="left" if col in ("check", "result", "detail") else "right")
+
+        def num(v: float | None, fmt: str) -> str:
+            return "" if v is None else format(v, fmt)
+
+        for c in report["checks"]:
+            style = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow"}[c["status"]]
+            table.add_row(c["name"], f"[{style}]{c['status']}[/]", num(c["agreement"] and 100 * c["agreement"], ".2f"),
+                          num(c["miou_vs_reference"], ".4f"),
+                          *((num(c["miou"], ".4f"), num(c["miou_delta"], "+.4f")) if scored else ()),
+                          num(c["ms_per_image"], ".1f"), c["detail"])
+        console.print(table)
+        if not report["ok"]:
+            console.print("[bold red]Something failed.[/] Send back the output of [bold]edgeseg doctor --json[/] "
+                          "(and of [bold]edgeseg --debug doctor[/] if a check shows an internal error) with your "
+                          "bug report.")
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,0 +1,279 @@
+"""``edgeseg doctor``: what a new device has, and whether each precision it can run gives the right masks.
+
+Run first on a new Jetson or CPU box. Two parts:
+
+1. facts: Python and package versions, CPU features and native precisions, GPU and compute
+   capability, L4T release, power mode and clocks, GStreamer in OpenCV, the cameras that open, and
+   whether the cache folder (engines, compiled models) is writable;
+2. checks: the model runs on each path the machine offers (the default CPU backend in FP32, INT8 for
+   the CPU where ``onnx`` is installed, then TensorRT FP16 and INT8 engines built into a temporary
+   folder where TensorRT and a GPU are present), each beside ONNX Runtime FP32 on the CPU over the
+   same photos. A check passes when its masks agree with the reference on at least
+   :data:`MIN_AGREEMENT` of the pixels (97% for float paths, 95% for INT8, which legitimately moves
+   about 3% of the pixels of this model: 97.3% agreement at unchanged mIoU over the 298 test
+   photos, where a broken unpool moved 35%). With ``--data`` (an Oxford-layout folder with
+   trimaps) each also gets its mIoU, and fails when that drops more than :data:`MAX_MIOU_DROP`
+   below the reference's (the quantize gate's default); without it, the mIoU of its masks scored
+   against the reference's masks is shown.
+
+Needs no PyTorch: it is meant for the device.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import importlib.util
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg import __version__
+from edgeseg.data import is_oxford_layout, list_images, oxford_split, read_image, read_trimap
+from edgeseg.errors import EdgesegError
+from edgeseg.files import cache_root
+from edgeseg.metrics import ConfusionMatrix
+from edgeseg.runtime.precision import cpu_flags, native_precisions
+from edgeseg.runtime.predictor import Predictor
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # a git checkout holds models/ and calibration/ here
+DEFAULT_MODEL = CHECKOUT / "models" / "segnet_dsc.onnx"
+DEFAULT_IMAGES = CHECKOUT / "calibration"
+MAX_IMAGES = 37
+MIN_AGREEMENT = {"float": 0.97, "int8": 0.95}
+MAX_MIOU_DROP = 0.01
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # PASS, FAIL or SKIP
+    detail: str = ""
+    agreement: float | None = None
+    miou_vs_reference: float | None = None
+    miou: float | None = None
+    miou_delta: float | None = None
+    ms_per_image: float | None = None
+    backend: dict = field(default_factory=dict)
+
+
+def _version(module: str) -> str | None:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception:  # a broken install (ImportError, a DLL error...) is reported, not raised
+        return None
+
+
+def _cuda_python() -> str | None:
+    for name in ("cuda.bindings", "cuda"):
+        if importlib.util.find_spec(name.split(".")[0]) is not None and (v := _version(name)):
+            return v
+    return None
+
+
+def opencv_facts() -> dict:
+    import cv2
+
+    info = cv2.getBuildInformation()
+    gst = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.strip().startswith("GStreamer:")),
+               "NO")
+    return {"opencv": cv2.__version__, "gstreamer": gst.upper().startswith("YES")}
+
+
+def cameras(max_index: int = 8) -> list[dict]:
+    """The V4L2 devices present and whether each opens and gives a frame."""
+    import cv2
+
+    found = []
+    for dev in sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))[:max_index]:
+        cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+        found.append({"device": dev, "opens": bool(cap.isOpened()), "frame": f"{frame.shape[1]}x{frame.shape[0]}"
+                      if ok else None})
+        cap.release()
+    return found
+
+
+def writable(folder: Path) -> str | None:
+    """None when files can be created in ``folder`` (made if missing), else why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
+            pass
+    except OSError as e:
+        return f"{e.strerror or e} ({folder})"
+    return None
+
+
+def facts() -> dict:
+    """Versions and hardware, each entry present whether or not the thing is installed."""
+    from edgeseg.latency import cpu_model
+    from edgeseg.tensorrt import jetson_facts
+
+    flags = cpu_flags()
+    out = {
+        "python": platform.python_version(), "machine": platform.machine(), "edgeseg": __version__,
+        "numpy": np.__version__, **opencv_facts(), "onnxruntime": _version("onnxruntime"),
+        "openvino": _version("openvino"), "onnx": _version("onnx"), "tensorrt": _version("tensorrt"),
+        "cuda_python": _cuda_python(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_native_precisions": ["fp32", *native_precisions(flags)],
+    }
+    if out["tensorrt"]:
+        from edgeseg.tensorrt import gpu_info
+
+        try:
+            out.update(gpu_info())
+        except EdgesegError as e:
+            out["gpu"] = None
+            out["gpu_problem"] = str(e)
+    out.update(jetson_facts(sample_seconds=0.5))
+    out["cameras"] = cameras()
+    cache = cache_root()
+    out["cache"] = str(cache)
+    out["cache_problem"] = writable(cache)
+    return out
+
+
+@dataclass
+class Photos:
+    images: list[np.ndarray]
+    truths: list[np.ndarray | None]
+    source: str
+
+
+def load_photos(images: Path | None, data: Path | None, limit: int = MAX_IMAGES) -> Photos:
+    """Test split photos with trimaps from ``data``, else the photos of ``images`` (default: calibration/)."""
+    if data is not None:
+        if not is_oxford_layout(data):
+            raise EdgesegError("is not an Oxford-IIIT Pet layout folder (images/, annotations/trimaps/, "
+                               "annotations/test.txt); pass --images DIR for photos without trimaps", data)
+        samples = oxford_split(data, "test")[:limit]
+        return Photos([read_image(s.image) for s in samples], [read_trimap(s.mask) for s in samples], str(data))
+    folder = images or DEFAULT_IMAGES
+    paths = list_images(folder)[:limit] if folder.is_dir() else []
+    if not paths:
+        raise EdgesegError("no photos to check with; pass --images DIR (a few photos like your camera's)", folder)
+    return Photos([read_image(p) for p in paths], [None] * len(paths), str(folder))
+
+
+def compare(name: str, make: Callable[[], Predictor], photos: Photos, reference: list[np.ndarray],
+            reference_miou: float | None) -> Check:
+    """Run one candidate over the photos beside the reference masks."""
+    try:
+        pred = make()
+        t0 = time.perf_counter()
+        masks = [pred.predict(img) for img in photos.images]
+        ms = 1000 * (time.perf_counter() - t0) / len(masks)
+    except EdgesegError as e:
+        return Check(name, "FAIL", str(e))
+    except Exception as e:  # a failure on one path is the finding; the other paths are still checked
+        if os.environ.get("EDGESEG_DEBUG") == "1":
+            raise
+        return Check(name, "FAIL", f"internal error {type(e).__name__}: {e}")
+    classes = len(pred.meta.class_names)
+    vs_ref, truth_cm = ConfusionMatrix(classes), ConfusionMatrix(classes)
+    agree = 0
+    for mask, ref, truth in zip(masks, reference, photos.truths, strict=True):
+        agree += int((mask == ref).sum())
+        vs_ref.update(ref, mask)
+        if truth is not None:
+            truth_cm.update(truth, mask)
+    agreement = agree / sum(r.size for r in reference)
+    need = MIN_AGREEMENT["int8" if "int8" in name else "float"]
+    check = Check(name, "PASS" if agreement >= need else "FAIL", f"{pred.info.name} {pred.info.label}",
+                  agreement=agreement,
+                  miou_vs_reference=vs_ref.summary(pred.meta.class_names)["miou"], ms_per_image=ms,
+                  backend=pred.describe())
+    if reference_miou is not None:
+        check.miou = truth_cm.summary(pred.meta.class_names)["miou"]
+        check.miou_delta = check.miou - reference_miou
+        if check.miou_delta < -MAX_MIOU_DROP:
+            check.status = "FAIL"
+            check.detail += f"; mIoU {100 * check.miou_delta:+.2f} points (at most -{100 * MAX_MIOU_DROP:g} allowed)"
+    if agreement < need:
+        check.detail += f"; {agreement:.1%} of pixels agree with ONNX Runtime FP32 (needs {need:.0%})"
+    return check
+
+
+Loader = Callable[[], Predictor]
+
+
+def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list[tuple[str, Loader | str]]:
+    """(name, loader) for every path this machine offers, or (name, why it is skipped)."""
+    out: list[tuple[str, Loader | str]] = [("cpu fp32 (default backend)", lambda: Predictor.load(model))]
+    ranges = model.with_suffix(".calib.json")
+
+    def int8_cpu() -> Predictor:
+        from edgeseg.quantize import QuantizeOptions, quantize
+
+        q = workdir / "int8-cpu.onnx"
+        quantize(model, q, QuantizeOptions(target="cpu"), calib_ranges=ranges if ranges.exists() else None,
+                 calib_dir=None if ranges.exists() else images)
+        return Predictor.load(q)
+
+    have_onnx = importlib.util.find_spec("onnx") is not None
+    out.append(("cpu int8", int8_cpu if have_onnx else "INT8 for the CPU is made here with onnx: pip install onnx"))
+    if tensorrt:
+        from edgeseg.tensorrt import build_engine
+
+        def engine(precision: str) -> Loader:
+            def make() -> Predictor:
+                path = workdir / f"{precision}.engine"
+                build_engine(model, path, precision, calib_dir=images if precision == "int8" else None)
+                return Predictor.load(path)
+            return make
+
+        out += [("tensorrt fp16", engine("fp16")),
+                ("tensorrt int8", engine("int8") if have_onnx else "INT8 engines are quantized here with onnx: "
+                 "pip install onnx")]
+    return out
+
+
+def run_checks(model: Path, photos: Photos, images: Path, tensorrt: bool,
+               progress: Callable[[str], None] | None = None) -> list[Check]:
+    ref = Predictor.load(model, backend="onnxruntime", precision="fp32")
+    t0 = time.perf_counter()
+    reference = [ref.predict(img) for img in photos.images]
+    ms = 1000 * (time.perf_counter() - t0) / len(reference)
+    reference_miou = None
+    if photos.truths[0] is not None:
+        cm = ConfusionMatrix(len(ref.meta.class_names))
+        for truth, mask in zip(photos.truths, reference, strict=True):
+            cm.update(truth, mask)
+        reference_miou = cm.summary(ref.meta.class_names)["miou"]
+    checks = [Check("reference: onnxruntime fp32", "PASS", "CPU, as exported", agreement=1.0, miou_vs_reference=1.0,
+                    miou=reference_miou, miou_delta=0.0 if reference_miou is not None else None,
+                    ms_per_image=ms, backend=ref.describe())]
+    with tempfile.TemporaryDirectory(prefix="edgeseg-doctor-") as tmp:
+        for name, make in candidates(model, images, Path(tmp), tensorrt):
+            if isinstance(make, str):
+                checks.append(Check(name, "SKIP", make))
+                continue
+            if progress:
+                progress(name)
+            checks.append(compare(name, make, photos, reference, reference_miou))
+    return checks
+
+
+def doctor(model: Path | None = None, images: Path | None = None, data: Path | None = None,
+           progress: Callable[[str], None] | None = None) -> dict:
+    model = model or DEFAULT_MODEL
+    if not model.exists():
+        raise EdgesegError("no such model; pass the ONNX to check (edgeseg doctor MODEL.onnx)", model)
+    env = facts()
+    photos = load_photos(images, data)
+    tensorrt = bool(env["tensorrt"]) and env.get("gpu") is not None
+    checks = run_checks(model, photos, images or DEFAULT_IMAGES, tensorrt, progress)
+    if not env["tensorrt"]:
+        checks.append(Check("tensorrt", "SKIP", "TensorRT is not installed (JetPack provides it on a Jetson)"))
+    elif not tensorrt:
+        checks.append(Check("tensorrt", "SKIP", env.get("gpu_problem", "no GPU")))
+    return {"facts": env, "model": str(model), "photos": {"source": photos.source, "count": len(photos.images),
+                                                          "trimaps": photos.truths[0] is not None},
+            "checks": [asdict(c) for c in checks], "ok": all(c.status != "FAIL" for c in checks)}
