@@ -345,8 +345,8 @@ def run(
             console.print(f"report: {report}")
     if result.get("error"):
         raise EdgesegError(result["error"])
-    if result["interrupted"]:
-        raise typer.Exit(130)
+    if result["interrupted"]:  # outputs and report are complete; the code says what stopped the loop
+        raise typer.Exit(128 + {"SIGINT": 2, "SIGHUP": 1, "SIGTERM": 15}[result["stopped_by"]])
 
 
 @app.command()

@@ -49,11 +49,11 @@ class Renderer:
         tinted = cv2.transform(frame, self._tint)
         out = frame.copy()
         if self.border_as_pet:
-            cv2.copyTo(tinted, cv2.compare(mask, BACKGROUND, cv2.CMP_NE), out)
+            cv2.copyTo(tinted, _compare(mask, BACKGROUND, cv2.CMP_NE), out)
         else:
-            cv2.copyTo(tinted, cv2.compare(mask, PET, cv2.CMP_EQ), out)
+            cv2.copyTo(tinted, _compare(mask, PET, cv2.CMP_EQ), out)
             solid = cv2.transform(frame, self._border)  # numpy's colour broadcast is 15x slower
-            cv2.copyTo(solid, cv2.compare(mask, BORDER, cv2.CMP_EQ), out)
+            cv2.copyTo(solid, _compare(mask, BORDER, cv2.CMP_EQ), out)
         return out
 
     def render(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -62,3 +62,12 @@ class Renderer:
         if self.view == "overlay":
             return self.overlay(frame, mask)
         return np.hstack([frame, self.overlay(frame, mask)])
+
+
+def _compare(mask: np.ndarray, class_id: int, op: int) -> np.ndarray:
+    """255 where ``mask op class_id``. OpenCV reads a 1x1 array beside a number as two scalars and
+    refuses them, so a one-pixel image (a frame that can occur) compares through numpy."""
+    if mask.size == 1:
+        hit = mask == class_id if op == cv2.CMP_EQ else mask != class_id
+        return hit.astype(np.uint8) * 255
+    return cv2.compare(mask, class_id, op)

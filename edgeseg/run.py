@@ -10,9 +10,12 @@ Ctrl-C ends the loop cleanly: the video is finalised and the report still writte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,7 +115,9 @@ class Sinks:
             self.video_tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
             fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
             fps = self.opts.video_fps or self.source_fps or 15.0
-            self.video_size = (vis.shape[1], vis.shape[0])
+            # encoders need even sides of some size: a first frame of 1 x 300 pixels made OpenCV's
+            # MJPG writer abort the process and its mp4 writer write nothing
+            self.video_size = tuple(max(16, n + n % 2) for n in (vis.shape[1], vis.shape[0]))
             self.video = cv2.VideoWriter(str(self.video_tmp), fourcc, fps, self.video_size)
             if not self.video.isOpened():
                 raise EdgesegError("OpenCV cannot write this video format here; try .avi", path)
@@ -123,6 +128,10 @@ class Sinks:
     def close(self) -> None:
         if self.video is not None:
             self.video.release()
+            if not self.video_tmp.exists() or self.video_tmp.stat().st_size == 0:
+                self.video_tmp.unlink(missing_ok=True)
+                raise EdgesegError("OpenCV's video writer wrote nothing (disk full, or a codec that refuses "
+                                   "this frame size); try .avi", self.opts.save_video)
             os.replace(self.video_tmp, self.opts.save_video)
         if self.show:
             cv2.destroyAllWindows()
@@ -133,59 +142,99 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
         raise EdgesegError("could not write this file (disk full or not writable?)", path)
 
 
+class Stopped(Exception):
+    """Raised in the loop by SIGTERM (``docker stop``, systemd) or SIGHUP: stop as after Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)):
+    """Turn the first of ``signums`` into :class:`Stopped` (later ones are ignored while outputs are
+    finalized); the previous handlers come back afterwards. Outside the main thread, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, frame) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
              status: Callable[[StageTimer], None] | None = None,
              warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
-    """Process ``source`` until it ends, ``max_frames``/``duration`` is reached or Ctrl-C; return the report."""
+    """Process ``source`` until it ends, ``max_frames``/``duration`` is reached, Ctrl-C, SIGTERM or
+    SIGHUP; return the report. Outputs are finalized and the report written in every case."""
     check_outputs(opts)
     timer = StageTimer(warmup=opts.warmup)
     sinks = Sinks(opts, getattr(source, "fps", 0.0), warn)
     if hasattr(source, "prepare"):
         source.prepare = predictor.preprocess
-    interrupted = False
+    interrupted, stopped_by = False, None
     started = time.perf_counter()
-    try:
-        for frame in source:
-            timer.add("capture", frame.wait_ms)
-            if frame.tensor is not None:  # prepared on the reader thread, overlapping the last inference
-                timer.add("preprocess (reader thread)", frame.prepare_ms, overlapped=True)
-                x = frame.tensor
-            else:
-                with timer.stage("preprocess"):
-                    x = predictor.preprocess(frame.image)
-            with timer.stage("inference"):
-                ids = predictor.infer(x)[0]
-            with timer.stage("postprocess"):
-                mask = predictor.postprocess(ids, frame.image.shape)
-            if sinks.needs_render:  # nobody sees an overlay when only masks or a report are wanted
-                with timer.stage("render"):
-                    vis = renderer.render(frame.image, mask)
-            with timer.stage("write"):
-                sinks.write(frame.name, vis if sinks.needs_render else None, mask)
-            timer.end_frame()
-            if status:
-                status(timer)
-            if sinks.quit_requested or (opts.max_frames and timer.frames >= opts.max_frames) or (
-                    opts.duration and time.perf_counter() - started >= opts.duration):
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        sinks.close()
-        source.close()
-    stats = source.stats
-    report = {
-        "source": source.label, "live": source.live, "interrupted": interrupted,
-        "error": getattr(source, "error", None),
-        "latency": timer.report(),
-        "source_stats": {"frames": stats.frames, "skipped_unreadable": stats.skipped, "dropped_stale": stats.dropped,
-                         "reconnects": stats.reconnects, "gap_seconds": round(stats.gap_seconds, 3),
-                         "skipped_files": stats.skipped_files[:20]},
-        "model": predictor.describe(),
-        "outputs": {k: str(v) for k, v in (("overlays", opts.output), ("video", opts.save_video),
-                                            ("masks", opts.save_masks)) if v is not None},
-        "environment": environment(),
-    }
-    if opts.report is not None:
-        atomic_write(opts.report, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=opts.force)
+    with stop_on_signals():
+        try:
+            _loop(predictor, source, renderer, opts, timer, sinks, started, status)
+        except KeyboardInterrupt:
+            interrupted, stopped_by = True, "SIGINT"
+        except Stopped as e:
+            interrupted, stopped_by = True, str(e)
+        finally:
+            sinks.close()
+            source.close()
+        stats = source.stats
+        report = {
+            "source": source.label, "live": source.live, "interrupted": interrupted, "stopped_by": stopped_by,
+            "error": getattr(source, "error", None),
+            "latency": timer.report(),
+            "source_stats": {"frames": stats.frames, "skipped_unreadable": stats.skipped,
+                             "dropped_stale": stats.dropped, "reconnects": stats.reconnects,
+                             "gap_seconds": round(stats.gap_seconds, 3),
+                             "skipped_files": stats.skipped_files[:20]},
+            "model": predictor.describe(),
+            "outputs": {k: str(v) for k, v in (("overlays", opts.output), ("video", opts.save_video),
+                                                ("masks", opts.save_masks)) if v is not None},
+            "environment": environment(),
+        }
+        if opts.report is not None:
+            atomic_write(opts.report, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=opts.force)
     return report
+
+
+def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, timer: StageTimer, sinks: Sinks,
+          started: float, status: Callable[[StageTimer], None] | None) -> None:
+    for frame in source:
+        timer.add("capture", frame.wait_ms)
+        if frame.tensor is not None:  # prepared on the reader thread, overlapping the last inference
+            timer.add("preprocess (reader thread)", frame.prepare_ms, overlapped=True)
+            x = frame.tensor
+        else:
+            with timer.stage("preprocess"):
+                x = predictor.preprocess(frame.image)
+        with timer.stage("inference"):
+            ids = predictor.infer(x)[0]
+        with timer.stage("postprocess"):
+            mask = predictor.postprocess(ids, frame.image.shape)
+        if sinks.needs_render:  # nobody sees an overlay when only masks or a report are wanted
+            with timer.stage("render"):
+                vis = renderer.render(frame.image, mask)
+        with timer.stage("write"):
+            sinks.write(frame.name, vis if sinks.needs_render else None, mask)
+        timer.end_frame()
+        if status:
+            status(timer)
+        if sinks.quit_requested or (opts.max_frames and timer.frames >= opts.max_frames) or (
+                opts.duration and time.perf_counter() - started >= opts.duration):
+            break

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from edgeseg import __version__
@@ -57,7 +58,8 @@ def ck(ret):
     rt = cudart()
     err, rest = ret[0], ret[1:]
     if err != rt.cudaError_t.cudaSuccess:
-        raise EdgesegError(f"CUDA error {rt.cudaGetErrorName(err)[1]}")
+        name = rt.cudaGetErrorName(err)[1]
+        raise EdgesegError(f"CUDA error {name.decode() if isinstance(name, bytes) else name}")
     return rest[0] if len(rest) == 1 else (rest or None)
 
 
@@ -133,7 +135,8 @@ class EngineMeta:
     edgeseg: str = __version__
     built_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     model_meta: dict = field(default_factory=dict)  # the ONNX's edgeseg_meta (preprocessing, classes)
-    output: str = "logits"
+    # the edgeseg build options that differ from their defaults, replayed by rebuild_command
+    build_options: dict = field(default_factory=dict)
 
     def save(self, engine: Path) -> None:
         text = json.dumps(asdict(self), indent=2)
@@ -146,12 +149,18 @@ class EngineMeta:
             raise EdgesegError(f"no {p.name} beside the engine: cannot tell how it was built; rebuild it with "
                                "edgeseg build", engine)
         try:
-            return cls(**json.loads(p.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
+            data = json.loads(p.read_text())
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})  # keys of other edgeseg versions
+        except (json.JSONDecodeError, TypeError, AttributeError) as e:
             raise EdgesegError(f"{p.name} is unreadable ({e}); rebuild the engine with edgeseg build", engine) from e
 
     def rebuild_command(self, engine: Path) -> str:
-        return f"edgeseg build {self.source_onnx} --precision {self.precision} -o {engine} --force"
+        """The command that builds this engine again, with every option it was built with."""
+        args = ["edgeseg", "build", self.source_onnx, "--precision", self.precision]
+        for key, value in self.build_options.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return shlex.join([*args, "-o", str(engine), "--force"])
 
     def mismatch(self, system: dict) -> str | None:
         """Why this engine cannot run on ``system`` ({tensorrt, gpu, compute_capability}), or None."""
@@ -249,6 +258,20 @@ def prepare_onnx(onnx_path: Path, precision: str, strongly_typed: bool, workdir:
     return onnx_path, calib_sha
 
 
+BUILD_DEFAULTS = {"workspace_gb": 1.0, "timing_cache": None, "dla_core": None, "opt_level": 3, "max_batch": 1,
+                  "calib": None}
+
+
+def build_options(**options) -> dict:
+    """The options that differ from :data:`BUILD_DEFAULTS`, as CLI option names (``workspace`` for
+    ``workspace_gb``) with JSON-able values."""
+    out = {}
+    for key, value in options.items():
+        if value != BUILD_DEFAULTS[key]:
+            out["workspace" if key == "workspace_gb" else key] = str(value) if isinstance(value, Path) else value
+    return out
+
+
 def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16", *, workspace_gb: float = 1.0,
                  timing_cache: Path | None = None, dla_core: int | None = None, opt_level: int = 3,
                  max_batch: int = 1, calib_dir: Path | None = None, force: bool = False,
@@ -259,6 +282,13 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
         raise EdgesegError(f"--precision {precision!r}: choose fp32, fp16 or int8")
     if not onnx_path.exists():
         raise EdgesegError("no such file; check the path", onnx_path)
+    if dla_core is not None and dla_core < 0:
+        raise EdgesegError(f"--dla-core {dla_core}: DLA cores are numbered from 0")
+    if dla_core is not None and precision == "fp32":
+        raise EdgesegError("DLA runs FP16 and INT8 only (every layer would fall back to the GPU): build with "
+                           "--precision fp16 or int8, or leave out --dla-core")
+    if max_batch < 1:
+        raise EdgesegError(f"--max-batch {max_batch} must be at least 1")
     check_writable(out, force)
     validate_for_build(onnx_path, precision, calib_dir)  # before TensorRT: the gate works on any machine
     trt = import_tensorrt()
@@ -300,7 +330,9 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
         if timing_cache is not None:
             blob = timing_cache.read_bytes() if timing_cache.exists() else b""
             cache = config.create_timing_cache(blob)
-            config.set_timing_cache(cache, ignore_mismatch=False)
+            if not config.set_timing_cache(cache, ignore_mismatch=False):
+                raise EdgesegError("TensorRT refused this timing cache (recorded on another GPU or TensorRT "
+                                   "version); give another --timing-cache file or delete this one", timing_cache)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise EdgesegError("TensorRT failed to build the engine (see the log above; --verbose shows more)",
@@ -313,6 +345,9 @@ def build_engine(onnx_path: str | Path, out: str | Path, precision: str = "fp16"
     meta = EngineMeta(tensorrt=system["tensorrt"], gpu=system["gpu"], compute_capability=system["compute_capability"],
                       precision=precision, input_shape=shape, onnx_sha256=sha256_file(onnx_path),
                       source_onnx=str(onnx_path), calibration_sha256=calib_sha, l4t=l4t_release(),
-                      model_meta=json.loads(props.get("edgeseg_meta", "{}")), output=props.get("output", "logits"))
+                      model_meta=json.loads(props.get("edgeseg_meta", "{}")),
+                      build_options=build_options(workspace_gb=workspace_gb, timing_cache=timing_cache,
+                                                  dla_core=dla_core, opt_level=opt_level, max_batch=max_batch,
+                                                  calib=calib_dir))
     meta.save(out)
     return meta

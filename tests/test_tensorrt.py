@@ -49,6 +49,26 @@ def test_build_runs_the_check_gate_first(cli, tmp_path):
     assert r.code == 1 and "check --target tensorrt found" in r.err and "MaxUnpool" in r.err
 
 
+def test_dla_options_are_checked_before_building(cli, exported, tmp_path):
+    model = exported["segnet-dsc"][0]
+    r = cli("build", model, "--precision", "fp32", "--dla-core", "0", "-o", tmp_path / "m.engine")
+    assert r.code == 1 and "DLA runs FP16 and INT8 only" in r.err
+    r = cli("build", model, "--dla-core", "-1", "-o", tmp_path / "m.engine")
+    assert r.code == 1 and "--dla-core -1: DLA cores are numbered from 0" in r.err
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_cuda_errors_are_named_in_words(monkeypatch):
+    from types import SimpleNamespace
+
+    rt = SimpleNamespace(cudaError_t=SimpleNamespace(cudaSuccess=0),
+                         cudaGetErrorName=lambda err: (0, b"cudaErrorInsufficientDriver"))
+    monkeypatch.setattr(et, "cudart", lambda: rt)
+    assert et.ck((0, 42)) == 42
+    with pytest.raises(EdgesegError, match=r"^CUDA error cudaErrorInsufficientDriver$"):
+        et.ck((35,))
+
+
 def test_int8_needs_qdq_or_calibration(cli, exported, tmp_path):
     r = cli("build", exported["segnet-dsc"][0], "--precision", "int8", "-o", tmp_path / "m.engine")
     assert r.code == 1 and "INT8 needs a Q/DQ model" in r.err
@@ -91,6 +111,11 @@ def test_engine_metadata_round_trip_and_mismatch(tmp_path):
     assert "tensorrt 10.3.0" in why and "10.7.0" in why
     assert meta.rebuild_command(tmp_path / "m.engine") == (
         f"edgeseg build model.onnx --precision fp16 -o {tmp_path / 'm.engine'} --force")
+    meta.build_options = et.build_options(workspace_gb=2.0, timing_cache=None, dla_core=0, opt_level=3,
+                                          max_batch=8, calib=tmp_path / "my photos")
+    assert meta.rebuild_command(tmp_path / "m.engine") == (
+        f"edgeseg build model.onnx --precision fp16 --workspace 2.0 --dla-core 0 --max-batch 8 --calib "
+        f"'{tmp_path / 'my photos'}' -o {tmp_path / 'm.engine'} --force")
 
 
 def test_loading_an_engine_from_another_system_names_the_rebuild_command(monkeypatch, tmp_path):

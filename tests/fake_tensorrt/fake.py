@@ -13,7 +13,9 @@ bindings' own classes). ``cuda.bindings.runtime`` is held the same way through
 - device memory is host memory, so copies are ``memmove`` and results are real.
 
 Everything configured is written as JSON to ``$FAKE_TRT_LOG`` at exit, for the tests to assert on.
-``$FAKE_TRT_DLA_CORES`` sets how many DLA cores the fake builder reports (default 0).
+``$FAKE_TRT_DLA_CORES`` sets how many DLA cores the fake builder reports (default 0);
+``$FAKE_TRT_NO_CONTEXT`` makes ``create_execution_context`` fail as on a GPU out of memory, and a
+timing cache starting with ``other-gpu`` is refused as one recorded on another device.
 
     python tests/fake_tensorrt/fake.py build m.onnx -o m.engine     # edgeseg's CLI on the fake
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-LOG: dict = {"calls": [], "sets": [], "builds": [], "executions": 0}
+LOG: dict = {"calls": [], "sets": [], "builds": [], "executions": 0, "batches": []}
 _SIG = re.compile(r"^(?:\d+\. )?(\w+)\((.*)\)(?: -> (.+))?$")
 
 
@@ -282,6 +284,8 @@ class ConfigImpl:
         return Strict(TRT.ITimingCache, TimingCacheImpl(bytes(memoryview(serialized_timing_cache))))
 
     def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        if object.__getattribute__(cache, "_impl").blob.startswith(b"other-gpu") and not ignore_mismatch:
+            return False  # TensorRT: the cache's header names another device
         self.cache = cache
         return True
 
@@ -347,6 +351,8 @@ class EngineImpl:
         return [TRT.Dims(d) for d in self.header["profiles"][profile_index][name]]
 
     def create_execution_context(self, *args):
+        if os.environ.get("FAKE_TRT_NO_CONTEXT"):
+            return None  # what TensorRT returns when the GPU has no memory left for the context
         return Strict(TRT.IExecutionContext, ContextImpl(self))
 
 
@@ -357,11 +363,13 @@ class ContextImpl:
         self.addresses: dict[str, int] = {}
 
     def set_input_shape(self, name: str, shape) -> bool:
+        lo, _, hi = self.engine.header["profiles"][0][name]
+        if not all(a <= d <= b for a, d, b in zip(lo, _dims(shape), hi, strict=True)):
+            return False  # outside the optimization profile: TensorRT logs an error and returns False
         self.shapes[name] = _dims(shape)
-        batch = self.shapes[name][0]
-        for n, (mode, _) in self.engine.io.items():
-            if mode == TRT.TensorIOMode.OUTPUT and self.shapes[n][0] == -1:
-                self.shapes[n] = (batch, *self.shapes[n][1:])
+        for n, (mode, vi) in self.engine.io.items():
+            if mode == TRT.TensorIOMode.OUTPUT and _onnx_shape(vi)[0] == -1:
+                self.shapes[n] = (self.shapes[name][0], *_onnx_shape(vi)[1:])
         return True
 
     def get_tensor_shape(self, name: str):
@@ -391,6 +399,7 @@ class ContextImpl:
             out.setflags(write=True)
             np.copyto(out, value, casting="same_kind")
         LOG["executions"] += 1
+        LOG["batches"].append(next(iter(inputs.values())).shape[0])
         return True
 
 

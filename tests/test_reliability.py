@@ -1,0 +1,103 @@
+"""What a device deployment meets: a stop signal, tiny images, bad weights... Nothing lost, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO
+
+MODEL = REPO / "models" / "segnet_dsc.onnx"
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """600 frames (160x120) of a bundled photo drifting sideways: about 10 s of work."""
+    path = tmp_path_factory.mktemp("video") / "long.avi"
+    photo = cv2.resize(cv2.imread(str(REPO / "calibration" / "Abyssinian_101.jpg")), (240, 120))
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (160, 120))
+    for i in range(600):
+        out.write(np.ascontiguousarray(photo[:, (i % 80):(i % 80) + 160]))
+    out.release()
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_finishes_the_video_and_the_report(long_video, tmp_path, signum, code):
+    """``docker stop`` and systemd send SIGTERM; a closed terminal SIGHUP: handled like Ctrl-C."""
+    video, report = tmp_path / "out.mp4", tmp_path / "r.json"
+    p = subprocess.Popen([sys.executable, "-m", "edgeseg", "run", str(MODEL), "--backend", "onnxruntime",
+                          "--source", str(long_video), "--save-video", str(video), "--report", str(report)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / ".out.partial.mp4"
+    deadline = time.monotonic() + 60
+    while not partial.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # some frames into the video
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signum)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    r = json.loads(report.read_text())
+    assert r["interrupted"] and r["stopped_by"] == signal.Signals(signum).name
+    done = r["latency"]["measured_frames"] + r["latency"]["warmup_frames"]
+    assert 0 < done < 600
+    cap = cv2.VideoCapture(str(video))
+    # the frame in flight when the signal came may or may not have been written
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) in (done, done + 1)
+    ok, first = cap.read()
+    assert ok and first.shape == (120, 160, 3)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.mp4", "r.json"]  # no partial file left
+
+
+def test_signal_handlers_are_restored_after_the_loop():
+    """In a child process: signalling pytest's own process can crash the native threads it holds."""
+    code = ("import os, signal, time\nfrom edgeseg.run import Stopped, stop_on_signals\n"
+            "before = signal.getsignal(signal.SIGTERM)\ntry:\n    with stop_on_signals():\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n        time.sleep(5)\nexcept Stopped as e:\n"
+            "    print(e, signal.getsignal(signal.SIGTERM) is before)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "SIGTERM True", r.stderr
+
+
+@pytest.mark.parametrize("view", ["overlay", "side-by-side", "mask"])
+def test_tiny_and_degenerate_images_are_processed(cli, tmp_path, view):
+    src = tmp_path / "in"
+    src.mkdir()
+    sizes = {"one_pixel": (1, 1), "two_by_three": (2, 3), "one_row": (1, 500), "one_column": (300, 1)}
+    for name, (h, w) in sizes.items():
+        cv2.imwrite(str(src / f"{name}.png"), np.full((h, w, 3), 90, np.uint8))
+    cv2.imwrite(str(src / "photo.jpg"), cv2.imread(str(REPO / "calibration" / "Bengal_107.jpg")))
+    out = tmp_path / "out"
+    r = cli("run", MODEL, "--backend", "onnxruntime", "--source", src, "--view", view, "--warmup", "0",
+            "--output", out / "overlays", "--save-masks", out / "masks", "--save-video", out / "v.avi",
+            "--report", out / "r.json")
+    assert r.code == 0, r.err
+    for name, (h, w) in sizes.items():
+        assert cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+        assert cv2.imread(str(out / "overlays" / f"{name}.jpg")).shape[0] == h
+    assert json.loads((out / "r.json").read_text())["source_stats"]["frames"] == 5
+    assert cv2.VideoCapture(str(out / "v.avi")).get(cv2.CAP_PROP_FRAME_COUNT) == 5
+
+
+def test_a_video_writer_that_writes_nothing_is_an_error_not_an_empty_file(cli, tmp_path, monkeypatch):
+    import edgeseg.run as run
+
+    class SilentWriter:  # what OpenCV's writer does on a full disk or with a codec that refuses the size
+        def __init__(self, *a) -> None: ...
+        def isOpened(self) -> bool: return True
+        def write(self, frame) -> None: ...
+        def release(self) -> None: ...
+
+    monkeypatch.setattr(run.cv2, "VideoWriter", SilentWriter)
+    r = cli("run", MODEL, "--backend", "onnxruntime", "--source", REPO / "calibration", "--max-frames", "3",
+            "--save-video", tmp_path / "v.mp4")
+    assert r.code == 1 and r.err.startswith(f"error: {tmp_path / 'v.mp4'}: OpenCV's video writer wrote nothing")
+    assert list(tmp_path.iterdir()) == []
