@@ -61,9 +61,13 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     if not path.exists():
         raise EdgesegError("no such file; check the path", path)
     try:
-        return onnx.load(str(path))
+        m = onnx.load(str(path))
     except Exception as e:
-        raise EdgesegError(f"not a readable ONNX model ({type(e).__name__}); re-export it", path) from e
+        raise EdgesegError(f"not an ONNX model (unreadable: {type(e).__name__}); re-export it", path) from e
+    if not m.graph.node or not m.graph.input:  # protobuf parses an empty or foreign file as an empty model
+        raise EdgesegError("not an ONNX model (no graph inside: empty, truncated or another kind of file); "
+                           "re-export it", path)
+    return m
 
 
 def _opset(m: onnx.ModelProto) -> int:

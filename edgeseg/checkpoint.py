@@ -39,6 +39,14 @@ def _read(path: Path) -> object:
         raise CheckpointError("no such file; check the path", path)
     if path.is_dir():
         raise CheckpointError("is a folder, not a checkpoint file", path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError("empty file; copy the checkpoint again", path)
+    # torch.save writes a zip archive (PyTorch >= 1.6) or, with the legacy format, a pickle (protocol 2+)
+    if head != b"PK\x03\x04" and head[0] != 0x80:
+        raise CheckpointError("not a PyTorch checkpoint (neither torch.save's zip format nor a pickle); pass a "
+                              ".pth/.pt file saved by torch.save", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -50,14 +58,10 @@ def _read(path: Path) -> object:
             ) from e
         raise CheckpointError(f"not a PyTorch checkpoint ({e}); pass a .pth/.pt saved by torch.save", path) from e
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... for foreign bytes
-        with open(path, "rb") as f:
-            head = f.read(4)
         if head == b"PK\x03\x04":
             raise CheckpointError(
                 "truncated or corrupt checkpoint (zip archive unreadable); copy it again", path
             ) from e
-        if not head:
-            raise CheckpointError("empty file; copy the checkpoint again", path) from e
         raise CheckpointError("not a PyTorch checkpoint; pass a .pth/.pt file saved by torch.save", path) from e
 
 
@@ -133,6 +137,12 @@ def _fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path
                 f"{tuple(expected[k].shape)}",
                 path,
             )
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state_dict.items() if v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise CheckpointError(f"{sum(bad.values())} NaN/inf value(s) in {len(bad)} tensor(s), first {first}: "
+                              "the training run diverged; use an earlier checkpoint", path)
     model.load_state_dict(state_dict, strict=False)
 
 

@@ -397,7 +397,9 @@ def quantize(
         c = r.calibration
         rows: list[tuple[str, object]] = [
             ("target", f"{r.target} ({method} calibration)"),
-            ("calibration", f"{c['images']} images from {c['source']} ({c['skipped']} skipped) in {c['seconds']:.1f} s"
+            ("calibration", f"{c['images']} images from {c['source']} ({c['skipped']} unreadable skipped, "
+                            f"{c.get('masks_left_out', 0)} in mask folders and {c.get('duplicates_left_out', 0)} "
+                            f"duplicates left out) in {c['seconds']:.1f} s"
              if c["images"] else f"stored ranges {c['source']}"),
         ]
         if r.gate:

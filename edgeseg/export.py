@@ -274,11 +274,12 @@ class VerifyReport:
     real_pixels: int = 0
     unpool_flips: int = 0  # the rewrite vs MaxPool indices + MaxUnpool, both in ONNX Runtime
     unpool_max_abs_diff: float = 0.0
+    non_finite: int = 0  # NaN/inf logits (PyTorch's or ONNX Runtime's): NaN == NaN must not count as agreement
 
     @property
     def passed(self) -> bool:
         synthetic_pixels = self.pixels - self.real_pixels
-        return (self.unpool_flips == 0 and self.unpool_max_abs_diff == 0.0
+        return (self.non_finite == 0 and self.unpool_flips == 0 and self.unpool_max_abs_diff == 0.0
                 and self.synthetic_flips * 1e6 <= MAX_SYNTHETIC_FLIPS_PER_MILLION * synthetic_pixels
                 and self.real_flips * 1e6 <= MAX_REAL_FLIPS_PER_MILLION * self.real_pixels)
 
@@ -310,7 +311,7 @@ def verify(onnx_bytes: bytes, ckpt: LoadedCheckpoint, size: tuple[int, int], ima
     n_real = 0 if images is None else len(images)
     if n_real:
         x_all = np.concatenate([x_all, images.astype(np.float32)])
-    max_err, unpool_diff, unpool_flips = 0.0, 0.0, 0
+    max_err, unpool_diff, unpool_flips, non_finite = 0.0, 0.0, 0, 0
     flips = np.zeros(len(x_all), dtype=np.int64)
     step = static_batch or 4
     for i in range(0, len(x_all), step):
@@ -321,6 +322,7 @@ def verify(onnx_bytes: bytes, ckpt: LoadedCheckpoint, size: tuple[int, int], ima
         with torch.no_grad():
             ref = ckpt.model(torch.from_numpy(x)).numpy()
         ref_ids = ref.argmax(1)
+        non_finite += int((~np.isfinite(ref)).sum()) + (int((~np.isfinite(out)).sum()) if out.ndim == 4 else 0)
         if out.ndim == 4:
             max_err = max(max_err, float(np.abs(out - ref).max()))
             ids = out.argmax(1)
@@ -337,7 +339,8 @@ def verify(onnx_bytes: bytes, ckpt: LoadedCheckpoint, size: tuple[int, int], ima
     return VerifyReport(inputs=len(x_all), pixels=pixels, max_abs_error=max_err,
                         agreement=1 - flips.sum() / pixels, real_images=n_real,
                         synthetic_flips=int(flips[:n_synthetic].sum()), real_flips=int(flips[n_synthetic:].sum()),
-                        real_pixels=per_image * n_real, unpool_flips=unpool_flips, unpool_max_abs_diff=unpool_diff)
+                        real_pixels=per_image * n_real, unpool_flips=unpool_flips, unpool_max_abs_diff=unpool_diff,
+                        non_finite=non_finite)
 
 
 def export(ckpt: LoadedCheckpoint, out: str | Path, opts: ExportOptions, verify_images: np.ndarray | None = None,
@@ -359,6 +362,9 @@ def export(ckpt: LoadedCheckpoint, out: str | Path, opts: ExportOptions, verify_
     report = verify(data, ckpt, opts.size or ckpt.meta.input_size, verify_images,
                     reference_bytes=reference.SerializeToString())
     if not report.passed:
+        if report.non_finite:
+            raise EdgesegError(f"verification failed: the model computes {report.non_finite} NaN/inf output "
+                               "value(s) (non-finite weights or statistics); nothing was written", out)
         raise EdgesegError(
             f"verification failed: the unpool rewrite differs from MaxUnpool on {report.unpool_flips} pixel(s) "
             f"(max abs difference {report.unpool_max_abs_diff:.3g}); ONNX Runtime and PyTorch disagree on "

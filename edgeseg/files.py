@@ -28,6 +28,9 @@ def sha256_file(path: str | Path) -> str:
 def check_writable(path: str | Path, force: bool = False) -> Path:
     """Refuse an existing output without ``force`` and a missing parent folder, before any work."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise EdgesegError("exists and is not a regular file (a folder, device or pipe); choose another output "
+                           "name", path)
     if path.exists() and not force:
         raise EdgesegError("already exists; pass --force to overwrite it", path)
     if not path.parent.is_dir():

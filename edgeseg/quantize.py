@@ -71,6 +71,8 @@ class Calibration:
     sha256: str  # of the calibration set (sorted file hashes), or of the ranges file
     seconds: float
     source: str
+    masks_left_out: int = 0  # files under mask folders (annotations/, trimaps/, masks/...)
+    duplicates_left_out: int = 0
 
 
 def _meta_of(model: onnx.ModelProto, path: Path) -> ModelMeta:
@@ -82,11 +84,31 @@ def _meta_of(model: onnx.ModelProto, path: Path) -> ModelMeta:
     return ModelMeta.from_dict(json.loads(props["edgeseg_meta"]))
 
 
-def select_images(folder: Path, num_images: int, seed: int) -> list[Path]:
-    paths = list_images(folder, recursive=True)
+# folders that hold label masks, not photos (Oxford-IIIT Pet's annotations/trimaps, Pascal VOC's
+# SegmentationClass, ...): a mask PNG decodes as an image but would calibrate INT8 on grey levels 1..3
+MASK_FOLDERS = frozenset({"annotations", "trimaps", "masks", "rough-masks", "labels", "segmentationclass",
+                          "segmentationobject", "gt", "groundtruth"})
+
+
+@dataclass
+class Selection:
+    paths: list[Path]
+    masks: int = 0  # files under mask folders, left out
+    duplicates: int = 0  # byte-identical copies, left out
+
+
+def select_images(folder: Path, num_images: int, seed: int) -> Selection:
+    """The calibration photos under ``folder``: photos only (mask folders left out), each file once
+    (by content), then a random subset of ``num_images`` (0: all)."""
+    found = list_images(folder, recursive=True)
+    photos = [p for p in found if not MASK_FOLDERS & {d.lower() for d in p.relative_to(folder).parent.parts}]
+    unique: dict[str, Path] = {}
+    for p in photos:
+        unique.setdefault(sha256_file(p), p)
+    paths = sorted(unique.values())
     if num_images and len(paths) > num_images:
         paths = sorted(random.Random(seed).sample(paths, num_images))
-    return paths
+    return Selection(paths, masks=len(found) - len(photos), duplicates=len(photos) - len(unique))
 
 
 def calibrate(model_path: Path, folder: Path, opts: QuantizeOptions, ranges_out: Path,
@@ -95,7 +117,8 @@ def calibrate(model_path: Path, folder: Path, opts: QuantizeOptions, ranges_out:
     from onnxruntime.quantization import CalibrationDataReader
 
     meta = _meta_of(onnx.load(str(model_path), load_external_data=False), model_path)
-    paths = select_images(folder, opts.num_images, opts.seed)
+    selection = select_images(folder, opts.num_images, opts.seed)
+    paths = selection.paths
     batches: list[np.ndarray] = []
     skipped: list[Path] = []
     digest = hashlib.sha256()
@@ -126,7 +149,8 @@ def calibrate(model_path: Path, folder: Path, opts: QuantizeOptions, ranges_out:
     _quantize(model_path, ranges_out.with_suffix(".probe.onnx"), opts, ranges_out, Reader(), ops=CALIBRATED_OPS)
     ranges_out.with_suffix(".probe.onnx").unlink(missing_ok=True)
     return Calibration(ranges=ranges_out, images=len(batches), skipped=len(skipped), sha256=digest.hexdigest(),
-                       seconds=time.perf_counter() - t0, source=str(folder))
+                       seconds=time.perf_counter() - t0, source=str(folder), masks_left_out=selection.masks,
+                       duplicates_left_out=selection.duplicates)
 
 
 def _ort_method(opts: QuantizeOptions):
@@ -309,7 +333,8 @@ def quantize(model_path: str | Path, out: str | Path, opts: QuantizeOptions, cal
     return QuantizeReport(
         path=str(out) if passed else None, target=opts.target,
         calibration={"images": calib.images, "skipped": calib.skipped, "seconds": calib.seconds,
-                     "source": calib.source, "sha256": calib.sha256},
+                     "source": calib.source, "sha256": calib.sha256, "masks_left_out": calib.masks_left_out,
+                     "duplicates_left_out": calib.duplicates_left_out},
         gate=None if result is None else {"fp32": result.fp32, "int8": result.int8, "drop_points": result.drop_points,
                                           "agreement": result.agreement, "max_drop": max_drop},
         float_nodes=list(opts.exclude), sensitivity=sensitivity, seconds=time.perf_counter() - t0, passed=passed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -101,3 +102,58 @@ def test_a_video_writer_that_writes_nothing_is_an_error_not_an_empty_file(cli, t
             "--save-video", tmp_path / "v.mp4")
     assert r.code == 1 and r.err.startswith(f"error: {tmp_path / 'v.mp4'}: OpenCV's video writer wrote nothing")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_weights_are_refused_by_name(cli, tmp_path):
+    import torch
+
+    sd = torch.load(REPO / "models" / "segnet_dsc.pth", weights_only=True)["state_dict"]
+    sd["uc2.seq.1.weight"][3] = float("nan")
+    torch.save(sd, tmp_path / "nan.pth")
+    r = cli("export", tmp_path / "nan.pth", "-o", tmp_path / "m.onnx")
+    assert r.code == 1 and "1 NaN/inf value(s) in 1 tensor(s), first uc2.seq.1.weight" in r.err
+    sd["uc2.seq.1.weight"][3] = 1.0
+    sd["bn_input.running_var"][0] = -1.0  # finite, but the model computes NaN
+    torch.save(sd, tmp_path / "negvar.pth")
+    r = cli("export", tmp_path / "negvar.pth", "-o", tmp_path / "m.onnx")
+    assert r.code == 1 and "verification failed: the model computes" in r.err and "NaN/inf output" in r.err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_foreign_and_empty_files_are_named_for_what_they_are(cli, tmp_path):
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(5000))
+    r = cli("export", tmp_path / "random.pth", "-o", tmp_path / "m.onnx")
+    assert r.code == 1 and "not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)" in r.err
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "text.onnx").write_text("hello")
+    for name in ("empty.onnx", "text.onnx"):
+        r = cli("info", tmp_path / name)
+        assert r.code == 1 and "not an ONNX model" in r.err, (name, r.out, r.err)
+
+
+def test_force_overwrites_regular_files_only(cli, tmp_path):
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.onnx").mkdir()
+    for target in (fifo, tmp_path / "folder.onnx"):
+        r = cli("export", REPO / "models" / "segnet_dsc.pth", "-o", target, "--force")
+        assert r.code == 1 and "exists and is not a regular file" in r.err
+    assert not fifo.is_file() and fifo.exists() and (tmp_path / "folder.onnx").is_dir()
+
+
+def test_calibration_takes_photos_only_and_each_once(pets37, tmp_path):
+    """Oxford-IIIT Pet layout: trimap PNGs decode as images too; the 37-breed folder also keeps its
+    photos twice (root and images/) and rough masks."""
+    from edgeseg.quantize import select_images
+
+    sel = select_images(pets37, 0, 0)
+    assert (len(sel.paths), sel.masks, sel.duplicates) == (370, 740, 370)
+    assert all(p.suffix == ".jpg" for p in sel.paths)
+    sub = select_images(pets37, 200, 0)
+    assert len(sub.paths) == 200 and set(sub.paths) <= set(sel.paths)
+    # a folder of your own: masks/ and labels/ subfolders are left out the same way
+    for folder in ("photos", "masks", "Labels"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), np.full((8, 8), ord(folder[0]), np.uint8))
+    sel = select_images(tmp_path, 0, 0)
+    assert [p.relative_to(tmp_path).as_posix() for p in sel.paths] == ["photos/x.png"] and sel.masks == 2
