@@ -649,6 +649,8 @@ OPTIONAL_MODULES = {
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1 (traceback with --debug)."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("EDGESEG_DEBUG") == "1"
+    if not debug:  # OpenCV's own [ WARN ] lines (FFmpeg, V4L2) would precede edgeseg's one-line errors
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     try:
         app()
     except EdgesegError as e:

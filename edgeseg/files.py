@@ -49,12 +49,19 @@ def _umask() -> int:
 def atomic_write(path: str | Path, write: Callable[[Path], object], force: bool = False) -> Path:
     """Call ``write(tmp_path)`` in the target folder, then rename onto ``path``."""
     path = check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise EdgesegError(f"cannot create a file here ({e.strerror}); choose another output folder", path) from None
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as e:  # a full disk (ENOSPC), a quota, a folder gone read-only
+        Path(tmp).unlink(missing_ok=True)
+        raise EdgesegError(f"could not write it ({e.strerror}); nothing was written: free space or choose "
+                           "another output", path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from edgeseg.calibration_cache import load_ranges_file, quantize_static_cached
+from edgeseg.check import load_onnx
 from edgeseg.data import ImageError, is_oxford_layout, list_images, oxford_split, preprocess, read_image
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_writable, sha256_file
@@ -190,6 +191,11 @@ def check_ranges(ranges: Path, model_path: Path, opts: QuantizeOptions) -> None:
     src = onnx.load(str(model_path), load_external_data=False)
     names = {o for n in src.graph.node for o in n.output} | {i.name for i in src.graph.input}
     try:
+        json.loads(ranges.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise EdgesegError("not a calibration ranges file (not JSON); edgeseg quantize --save-ranges writes one",
+                           ranges) from None
+    try:
         method, data = load_ranges_file(ranges)
     except EdgesegError:  # any other JSON: most likely ranges of another model or tool
         method, data = None, {}
@@ -304,7 +310,7 @@ def quantize(model_path: str | Path, out: str | Path, opts: QuantizeOptions, cal
     check_writable(out, force)
     if save_ranges is not None:
         check_writable(save_ranges, force)
-    _meta_of(onnx.load(str(model_path), load_external_data=False), model_path)
+    _meta_of(load_onnx(model_path), model_path)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgeseg-calib-") as tmp:
         if calib_dir is not None:

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -85,15 +86,19 @@ class Sinks:
         self.video: cv2.VideoWriter | None = None
         self.video_tmp: Path | None = None
         self.video_size: tuple[int, int] | None = None
+        self.video_frames = 0
         self.show = opts.show and display_available()
         if opts.show and not self.show:
             warn("no display available (no DISPLAY, or a headless OpenCV build): continuing without --show")
-        for folder in (opts.output, opts.save_masks):
-            if folder is not None:
+        folders = [f for f in (opts.output, opts.save_masks) if f is not None]
+        folders += [f.parent for f in (opts.save_video, opts.report) if f is not None]
+        for folder in folders:  # found now, not after the last frame
+            try:
                 folder.mkdir(parents=True, exist_ok=True)
-        for f in (opts.save_video, opts.report):
-            if f is not None:
-                f.parent.mkdir(parents=True, exist_ok=True)
+                tempfile.TemporaryFile(dir=folder).close()
+            except OSError as e:
+                raise EdgesegError(f"cannot write here ({e.strerror}); choose another output folder",
+                                   folder) from None
         self.quit_requested = False
         self.needs_render = self.show or opts.output is not None or opts.save_video is not None
 
@@ -124,17 +129,36 @@ class Sinks:
         if (vis.shape[1], vis.shape[0]) != self.video_size:  # folders of mixed sizes: fit to the first frame
             vis = cv2.resize(vis, self.video_size, interpolation=cv2.INTER_AREA)
         self.video.write(vis)
+        self.video_frames += 1
+        # OpenCV's writer reports no errors (FFmpeg only logs them): a full disk is seen by its free space
+        if self.video_frames % DISK_CHECK_FRAMES == 0 and _disk_full(self.video_tmp.parent):
+            self.video.release()
+            self.video = None
+            self.video_tmp.unlink(missing_ok=True)
+            raise EdgesegError("the disk filled up while writing the video; nothing was kept: free space or "
+                               "write it elsewhere", self.opts.save_video)
 
     def close(self) -> None:
         if self.video is not None:
             self.video.release()
-            if not self.video_tmp.exists() or self.video_tmp.stat().st_size == 0:
+            if not self.video_tmp.exists() or self.video_tmp.stat().st_size == 0 or _disk_full(self.video_tmp.parent):
                 self.video_tmp.unlink(missing_ok=True)
-                raise EdgesegError("OpenCV's video writer wrote nothing (disk full, or a codec that refuses "
-                                   "this frame size); try .avi", self.opts.save_video)
+                raise EdgesegError("OpenCV's video writer could not write the whole video (disk full, or a codec "
+                                   "that refuses this frame size); nothing was kept: free space or try .avi",
+                                   self.opts.save_video)
             os.replace(self.video_tmp, self.opts.save_video)
         if self.show:
             cv2.destroyAllWindows()
+
+
+DISK_CHECK_FRAMES = 30
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:

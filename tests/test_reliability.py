@@ -100,7 +100,7 @@ def test_a_video_writer_that_writes_nothing_is_an_error_not_an_empty_file(cli, t
     monkeypatch.setattr(run.cv2, "VideoWriter", SilentWriter)
     r = cli("run", MODEL, "--backend", "onnxruntime", "--source", REPO / "calibration", "--max-frames", "3",
             "--save-video", tmp_path / "v.mp4")
-    assert r.code == 1 and r.err.startswith(f"error: {tmp_path / 'v.mp4'}: OpenCV's video writer wrote nothing")
+    assert r.code == 1 and r.err.startswith(f"error: {tmp_path / 'v.mp4'}: OpenCV's video writer could not write")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -157,3 +157,76 @@ def test_calibration_takes_photos_only_and_each_once(pets37, tmp_path):
         cv2.imwrite(str(tmp_path / folder / "x.png"), np.full((8, 8), ord(folder[0]), np.uint8))
     sel = select_images(tmp_path, 0, 0)
     assert [p.relative_to(tmp_path).as_posix() for p in sel.paths] == ["photos/x.png"] and sel.masks == 2
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """mount(folder, size, read_only): a real tmpfs, unmounted afterwards (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = []
+
+    def mount(name: str, size: str = "1m", read_only: bool = False):
+        folder = tmp_path / name
+        folder.mkdir()
+        opts = f"size={size}" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_full_disks_and_read_only_folders_are_one_line_errors(cli, small_fs, long_video, tmp_path):
+    full, ro = small_fs("full"), small_fs("ro", read_only=True)
+    r = cli("export", REPO / "models" / "segnet_dsc.pth", "-o", full / "m.onnx")
+    assert r.code == 1 and "could not write it (No space left on device); nothing was written" in r.err
+    assert list(full.iterdir()) == []
+    r = cli("run", MODEL, "--backend", "onnxruntime", "--source", long_video, "--save-video", full / "v.mp4")
+    assert r.code == 1 and "the disk filled up while writing the video; nothing was kept" in r.err
+    assert list(full.iterdir()) == []
+    for option, target in (("--output", ro / "overlays"), ("--report", ro / "r.json"), ("--save-masks", ro / "m")):
+        r = cli("run", MODEL, "--backend", "onnxruntime", "--source", long_video, option, target)
+        assert r.code == 1 and "cannot write here (Read-only file system)" in r.err and "frames" not in r.out
+    r = cli("export", REPO / "models" / "segnet_dsc.pth", "-o", "/proc/m.onnx")
+    assert r.code == 1 and r.err.startswith("error: /proc/m.onnx: cannot create a file here")
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime", "openvino"])
+def test_files_that_are_not_edgeseg_models_are_named_on_every_backend(cli, tmp_path, backend):
+    import onnx
+    from onnx import TensorProto, helper
+
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is x86 only")
+
+    def model(shape):
+        g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    onnx.save(model([1, 1, 32, 32]), str(tmp_path / "gray.onnx"))
+    onnx.save(model([1, 3]), str(tmp_path / "rank2.onnx"))
+    (tmp_path / "cut.onnx").write_bytes(MODEL.read_bytes()[:100_000])
+    (tmp_path / "text.onnx").write_text("not a model")
+    expected = {"gray.onnx": "input 'x' is [1, 1, 32, 32], expected N x 3 x H x W",
+                "rank2.onnx": "input 'x' is [1, 3], expected N x 3 x H x W",
+                "cut.onnx": "ONNX Runtime cannot load this model", "text.onnx": "ONNX Runtime cannot load this model"}
+    for name, message in expected.items():
+        r = cli("run", tmp_path / name, "--backend", backend, "--source", REPO / "calibration", "--max-frames", "1")
+        assert r.code == 1 and message in r.err and len(r.err.strip().splitlines()) == 1, (name, r.err)
+
+
+def test_quantize_names_what_is_wrong_with_its_inputs(cli, tmp_path):
+    (tmp_path / "text.onnx").write_text("not a model")
+    r = cli("quantize", tmp_path / "text.onnx", "--calib", REPO / "calibration", "-o", tmp_path / "q.onnx")
+    assert r.code == 1 and "not an ONNX model" in r.err
+    (tmp_path / "ranges.json").write_text("not json")
+    r = cli("quantize", MODEL, "--calib-ranges", tmp_path / "ranges.json", "-o", tmp_path / "q.onnx")
+    assert r.code == 1 and "not a calibration ranges file (not JSON)" in r.err
+    assert not (tmp_path / "q.onnx").exists()

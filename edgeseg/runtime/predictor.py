@@ -56,7 +56,8 @@ class _OnnxRuntimeBackend:
     (FP32 inputs and outputs); ``auto`` considers it only where the CPU has FP16 arithmetic and
     keeps it only when measured faster and in agreement (edgeseg.runtime.precision)."""
 
-    def __init__(self, path: Path, threads: int | None, lower_unpool: bool = True, precision: str = "auto") -> None:
+    def __init__(self, path: Path, threads: int | None, lower_unpool: bool = True, precision: str = "auto",
+                 facts: OnnxFacts | None = None) -> None:
         import onnxruntime
 
         from edgeseg.runtime import precision as prec
@@ -64,12 +65,10 @@ class _OnnxRuntimeBackend:
 
         candidates = prec.resolve(precision, "ONNX Runtime", ("fp16",))
         threads = threads or default_threads()
-        probe = create_session(path, threads=1)
-        props = dict(probe.get_modelmeta().custom_metadata_map)
-        inp, out = probe.get_inputs()[0], probe.get_outputs()[0]
-        del probe
-        self.input_name = inp.name
-        self.meta = _meta_from_props(props, inp.shape, path)
+        facts = facts or inspect_onnx(path)
+        props = facts.props
+        self.input_name = facts.input_name
+        self.meta = _meta_from_props(props, facts.input_shape, path)
         file_precision = props.get("precision", "fp32")
         if file_precision != "fp32" or importlib.util.find_spec("onnx") is None:
             if precision == "fp16":
@@ -89,7 +88,7 @@ class _OnnxRuntimeBackend:
 
         if precision == "auto":
             key = prec.cache_key(sha256_file(path), f"onnxruntime-{onnxruntime.__version__}", threads)
-            choice, _ = prec.choose(candidates, make, class_ids if len(out.shape) == 4 else lambda o: o,
+            choice, _ = prec.choose(candidates, make, class_ids if len(facts.output_shape) == 4 else lambda o: o,
                                     tuple(self.meta.input_size), key)
         else:
             choice = prec.PrecisionChoice(candidates[0], "requested")
@@ -97,8 +96,9 @@ class _OnnxRuntimeBackend:
         self.session = sessions[choice.precision]
         self.info = BackendInfo(
             name="onnxruntime", provider=self.session.get_providers()[0], precision=file_precision,
-            compute=choice.precision, threads=threads, output="classes" if len(out.shape) == 3 else "logits",
-            static_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
+            compute=choice.precision, threads=threads,
+            output="classes" if len(facts.output_shape) == 3 else "logits",
+            static_batch=facts.input_shape[0] if isinstance(facts.input_shape[0], int) else None,
             extra={"onnxruntime": onnxruntime.__version__, "unpool": unpool[choice.precision],
                    "precision_choice": choice.describe(),
                    "session": session_settings(self.session.get_session_options())},
@@ -163,11 +163,35 @@ def default_onnx_backend() -> str:
     return "onnxruntime"
 
 
-def _file_precision(path: Path) -> str:
-    """The precision edgeseg recorded in an ONNX file's metadata (fp32 when absent)."""
+@dataclass
+class OnnxFacts:
+    """An ONNX file as ONNX Runtime (on every install) reads it: metadata and its one input and output."""
+
+    props: dict[str, str]
+    input_name: str
+    input_shape: list
+    output_shape: list
+
+
+def inspect_onnx(path: Path) -> OnnxFacts:
+    """Read ``path`` and check it is a segmentation model of edgeseg's shape before any runtime compiles
+    it: one image input N x 3 x H x W and one output of logits (N x C x H x W) or class ids (N x H x W).
+    Anything else is one line naming the file (a runtime would fail later, with a dump or a crash)."""
     from edgeseg.runtime.onnxruntime import create_session
 
-    return create_session(path, threads=1).get_modelmeta().custom_metadata_map.get("precision", "fp32")
+    sess = create_session(path, threads=1)
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    fix = "is this an edgeseg model? (edgeseg export writes one)"
+    if len(ins) != 1 or len(outs) != 1:
+        raise EdgesegError(f"has {len(ins)} input(s) and {len(outs)} output(s), expected one image in and one "
+                           f"mask out; {fix}", path)
+    shape, out = list(ins[0].shape), list(outs[0].shape)
+    if len(shape) != 4 or shape[1] != 3:
+        raise EdgesegError(f"input {ins[0].name!r} is {shape}, expected N x 3 x H x W (an RGB image); {fix}", path)
+    if len(out) not in (3, 4) or (len(out) == 4 and not isinstance(out[1], int)):
+        raise EdgesegError(f"output {outs[0].name!r} is {out}, expected N x classes x H x W (logits) or N x H x W "
+                           f"(class ids); {fix}", path)
+    return OnnxFacts(dict(sess.get_modelmeta().custom_metadata_map), ins[0].name, shape, out)
 
 
 def _meta_from_props(props: dict[str, str], input_shape: list, path: Path) -> ModelMeta:
@@ -216,16 +240,17 @@ class Predictor:
             else:
                 raise EdgesegError(f"cannot tell the backend from the extension {suffix!r}; expected .onnx, "
                                    ".engine or a .pth/.pt checkpoint, or pass --backend", path)
+        facts = inspect_onnx(path) if suffix == ".onnx" else None
         if backend == "tensorrt":
             from edgeseg.runtime.tensorrt import TensorRTBackend
             from edgeseg.tensorrt import cached_engine
 
             if suffix == ".onnx" and precision == "auto":
-                precision = "int8" if _file_precision(path).startswith("int8") else "fp16"
+                precision = "int8" if facts.props.get("precision", "fp32").startswith("int8") else "fp16"
             engine = cached_engine(path, precision) if suffix == ".onnx" else path
             return cls(TensorRTBackend(engine), path)
         if backend == "onnxruntime":
-            return cls(_OnnxRuntimeBackend(path, threads, lower_unpool, precision), path)
+            return cls(_OnnxRuntimeBackend(path, threads, lower_unpool, precision, facts), path)
         if backend == "openvino":
             from edgeseg.runtime.openvino import OpenVINOBackend
 
