@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -66,3 +67,54 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], force: bool 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.edgeseg-lock")
+
+
+def _holder(path: Path) -> int | None:
+    """The pid of a live edgeseg process writing ``path``, or None (no lock, or a stale one)."""
+    try:
+        pid = int(_lock_path(path).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return None if pid == os.getpid() else pid
+
+
+def check_unclaimed(path: Path) -> None:
+    if (pid := _holder(path)) is not None:
+        raise EdgesegError(f"is being written by another edgeseg process (pid {pid}); wait for it or choose another "
+                           "output", path)
+
+
+@contextlib.contextmanager
+def claim(paths: list[Path]):
+    """Hold each output for this process (a lock file beside it, with our pid) so that two runs never
+    write into the same folder or file; a lock left by a process that is gone is taken over."""
+    held: list[Path] = []
+    try:
+        for path in paths:
+            lock = _lock_path(path)
+            for _ in range(2):
+                try:
+                    lock.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    check_unclaimed(path)
+                    lock.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                except OSError as e:
+                    raise EdgesegError(f"cannot write here ({e.strerror}); choose another output folder",
+                                       path.parent) from None
+                with os.fdopen(fd, "w") as f:
+                    f.write(str(os.getpid()))
+                held.append(lock)
+                break
+            else:
+                check_unclaimed(path)
+        yield
+    finally:
+        for lock in held:
+            lock.unlink(missing_ok=True)

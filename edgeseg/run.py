@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_write
+from edgeseg.files import atomic_write, check_unclaimed, claim
 from edgeseg.latency import StageTimer, environment
 from edgeseg.overlay import Renderer
 from edgeseg.runtime.predictor import Predictor
@@ -55,8 +55,14 @@ def _check_folder(folder: Path | None, force: bool) -> None:
         raise EdgesegError("already holds files; pass --force to write over them or choose another folder", folder)
 
 
+def _outputs(opts: RunOptions) -> list[Path]:
+    return [p for p in (opts.output, opts.save_masks, opts.save_video, opts.report) if p is not None]
+
+
 def check_outputs(opts: RunOptions) -> None:
-    """Refuse existing outputs (without --force) before any frame is processed."""
+    """Refuse existing outputs (without --force) and outputs another run is writing, before any frame."""
+    for path in _outputs(opts):
+        check_unclaimed(path)
     _check_folder(opts.output, opts.force)
     _check_folder(opts.save_masks, opts.force)
     for f in (opts.save_video, opts.report):
@@ -117,7 +123,7 @@ class Sinks:
     def _video_frame(self, vis: np.ndarray) -> None:
         if self.video is None:
             path = self.opts.save_video
-            self.video_tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+            self.video_tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
             fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
             fps = self.opts.video_fps or self.source_fps or 15.0
             # encoders need even sides of some size: a first frame of 1 x 300 pixels made OpenCV's
@@ -201,7 +207,13 @@ def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
              warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
     """Process ``source`` until it ends, ``max_frames``/``duration`` is reached, Ctrl-C, SIGTERM or
     SIGHUP; return the report. Outputs are finalized and the report written in every case."""
-    check_outputs(opts)
+    with claim(_outputs(opts)):
+        check_outputs(opts)
+        return _run_claimed(predictor, source, renderer, opts, status, warn)
+
+
+def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
+                 status: Callable[[StageTimer], None] | None, warn: Callable[[str], None]) -> dict:
     timer = StageTimer(warmup=opts.warmup)
     sinks = Sinks(opts, getattr(source, "fps", 0.0), warn)
     if hasattr(source, "prepare"):

@@ -37,7 +37,7 @@ def test_a_stop_signal_finishes_the_video_and_the_report(long_video, tmp_path, s
     p = subprocess.Popen([sys.executable, "-m", "edgeseg", "run", str(MODEL), "--backend", "onnxruntime",
                           "--source", str(long_video), "--save-video", str(video), "--report", str(report)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    partial = tmp_path / ".out.partial.mp4"
+    partial = tmp_path / f".out.{p.pid}.partial.mp4"
     deadline = time.monotonic() + 60
     while not partial.exists() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -230,3 +230,42 @@ def test_quantize_names_what_is_wrong_with_its_inputs(cli, tmp_path):
     r = cli("quantize", MODEL, "--calib-ranges", tmp_path / "ranges.json", "-o", tmp_path / "q.onnx")
     assert r.code == 1 and "not a calibration ranges file (not JSON)" in r.err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_two_runs_never_write_into_the_same_outputs(cli, long_video, tmp_path):
+    masks, report = tmp_path / "masks", tmp_path / "r.json"
+    p = subprocess.Popen([sys.executable, "-m", "edgeseg", "run", str(MODEL), "--backend", "onnxruntime",
+                          "--source", str(long_video), "--save-masks", str(masks), "--report", str(report)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (masks.is_dir() and any(masks.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for args in (("--save-masks", masks, "--force"), ("--report", report, "--force")):
+            r = cli("run", MODEL, "--backend", "onnxruntime", "--source", REPO / "calibration", *args)
+            assert r.code == 1 and f"is being written by another edgeseg process (pid {p.pid})" in r.err
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=60)
+    assert p.returncode == 143
+    assert json.loads(report.read_text())["source"].endswith("long.avi")  # the first run's, untouched
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["masks", "r.json"]  # locks gone with their run
+    # a lock left by a process that no longer exists is taken over
+    (tmp_path / ".r.json.edgeseg-lock").write_text("999999999")
+    r = cli("run", MODEL, "--backend", "onnxruntime", "--source", REPO / "calibration", "--max-frames", "1",
+            "--report", report, "--force")
+    assert r.code == 0, r.err
+    assert not (tmp_path / ".r.json.edgeseg-lock").exists()
+
+
+def test_latency_samples_keep_bounded_memory_and_representative_percentiles():
+    from edgeseg.latency import Samples, summarize
+
+    s = Samples(cap=1_000)
+    for v in range(10_000):  # a slow drift: keeping only the first or the last values would show
+        s.append(float(v))
+    st = summarize(s)
+    assert len(s.values) == 1_000 and st["count"] == 10_000
+    assert st["max"] == 9_999 and st["mean"] == 4_999.5
+    assert 4_500 < st["p50"] < 5_500 and 8_500 < st["p90"] < 9_500
+    assert list(s.recent)[-1] == 9_999 and len(s.recent) == 100

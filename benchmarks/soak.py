@@ -1,0 +1,84 @@
+"""Soak: the live loop for many frames. Memory at start and end, FPS per window, what was written.
+
+Loops over a folder of photos (repeated until --frames) through the real `edgeseg run` loop (reader
+thread, inference, overlay rendering, masks and overlays written, a video) and reports resident
+memory after warm-up and at the end, FPS in each window of --window frames, and the files in the
+output folders, so a leak, a slowdown or a lost file shows up:
+
+    python benchmarks/soak.py models/segnet_dsc.onnx --source calibration --frames 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from edgeseg.data import list_images
+from edgeseg.overlay import Renderer
+from edgeseg.run import RunOptions, run_loop
+from edgeseg.runtime.predictor import Predictor
+from edgeseg.sources import FileSource
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * 4096 / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--source", type=Path, required=True, help="folder of photos, looped until --frames")
+    ap.add_argument("--frames", type=int, default=10_000)
+    ap.add_argument("--window", type=int, default=1_000)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    predictor = Predictor.load(args.model, backend=args.backend)
+    photos = list_images(args.source)
+    paths = (photos * (args.frames // len(photos) + 1))[: args.frames]
+    windows: list[dict] = []
+    mark = {"frames": 0, "t": time.perf_counter(), "rss": None}
+
+    def status(timer) -> None:
+        if timer.frames == 1:  # the clock starts after the first frame (compilation, first allocations)
+            mark.update(frames=1, t=time.perf_counter(), rss=rss_mb())
+        elif timer.frames % args.window == 0 or timer.frames == args.frames:
+            now = time.perf_counter()
+            windows.append({"first": mark["frames"] + 1, "last": timer.frames,
+                            "fps": round((timer.frames - mark["frames"]) / (now - mark["t"]), 1),
+                            "rss_mb": round(rss_mb(), 1)})
+            mark.update(frames=timer.frames, t=now)
+
+    with tempfile.TemporaryDirectory(prefix="edgeseg-soak-") as tmp:
+        out = Path(tmp)
+        opts = RunOptions(output=out / "overlays", save_masks=out / "masks", save_video=out / "soak.avi",
+                          report=out / "report.json", warmup=0)
+        report = run_loop(predictor, FileSource(paths, f"{args.source} x{len(paths) // len(photos)}"), Renderer(),
+                          opts, status=status)
+        files = {name: len(list((out / name).iterdir())) for name in ("overlays", "masks")}
+        video_bytes = (out / "soak.avi").stat().st_size
+    result = {
+        "model": report["model"]["model"], "backend": report["model"]["backend"],
+        "precision": report["model"]["precision"], "frames": report["source_stats"]["frames"],
+        "unique_photos": len(photos), "skipped": report["source_stats"]["skipped_unreadable"],
+        "rss_mb_after_first_frame": round(mark["rss"], 1), "rss_mb_end": round(rss_mb(), 1),
+        "windows": windows, "files": files, "video_bytes": video_bytes,
+        "fps_end_to_end": report["latency"]["fps"], "cpu": report["environment"]["cpu"],
+    }
+    print(f"{result['frames']} frames of {len(photos)} photos on {result['backend']} {result['precision']} "
+          f"({result['cpu']}): RSS {result['rss_mb_after_first_frame']} MB after the first frame, "
+          f"{result['rss_mb_end']} MB at the end; files: {files}, video {video_bytes / 2**20:.1f} MB")
+    for w in windows:
+        print(f"  frames {w['first']:>6}-{w['last']:<6} {w['fps']:>7.1f} FPS  RSS {w['rss_mb']} MB")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
