@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -646,29 +648,34 @@ OPTIONAL_MODULES = {
 }
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def _exit_code_and_message(e: BaseException) -> tuple[int, str]:
+    """1 for bad input and missing extras (a one-line fix), 3 only for a bug in edgeseg."""
+    if isinstance(e, EdgesegError):
+        return 1, str(e)
+    if isinstance(e, ModuleNotFoundError) and (fix := OPTIONAL_MODULES.get((e.name or "").split(".")[0])):
+        return 1, f"this command needs {fix}"
+    return 3, f"internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 1 (traceback with --debug)."""
+    """Entry point: user errors become one line on stderr and exit code 1, bugs exit code 3; --debug
+    prints the traceback before that line and keeps the exit code."""
     debug = "--debug" in sys.argv[1:] or os.environ.get("EDGESEG_DEBUG") == "1"
     if not debug:  # OpenCV's own [ WARN ] lines (FFmpeg, V4L2) would precede edgeseg's one-line errors
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        warnings.formatwarning = _one_line_warning  # not "file.py:123: UserWarning: ..."
     try:
         app()
-    except EdgesegError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except ModuleNotFoundError as e:  # a device-side install running a workstation command
-        fix = OPTIONAL_MODULES.get((e.name or "").split(".")[0])
-        if debug or fix is None:
-            raise
-        print(f"error: this command needs {fix}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as e:  # a bug, not bad input: still one line unless --debug
+    except Exception as e:
+        code, message = _exit_code_and_message(e)
         if debug:
-            raise
-        print(f"error: internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        sys.exit(3)
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(code)

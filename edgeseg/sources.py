@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,13 +83,38 @@ class CaptureSpec:
         return cap
 
 
+@dataclass
+class _ReaderFailed:
+    error: BaseException
+
+
+def output_names(paths: list[Path], root: Path | None = None) -> list[str]:
+    """Per-frame output names, unique: the stem (``cat``), with subfolders under ``root`` joined by
+    ``__`` (``sub__cat``), and the extension added where two files would share a name (``cat_jpg``,
+    ``cat_png``): otherwise their masks and overlays would overwrite each other."""
+    def base(p: Path) -> str:
+        rel = p.relative_to(root) if root is not None and p.is_relative_to(root) else Path(p.name)
+        return "__".join([*rel.parent.parts, rel.stem])
+
+    bases = [base(p) for p in paths]
+    counts = Counter(bases)
+    names = [f"{b}_{p.suffix.lstrip('.').lower()}" if counts[b] > 1 else b for b, p in zip(bases, paths, strict=True)]
+    seen: Counter = Counter()
+    for i, n in enumerate(names):  # CAT.JPG beside cat.jpg, on a case-sensitive disk
+        seen[n] += 1
+        if seen[n] > 1:
+            names[i] = f"{n}_{seen[n]}"
+    return names
+
+
 class FileSource:
     """Images (a folder, a glob or one file), read in order with a one-image prefetch, none dropped."""
 
     live = False
 
-    def __init__(self, paths: list[Path], label: str) -> None:
+    def __init__(self, paths: list[Path], label: str, root: Path | None = None) -> None:
         self.paths, self.label = paths, label
+        self.names = output_names(paths, root)
         self.stats = SourceStats()
         # Set by the loop: frame -> model input, run on the reader thread so that resizing the next
         # photo overlaps the current inference (live sources prepare nothing: frames may be dropped).
@@ -108,17 +134,21 @@ class FileSource:
             return False
 
         def reader() -> None:
-            for p in self.paths:
-                try:
-                    image = read_image(p)
-                except ImageError:
-                    item = (p, None, None, 0.0)
-                else:
-                    t0 = time.perf_counter()
-                    tensor = self.prepare(image) if self.prepare else None
-                    item = (p, image, tensor, (time.perf_counter() - t0) * 1000)
-                if not offer(item):
-                    return
+            try:
+                for p, name in zip(self.paths, self.names, strict=True):
+                    try:
+                        image = read_image(p)
+                    except ImageError:
+                        item = (p, name, None, None, 0.0)
+                    else:
+                        t0 = time.perf_counter()
+                        tensor = self.prepare(image) if self.prepare else None
+                        item = (p, name, image, tensor, (time.perf_counter() - t0) * 1000)
+                    if not offer(item):
+                        return
+            except BaseException as e:  # handed to the loop's thread, which would otherwise wait forever
+                offer(_ReaderFailed(e))
+                return
             offer(None)
 
         t = threading.Thread(target=reader, name="edgeseg-file-reader", daemon=True)
@@ -131,14 +161,16 @@ class FileSource:
                 wait = (time.perf_counter() - t0) * 1000
                 if item is None:
                     return
-                path, image, tensor, prepare_ms = item
+                if isinstance(item, _ReaderFailed):
+                    raise item.error
+                path, name, image, tensor, prepare_ms = item
                 if image is None:
                     self.stats.skipped += 1
                     self.stats.skipped_files.append(str(path))
                     warnings.warn(f"{path}: not a decodable image; skipped", stacklevel=2)
                     continue
                 self.stats.frames += 1
-                yield Frame(image, path.stem, index, wait, tensor, prepare_ms)
+                yield Frame(image, name, index, wait, tensor, prepare_ms)
                 index += 1
         finally:
             stop.set()
@@ -291,7 +323,7 @@ def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 
         paths = list_images(path, recursive=recursive)
         if not paths:
             raise EdgesegError("no images in this folder" + ("" if recursive else " (try --recursive)"), path)
-        return FileSource(paths, text)
+        return FileSource(paths, text, root=path)
     if any(ch in text for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not paths:

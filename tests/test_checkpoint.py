@@ -147,11 +147,22 @@ def test_bad_checkpoint_gives_one_clear_line(case, cli, tmp_path, notebook_model
     assert "Traceback" not in r.err
 
 
-def test_debug_flag_shows_the_traceback(cli, tmp_path):
+def test_debug_flag_shows_the_traceback_and_keeps_the_exit_code(cli, tmp_path, monkeypatch):
     path = tmp_path / "x.pth"
     path.write_text("nope")
-    with pytest.raises(CheckpointError):
-        cli("--debug", "info", path)
+    r = cli("--debug", "info", path)
+    assert r.code == 1 and "Traceback" in r.err and "CheckpointError" in r.err
+    assert r.err.strip().splitlines()[-1].startswith(f"error: {path}: not a PyTorch checkpoint")
+    import edgeseg.info
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(edgeseg.info, "describe", bug)
+    for args in (("info", path), ("--debug", "info", path)):  # a bug is exit code 3 either way
+        r = cli(*args)
+        assert r.code == 3 and "internal error ZeroDivisionError: a bug" in r.err
+        assert ("Traceback" in r.err) == ("--debug" in args)
 
 
 @pytest.mark.parametrize(("arch", "k", "h", "w"), [("segnet-dsc", 3, 128, 128), ("segnet", 3, 64, 96),

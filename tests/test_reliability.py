@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import cv2
@@ -269,3 +270,60 @@ def test_latency_samples_keep_bounded_memory_and_representative_percentiles():
     assert st["max"] == 9_999 and st["mean"] == 4_999.5
     assert 4_500 < st["p50"] < 5_500 and 8_500 < st["p90"] < 9_500
     assert list(s.recent)[-1] == 9_999 and len(s.recent) == 100
+
+
+def test_warnings_are_one_readable_line(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (photos / "cat.jpg").write_bytes((REPO / "calibration" / "Bengal_107.jpg").read_bytes())
+    r = subprocess.run([sys.executable, "-m", "edgeseg", "export", str(REPO / "models" / "segnet_dsc.pth"),
+                        "-o", str(tmp_path / "m.onnx"), "--verify-images", str(photos)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "warning: skipped 1 unreadable image(s)" in r.stderr and "UserWarning" not in r.stderr
+
+
+def test_files_sharing_a_name_keep_their_own_outputs(cli, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    photo = cv2.imread(str(REPO / "calibration" / "Bengal_107.jpg"))
+    for rel in ("cat.jpg", "cat.png", "sub/cat.jpg", "dog.jpg"):
+        cv2.imwrite(str(src / rel), photo)
+    r = cli("run", MODEL, "--backend", "onnxruntime", "--source", src, "--recursive", "--warmup", "0",
+            "--save-masks", tmp_path / "masks")
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
+        "cat_jpg.png", "cat_png.png", "dog.png", "sub__cat.png"]
+
+
+def test_an_error_on_the_reader_thread_ends_the_loop_instead_of_hanging(tmp_path):
+    from edgeseg.overlay import Renderer
+    from edgeseg.run import RunOptions, run_loop
+    from edgeseg.runtime.predictor import Predictor
+    from edgeseg.sources import open_source
+
+    predictor = Predictor.load(MODEL, backend="onnxruntime")
+    calls = []
+
+    def failing_prepare(image):  # what a bug in preprocessing, or MemoryError, looks like
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("preprocessing failed")
+        return predictor.preprocess(image)
+
+    source = open_source(str(REPO / "calibration"))
+    predictor.preprocess = failing_prepare  # run_loop hands it to the source's reader thread
+    raised: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            run_loop(predictor, source, Renderer(), RunOptions(warmup=0, report=tmp_path / "r.json"))
+        except BaseException as e:
+            raised.append(e)
+
+    t = threading.Thread(target=loop, daemon=True)  # a regression must fail the test, not hang CI
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "the loop still waits for a frame the reader thread will never send"
+    assert len(raised) == 1 and str(raised[0]) == "preprocessing failed"
