@@ -95,3 +95,19 @@ def test_cpu_table_benchmark_lists_every_configuration(tmp_path):
     assert all(label in r.stdout for label in labels)
     assert "default INT8 p50 / default FP32 p50" in r.stdout
     assert {row["precision"] for row in rows[3:5]} == {"int8-cpu"}
+
+
+def test_each_row_is_a_share_of_its_own_precisions_peak(tmp_path):
+    from conftest import REPO
+
+    from edgeseg.quantize import QuantizeOptions, quantize
+
+    fp32 = REPO / "models" / "segnet_dsc.onnx"
+    int8 = tmp_path / "int8.onnx"
+    quantize(fp32, int8, QuantizeOptions(target="cpu"), calib_ranges=REPO / "models" / "segnet_dsc.calib.json")
+    r = bench([f"{fp32}@onnxruntime", f"{int8}@onnxruntime"], runs=3, warmup=1, threads=1)
+    a, b = r["models"]
+    peak = r["machine_peak"]
+    assert (a["peak_kind"], b["peak_kind"]) == ("fp32", "int8")
+    assert a["share_of_own_peak"] == pytest.approx(a["gmacs"] / peak["fp32_gmacs"])
+    assert b["share_of_own_peak"] == pytest.approx(b["gmacs"] / peak["int8_gmacs"])

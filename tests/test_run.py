@@ -318,3 +318,17 @@ def test_default_threads_count_physical_cores(tmp_path, monkeypatch):
     (tmp_path / "cpu3" / "topology" / "core_id").unlink()  # unreadable topology: every allowed CPU
     assert default_threads(tmp_path) == 4
     assert default_threads() >= 1
+
+
+def test_the_latency_table_leaves_out_percentiles_it_cannot_know(cli):
+    from conftest import REPO
+
+    r = cli("run", REPO / "models" / "segnet_dsc.onnx", "--backend", "onnxruntime", "--source",
+            REPO / "calibration", "--max-frames", "5", "--warmup", "0")
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())  # the caption wraps at the table's width
+    assert "p90/p99 need 10/100 frames (measured 5)" in text
+    assert "reader thread's row overlaps inference: not part of end to end" in text
+    end_to_end = next(line for line in r.out.splitlines() if "end to end" in line and "│" in line)
+    cells = [c.strip() for c in end_to_end.split("│")[1:-1]]
+    assert cells[1] and not cells[2] and not cells[3] and cells[4]  # p50 and max shown, p90 and p99 blank
