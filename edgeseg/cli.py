@@ -378,7 +378,10 @@ def quantize(
     val: Annotated[Path | None, typer.Option(
         help="Accuracy gate data: Oxford-layout folder (mIoU) or photos (agreement with FP32).")] = None,
     val_limit: Annotated[int, typer.Option(help="Only the first N validation images (0: all).")] = 0,
-    max_drop: Annotated[float, typer.Option(help="Largest mIoU drop in points the gate accepts.")] = 1.0,
+    max_drop: Annotated[float, typer.Option(help="Largest mIoU drop in points the gate accepts (--val with masks).")
+    ] = 1.0,
+    min_agreement: Annotated[float, typer.Option(
+        help="Smallest share of pixels whose class INT8 keeps (--val with photos only).", min=0.0, max=1.0)] = 0.95,
     save_ranges: Annotated[Path | None, typer.Option(help="Also write the activation ranges here.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads for the gate's inference.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
@@ -405,7 +408,7 @@ def quantize(
 
         r = run_quantize(model, output, opts, calib_dir=calib, calib_ranges=calib_ranges, val=val,
                          max_drop=max_drop, val_limit=val_limit, save_ranges=save_ranges, force=force,
-                         threads=threads, progress=progress)
+                         threads=threads, progress=progress, min_agreement=min_agreement)
     if as_json:
         _print_json(asdict(r))
     else:
@@ -424,15 +427,19 @@ def quantize(
                                                f"({g['drop_points']:+.2f} points lost, gate {g['max_drop']:g})"),
                          ("pixel acc fp32 -> int8",
                           f"{g['fp32']['pixel_accuracy']:.4f} -> {g['int8']['pixel_accuracy']:.4f}")]
-            rows.append(("agreement with fp32", f"{g['agreement']:.4f}"))
+            rows.append(("agreement with fp32", f"{g['agreement']:.4f}" + (
+                f" (gate {g['min_agreement']:g})" if g["drop_points"] is None else "")))
         if r.float_nodes:
             rows.append(("kept in float", ", ".join(r.float_nodes)))
         rows.append(("result", f"{r.path} in {r.seconds:.1f} s" if r.passed else "gate failed: nothing written"))
         console.print(_kv_table(f"edgeseg quantize: {model.name}", rows))
     if not r.passed:
-        raise EdgesegError(f"INT8 loses {r.gate['drop_points']:.2f} mIoU points even with "
-                           f"{len(r.float_nodes)} conv(s) in float (gate --max-drop {max_drop:g}); "
-                           "nothing was written. Try more or better calibration photos, or --method entropy", model)
+        g = r.gate
+        lost = (f"loses {g['drop_points']:.2f} mIoU points" if g["drop_points"] is not None else
+                f"keeps the class of only {g['agreement']:.2%} of the pixels")
+        limit = f"--max-drop {max_drop:g}" if g["drop_points"] is not None else f"--min-agreement {min_agreement:g}"
+        raise EdgesegError(f"INT8 {lost} even with {len(r.float_nodes)} conv(s) in float (gate {limit}); nothing "
+                           "was written. Try more or better calibration photos, or --method entropy", model)
 
 
 @app.command()

@@ -67,8 +67,8 @@ def quantization_summary(m) -> dict | None:
             kind = weight_types if n.input[0] in inits else act_types
             kind[TensorProto.DataType.Name(zp.data_type).lower()] += 1
             per_channel += int(len(zp.dims) == 1 and zp.dims[0] > 1)
-        if n.op_type == "Conv":
-            src = producer.get(n.input[0])
+        if n.op_type == "Conv":  # quantized when its weights are int8 (the input may be dequantized either way)
+            src = producer.get(n.input[1])
             (quantized if src is not None and src.op_type == "DequantizeLinear" else float_convs).append(n.name)
     return {"quantized_convs": quantized, "float_convs": float_convs, "activation_types": dict(act_types),
             "weight_types": dict(weight_types), "per_channel_tensors": per_channel,
