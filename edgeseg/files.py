@@ -47,8 +47,17 @@ def _umask() -> int:
     return mask
 
 
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object], force: bool = False) -> Path:
-    """Call ``write(tmp_path)`` in the target folder, then rename onto ``path``."""
+    """Call ``write(tmp_path)`` in the target folder, fsync it, rename it onto ``path`` and fsync the
+    folder: readers see the old file or the whole new one, also after a power cut."""
     path = check_writable(path, force)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -58,7 +67,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], force: bool 
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         write(Path(tmp))
+        _fsync(tmp)  # on a device a power cut after the rename must not leave an empty file
         os.replace(tmp, path)
+        _fsync(path.parent)
     except OSError as e:  # a full disk (ENOSPC), a quota, a folder gone read-only
         Path(tmp).unlink(missing_ok=True)
         raise EdgesegError(f"could not write it ({e.strerror}); nothing was written: free space or choose "

@@ -24,7 +24,7 @@ from edgeseg import __version__
 from edgeseg.checkpoint import load_checkpoint, save_checkpoint
 from edgeseg.data import IGNORE, Sample, oxford_split, read_image, read_trimap, resize, resize_mask
 from edgeseg.errors import EdgesegError
-from edgeseg.files import check_writable
+from edgeseg.files import atomic_write, check_writable
 from edgeseg.meta import ModelMeta
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.nets import build_model
@@ -232,9 +232,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
                      "history": history, "best": best, "epochs_run": epoch}
             save_checkpoint(out, model.cpu(), meta, extra=extra, force=True)
             model.to(device)
-        torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched else None, "history": history, "best": best,
-                    "epoch": epoch, "generator": gen.get_state()}, last_path)
+        state = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict() if sched else None, "history": history, "best": best,
+                 "epoch": epoch, "generator": gen.get_state()}
+        atomic_write(last_path, lambda p, state=state: torch.save(state, p), force=True)  # resumable after a crash
         if progress:
             progress({"event": "epoch", **row, "best_epoch": best["epoch"], "improved": improved})
     # The best checkpoint records the whole run's history, not just the epochs up to its own.

@@ -327,3 +327,20 @@ def test_an_error_on_the_reader_thread_ends_the_loop_instead_of_hanging(tmp_path
     t.join(timeout=60)
     assert not t.is_alive(), "the loop still waits for a frame the reader thread will never send"
     assert len(raised) == 1 and str(raised[0]) == "preprocessing failed"
+
+
+def test_atomic_writes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """The file's data is fsynced before the rename and the folder after it: a power cut on a
+    device leaves the old file or the whole new one, never an empty one under the final name."""
+    import edgeseg.files as files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(files.os, "replace", lambda a, b: events.append(("rename", str(b))) or real_replace(a, b))
+    out = tmp_path / "model.onnx"
+    files.atomic_write(out, lambda p: p.write_bytes(b"model"))
+    assert out.read_bytes() == b"model"
+    assert [e[0] for e in events] == ["fsync", "rename", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".model.onnx.")) and events[2][1] == str(tmp_path)
