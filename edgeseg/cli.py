@@ -190,20 +190,38 @@ def export(
 def check(
     model: Annotated[Path, typer.Argument(help="ONNX model.")],
     target: Annotated[str, typer.Option(help="tensorrt or onnxruntime.")] = "tensorrt",
+    show_all: Annotated[bool, typer.Option("--all", help="One line per node instead of one per kind of problem.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Static compatibility check: lists every problem with its node; exit 1 when there is any."""
+    """Static compatibility check: every problem with its nodes; exit 1 when there is any."""
+    from collections import defaultdict
+
     from edgeseg.check import check as run_check
+    from edgeseg.check import load_onnx
 
     problems = run_check(model, target)
     if as_json:
         _print_json({"model": str(model), "target": target, "ok": not problems,
                      "problems": [{"node": p.node, "op": p.op, "message": p.message} for p in problems]})
-    elif problems:
+    elif problems and show_all:
         for p in problems:
             print(f"{model}: {p}")
-        print(f"{model}: {len(problems)} problem(s) for {target}", file=sys.stderr)
-    else:
+    elif problems:  # the same problem on 40 convs is one line, with the first nodes named
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for p in problems:
+            groups[(p.op, p.message)].append(p.node)
+        for (op, message), nodes in groups.items():
+            named = ", ".join(n for n in nodes[:3] if n) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+            print(f"{model}: {len(nodes)} {op or 'model'} node(s) ({named or 'the model'}): {message}")
+    if problems and not as_json:
+        precision = {p.key: p.value for p in load_onnx(model).metadata_props}.get("precision", "")
+        if target == "tensorrt" and precision == "int8-cpu":
+            print(f"{model}: this is INT8 for the CPU (edgeseg quantize --target cpu); for TensorRT quantize the "
+                  "FP32 model with --target tensorrt, or build the FP32 model with --calib DIR", file=sys.stderr)
+        print(f"{model}: {len(problems)} problem(s) for {target}" + ("" if show_all else " (--all lists every node)"),
+              file=sys.stderr)
+    elif not problems:
         console.print(f"{model}: OK for {target}")
     if problems:
         raise typer.Exit(1)

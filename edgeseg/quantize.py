@@ -263,11 +263,13 @@ class GateSpec:
     def holds(self, r: GateResult) -> bool:
         return r.drop_points <= self.max_drop if r.drop_points is not None else r.agreement >= self.min_agreement
 
-    def run(self, fp32_path: Path, int8: bytes, limit: int | None = None) -> GateResult:
-        return gate(fp32_path, int8, self.val, self.limit if limit is None else limit, self.threads)
+    def run(self, fp32_path: Path, int8: bytes, limit: int | None = None,
+            progress: Callable[[int, int], None] | None = None) -> GateResult:
+        return gate(fp32_path, int8, self.val, self.limit if limit is None else limit, self.threads, progress)
 
 
-def gate(fp32_path: Path, int8: bytes, val: Path, limit: int = 0, threads: int | None = None) -> GateResult:
+def gate(fp32_path: Path, int8: bytes, val: Path, limit: int = 0, threads: int | None = None,
+         progress: Callable[[int, int], None] | None = None) -> GateResult:
     """FP32 vs INT8 side by side on ``val``: an Oxford-layout folder (scores) or plain photos (agreement)."""
     from edgeseg.evaluate import evaluate
     from edgeseg.runtime.predictor import Predictor
@@ -282,14 +284,16 @@ def gate(fp32_path: Path, int8: bytes, val: Path, limit: int = 0, threads: int |
             split = "test" if (val / "annotations" / "test.txt").exists() else "list"
             samples = oxford_split(val, split)
             samples = samples[:limit] if limit else samples
-            r = evaluate(preds, samples)
+            r = evaluate(preds, samples, progress=progress)
             return GateResult(r[0], r[1], 100 * (r[0]["miou"] - r[1]["miou"]), r[1]["agreement_with_first"])
         paths = list_images(val)
         paths = paths[:limit] if limit else paths
         if not paths:
             raise EdgesegError("no images to validate on", val)
         same = total = 0
-        for p in paths:
+        for i, p in enumerate(paths):
+            if progress:
+                progress(i + 1, len(paths))
             try:
                 img = read_image(p)
             except ImageError:
@@ -352,7 +356,8 @@ def quantize(model_path: str | Path, out: str | Path, opts: QuantizeOptions, cal
                                 source=str(calib_ranges))
         data = quantize_with_ranges(model_path, ranges, opts, calib)
         spec = GateSpec(val, val_limit, max_drop, min_agreement, threads) if val is not None else None
-        result = spec.run(model_path, data) if spec is not None else None
+        result = spec.run(model_path, data, progress=(lambda i, n: progress("accuracy gate", i, n))
+                          if progress else None) if spec is not None else None
         sensitivity: list[tuple[str, float]] = []
         if result is not None and not spec.holds(result):
             data, result, sensitivity, opts = _recover(model_path, ranges, opts, calib, spec, sensitivity_limit,

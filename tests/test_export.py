@@ -142,7 +142,24 @@ def test_check_flags_a_naive_export(cli, tmp_path):
     assert any("dimension 2 is dynamic" in m for m in messages)
     r = cli("check", path, "--target", "tensorrt")
     assert r.code == 1
-    assert "uc1.mup (MaxUnpool)" in r.out
+    assert "1 MaxUnpool node(s) (uc1.mup): " in r.out
+    r = cli("check", path, "--target", "tensorrt", "--all")
+    assert r.code == 1 and "uc1.mup (MaxUnpool)" in r.out
+
+
+def test_check_groups_a_problem_shared_by_many_nodes_and_names_the_fix(cli, tmp_path):
+    from conftest import REPO
+
+    from edgeseg.quantize import QuantizeOptions, quantize
+
+    cpu = tmp_path / "cpu.onnx"
+    quantize(REPO / "models" / "segnet_dsc.onnx", cpu, QuantizeOptions(target="cpu"),
+             calib_ranges=REPO / "models" / "segnet_dsc.calib.json")
+    r = cli("check", cpu, "--target", "tensorrt")
+    assert r.code == 1 and len(r.out.strip().splitlines()) == 3  # three kinds of problem, not 116 lines
+    assert "48 QuantizeLinear node(s) (bn_input_QuantizeLinear, " in r.out and "and 45 more" in r.out
+    assert "quantize the FP32 model with --target tensorrt" in r.err and "116 problem(s)" in r.err
+    assert len(cli("check", cpu, "--target", "tensorrt", "--all").out.strip().splitlines()) == 116
 
 
 def _qdq_model(zero_point: np.ndarray, opset: int = 17) -> onnx.ModelProto:

@@ -205,3 +205,14 @@ def test_ranges_without_the_relu_outputs_are_refused_by_name(cli, fp32, calib_ra
     r = cli("quantize", fp32, "--calib-ranges", path, "-o", tmp_path / "x.onnx")
     assert r.code == 1 and f"{path}: these ranges lack" in r.err and "--calib DIR" in r.err
     assert cli("quantize", fp32, "--calib-ranges", path, "--target", "tensorrt", "-o", tmp_path / "t.onnx").code == 0
+
+
+def test_the_accuracy_gate_reports_progress(tmp_path):
+    """The gate was a silent pause of 15-20 s after calibration: it now has its own progress line."""
+    from conftest import REPO
+
+    seen: list[tuple[str, int, int]] = []
+    q.quantize(REPO / "models" / "segnet_dsc.onnx", tmp_path / "q.onnx", q.QuantizeOptions(),
+               calib_ranges=REPO / "models" / "segnet_dsc.calib.json", val=REPO / "calibration", val_limit=3,
+               progress=lambda stage, i, n: seen.append((stage, i, n)))
+    assert seen == [("accuracy gate", 1, 3), ("accuracy gate", 2, 3), ("accuracy gate", 3, 3)]
