@@ -114,7 +114,7 @@ def info(
                       f"resize {meta['interpolation']}"),
         ]
         rows += [(f"provenance.{k}", v) for k, v in meta.get("provenance", {}).items()]
-        rows += [(k, v) for k, v in d["extra"].items()]
+        rows += _training_rows(d["extra"])
     elif d["kind"] == "engine":
         rows += [(k, v) for k, v in d.items() if k not in ("path", "kind", "file_bytes", "sha256", "model_meta")]
     else:
@@ -122,6 +122,30 @@ def info(
 
         rows += onnx_rows(d)
     console.print(_kv_table(f"edgeseg info: {path.name}", rows))
+
+
+def _training_rows(extra: dict) -> list[tuple[str, object]]:
+    """A training record in three lines (the recipe, how far it ran, the best epoch); other keys as
+    they are when short. The whole record is in ``info --json``."""
+    rows: list[tuple[str, object]] = []
+    recipe, history, best = extra.get("recipe") or {}, extra.get("history") or [], extra.get("best") or {}
+    if recipe:
+        schedule = (f", StepLR every {recipe['step_size']} epochs x{recipe['gamma']}"
+                    if recipe.get("step_size") else ", constant LR")
+        rows.append(("training", f"batch {recipe.get('batch')}, lr {recipe.get('lr')}{schedule}, "
+                                 f"{recipe.get('size', ['?'])[0]}px, seed {recipe.get('seed')}"))
+    if history or "epochs_run" in extra:
+        planned = f" of {recipe['epochs']} planned" if recipe.get("epochs") else ""
+        rows.append(("epochs run", f"{extra.get('epochs_run', len(history))}{planned} "
+                                   f"({len(history)} in the history; info --json for every epoch)"))
+    if best:
+        rows.append(("best epoch", f"{best.get('epoch')}: validation mIoU {best.get('miou', float('nan')):.4f}, "
+                                   f"pixel accuracy {best.get('pixel_accuracy', float('nan')):.4f}"))
+    for k, v in extra.items():
+        if k not in ("recipe", "history", "best", "epochs_run"):
+            rows.append((k, v if not isinstance(v, (list, dict)) or len(str(v)) < 100 else
+                         f"{type(v).__name__} of {len(v)} (info --json)"))
+    return rows
 
 
 def _load_verify_images(folder: Path, meta, size: tuple[int, int], limit: int):
