@@ -37,7 +37,7 @@ import numpy as np
 from edgeseg import __version__
 from edgeseg.data import is_oxford_layout, list_images, oxford_split, read_image, read_trimap
 from edgeseg.errors import EdgesegError
-from edgeseg.files import cache_root
+from edgeseg.files import cache_root, write_problem
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.runtime.precision import cpu_flags, native_precisions
 from edgeseg.runtime.predictor import Predictor
@@ -100,17 +100,6 @@ def cameras(max_index: int = 8) -> list[dict]:
     return found
 
 
-def writable(folder: Path) -> str | None:
-    """None when files can be created in ``folder`` (made if missing), else why not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
-            pass
-    except OSError as e:
-        return f"{e.strerror or e} ({folder})"
-    return None
-
-
 def facts() -> dict:
     """Versions and hardware, each entry present whether or not the thing is installed."""
     from edgeseg.latency import cpu_model
@@ -136,7 +125,7 @@ def facts() -> dict:
     out["cameras"] = cameras()
     cache = cache_root()
     out["cache"] = str(cache)
-    out["cache_problem"] = writable(cache)
+    out["cache_problem"] = write_problem(cache)
     return out
 
 

@@ -41,6 +41,17 @@ def check_writable(path: str | Path, force: bool = False) -> Path:
     return path
 
 
+def write_problem(folder: Path) -> str | None:
+    """None when files can be created in ``folder`` (made if missing), else why not (the OS's words):
+    tried with a real file, since permission bits do not show a read-only or full filesystem."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

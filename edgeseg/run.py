@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_write, check_unclaimed, claim
+from edgeseg.files import atomic_write, check_unclaimed, claim, write_problem
 from edgeseg.latency import StageTimer, environment
 from edgeseg.overlay import Renderer
 from edgeseg.runtime.predictor import Predictor
@@ -99,12 +98,8 @@ class Sinks:
         folders = [f for f in (opts.output, opts.save_masks) if f is not None]
         folders += [f.parent for f in (opts.save_video, opts.report) if f is not None]
         for folder in folders:  # found now, not after the last frame
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                tempfile.TemporaryFile(dir=folder).close()
-            except OSError as e:
-                raise EdgesegError(f"cannot write here ({e.strerror}); choose another output folder",
-                                   folder) from None
+            if (why := write_problem(folder)) is not None:
+                raise EdgesegError(f"cannot write here ({why}); choose another output folder", folder)
         self.quit_requested = False
         self.needs_render = self.show or opts.output is not None or opts.save_video is not None
 
@@ -182,21 +177,27 @@ class Stopped(Exception):
 
 @contextlib.contextmanager
 def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)):
-    """Turn the first of ``signums`` into :class:`Stopped` (later ones are ignored while outputs are
-    finalized); the previous handlers come back afterwards. Outside the main thread, a no-op."""
+    """Turn the first of ``signums`` into :class:`Stopped` until the yielded ``disarm()`` is called;
+    after the first signal or ``disarm()`` they are ignored, so finalizing the video and writing the
+    report cannot be cut short. The previous handlers come back afterwards. Outside the main thread,
+    a no-op."""
+    done: list[bool] = []
+
+    def disarm() -> None:
+        done.append(True)
+
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield disarm
         return
-    fired: list[int] = []
 
     def handler(signum, frame) -> None:
-        if not fired:
-            fired.append(signum)
+        if not done:
+            done.append(True)
             raise Stopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in signums}
     try:
-        yield
+        yield disarm
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -206,7 +207,8 @@ def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
              status: Callable[[StageTimer], None] | None = None,
              warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
     """Process ``source`` until it ends, ``max_frames``/``duration`` is reached, Ctrl-C, SIGTERM or
-    SIGHUP; return the report. Outputs are finalized and the report written in every case."""
+    SIGHUP; return the report. In each of those cases the video is finalized and the report written;
+    an error (a full disk, a bad frame source) raises instead and keeps no partial video."""
     with claim(_outputs(opts)):
         check_outputs(opts)
         return _run_claimed(predictor, source, renderer, opts, status, warn)
@@ -220,7 +222,7 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
         source.prepare = predictor.preprocess
     interrupted, stopped_by = False, None
     started = time.perf_counter()
-    with stop_on_signals():
+    with stop_on_signals() as disarm:
         try:
             _loop(predictor, source, renderer, opts, timer, sinks, started, status)
         except KeyboardInterrupt:
@@ -228,6 +230,7 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
         except Stopped as e:
             interrupted, stopped_by = True, str(e)
         finally:
+            disarm()  # a signal from here on must not cut the video's finalization or the report
             sinks.close()
             source.close()
         stats = source.stats

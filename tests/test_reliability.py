@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -59,14 +60,26 @@ def test_a_stop_signal_finishes_the_video_and_the_report(long_video, tmp_path, s
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out.mp4", "r.json"]  # no partial file left
 
 
-def test_signal_handlers_are_restored_after_the_loop():
+def test_signal_handlers_are_restored_after_the_loop_and_ignored_while_finishing():
     """In a child process: signalling pytest's own process can crash the native threads it holds."""
-    code = ("import os, signal, time\nfrom edgeseg.run import Stopped, stop_on_signals\n"
-            "before = signal.getsignal(signal.SIGTERM)\ntry:\n    with stop_on_signals():\n"
-            "        os.kill(os.getpid(), signal.SIGTERM)\n        time.sleep(5)\nexcept Stopped as e:\n"
-            "    print(e, signal.getsignal(signal.SIGTERM) is before)\n")
+    code = textwrap.dedent("""
+        import os, signal, time
+        from edgeseg.run import Stopped, stop_on_signals
+        before = signal.getsignal(signal.SIGTERM)
+        with stop_on_signals() as disarm:
+            disarm()  # the loop has ended: the video is being finalized, the report written
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+            print("finished")
+        try:
+            with stop_on_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+        except Stopped as e:
+            print(e, signal.getsignal(signal.SIGTERM) is before)
+    """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.stdout.strip() == "SIGTERM True", r.stderr
+    assert r.stdout.split() == ["finished", "SIGTERM", "True"], r.stderr
 
 
 @pytest.mark.parametrize("view", ["overlay", "side-by-side", "mask"])

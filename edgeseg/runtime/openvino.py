@@ -35,10 +35,10 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 class OpenVINOBackend:
-    def __init__(self, path: Path, threads: int | None, precision: str = "auto") -> None:
+    def __init__(self, path: Path, threads: int | None, precision: str = "auto", facts=None) -> None:
         from edgeseg.runtime import precision as prec
         from edgeseg.runtime.onnxruntime import default_threads
-        from edgeseg.runtime.predictor import BackendInfo, _meta_from_props, class_ids
+        from edgeseg.runtime.predictor import BackendInfo, _meta_from_props, class_ids, inspect_onnx
 
         try:
             import openvino as ov
@@ -51,11 +51,8 @@ class OpenVINOBackend:
         candidates = prec.resolve(precision, "OpenVINO", ("bf16", "fp16"))
         model = core.read_model(str(path))
         threads = threads or default_threads()
-        props = {}
-        if model.has_rt_info(["framework"]):
-            framework = model.get_rt_info()["framework"]
-            props = {k: framework[k].astype(str) for k in framework}
-        shape = [d.get_length() if d.is_static else "batch" for d in model.inputs[0].get_partial_shape()]
+        facts = facts or inspect_onnx(path)
+        props, shape = facts.props, facts.input_shape
         self.meta = _meta_from_props(props, shape, path)
         configs = {p: {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
                        "INFERENCE_PRECISION_HINT": HINTS[p]} for p in candidates}

@@ -223,7 +223,8 @@ class Predictor:
         edgeseg.runtime.precision); for TensorRT with an ONNX file the engine's (fp32, fp16, int8;
         auto: int8 for a quantized file, else fp16), built once and cached (edgeseg.tensorrt.cached_engine).
         ``lower_unpool=False`` runs an ONNX file in ONNX Runtime exactly as written (for
-        comparisons; results are bit-identical)."""
+        comparisons; the results are identical for finite activations that are zero or above 2^-102,
+        see edgeseg.runtime.cpu_unpool)."""
         path = Path(path)
         if backend not in BACKENDS:
             raise EdgesegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -254,7 +255,7 @@ class Predictor:
         if backend == "openvino":
             from edgeseg.runtime.openvino import OpenVINOBackend
 
-            return cls(OpenVINOBackend(path, threads, precision), path)
+            return cls(OpenVINOBackend(path, threads, precision, facts), path)
         if precision not in ("auto", "fp32"):
             raise EdgesegError(f"--precision {precision}: the PyTorch reference runs in fp32 only", path)
         return cls(_TorchBackend(path, threads), path)

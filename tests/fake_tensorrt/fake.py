@@ -294,7 +294,7 @@ class ConfigImpl:
 
 
 class BuilderImpl:
-    def __init__(self) -> None:
+    def __init__(self, logger) -> None:
         self.num_DLA_cores = int(os.environ.get("FAKE_TRT_DLA_CORES", "0"))
 
     def create_network(self, flags: int = 0):
@@ -404,6 +404,9 @@ class ContextImpl:
 
 
 class RuntimeImpl:
+    def __init__(self, logger) -> None:
+        self.logger = logger
+
     def deserialize_cuda_engine(self, serialized_engine):
         data = bytes(memoryview(serialized_engine))
         if not data.startswith(_PLAN_MAGIC):
@@ -419,7 +422,7 @@ def _factory(real_cls: type, impl_cls):
     def make(*args, **kwargs):
         init(*args, **kwargs)
         LOG["calls"].append(f"{real_cls.__name__}()")
-        return Strict(real_cls, impl_cls(*args, **kwargs) if impl_cls is ParserImpl else impl_cls())
+        return Strict(real_cls, impl_cls(*args, **kwargs))
 
     return make
 
