@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from edgeseg.bench import bench
-from edgeseg.quantize import QuantizeOptions, quantize
+from edgeseg.build.quantize import QuantizeOptions, quantize
+from edgeseg.loader import load_predictor
 from edgeseg.runtime.precision import cpu_flags, native_precisions
 from edgeseg.runtime.predictor import Predictor, default_onnx_backend
 
@@ -48,7 +49,7 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 def configurations(ckpt: Path, fp32: Path, int8: Path, threads: int | None) -> list[tuple[str, Predictor]]:
     def load(path: Path, backend: str, **kw) -> Predictor:
-        return Predictor.load(path, backend=backend, threads=threads, **kw)
+        return load_predictor(path, backend=backend, threads=threads, **kw)
 
     rows = [("PyTorch eager FP32", load(ckpt, "torch"))]
     for name, path in (("FP32", fp32), ("INT8", int8)):

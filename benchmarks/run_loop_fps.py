@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from edgeseg.data import oxford_split
-from edgeseg.overlay import Renderer
-from edgeseg.run import RunOptions, run_loop
-from edgeseg.runtime.predictor import Predictor
-from edgeseg.sources import FileSource
+from edgeseg.evaluation.datasets import oxford_split
+from edgeseg.loader import load_predictor
+from edgeseg.runtime.loop import RunOptions, run_loop
+from edgeseg.runtime.overlay import Renderer
+from edgeseg.runtime.sources import FileSource
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    predictor = Predictor.load(args.model, backend=args.backend, threads=args.threads)
+    predictor = load_predictor(args.model, backend=args.backend, threads=args.threads)
     paths = [s.image for s in oxford_split(args.data, args.split)]
     passes = []
     for _ in range(args.repeats):

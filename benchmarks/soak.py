@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeseg.data import list_images
-from edgeseg.overlay import Renderer
-from edgeseg.run import RunOptions, run_loop
-from edgeseg.runtime.predictor import Predictor
-from edgeseg.sources import FileSource
+from edgeseg.loader import load_predictor
+from edgeseg.runtime.images import list_images
+from edgeseg.runtime.loop import RunOptions, run_loop
+from edgeseg.runtime.overlay import Renderer
+from edgeseg.runtime.sources import FileSource
 
 
 def rss_mb() -> float:
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    predictor = Predictor.load(args.model, backend=args.backend)
+    predictor = load_predictor(args.model, backend=args.backend)
     photos = list_images(args.source)
     paths = (photos * (args.frames // len(photos) + 1))[: args.frames]
     windows: list[dict] = []

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data import list_images, read_image
 from edgeseg.errors import EdgesegError
-from edgeseg.latency import environment, summarize
-from edgeseg.meta import conv_macs
+from edgeseg.loader import load_predictor
+from edgeseg.runtime.device import environment
+from edgeseg.runtime.images import list_images, read_image
+from edgeseg.runtime.latency import summarize
+from edgeseg.runtime.meta import conv_macs
 from edgeseg.runtime.predictor import Predictor
 
 
@@ -95,7 +97,7 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
             preds.append(m)
         else:
             path, b, p = split_spec(m, backend, precision)
-            preds.append(Predictor.load(path, backend=b, precision=p, threads=threads))
+            preds.append(load_predictor(path, backend=b, precision=p, threads=threads))
     sizes = {tuple(p.input_size) for p in preds}
     if len(sizes) > 1:
         raise EdgesegError("models have different input sizes (" + ", ".join(
@@ -129,7 +131,7 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
             progress(i + 1, runs)
     accuracy = None
     if data is not None:
-        from edgeseg.evaluate import evaluate, load_split
+        from edgeseg.evaluation.evaluate import evaluate, load_split
 
         accuracy = evaluate(preds, load_split(data, "test", data_limit))
     rows = []

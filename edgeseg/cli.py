@@ -118,7 +118,7 @@ def info(
     elif d["kind"] == "engine":
         rows += [(k, v) for k, v in d.items() if k not in ("path", "kind", "file_bytes", "sha256", "model_meta")]
     else:
-        from edgeseg.onnx_info import onnx_rows
+        from edgeseg.build.onnx_info import onnx_rows
 
         rows += onnx_rows(d)
     console.print(_kv_table(f"edgeseg info: {path.name}", rows))
@@ -150,7 +150,7 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
 
 def _load_verify_images(folder: Path, meta, size: tuple[int, int], limit: int):
     """Real photos for export verification, preprocessed exactly as the runtime will."""
-    from edgeseg.data import list_images, preprocess, read_images
+    from edgeseg.runtime.images import list_images, preprocess, read_images
 
     paths = list_images(folder)[:limit] if limit else list_images(folder)
     if not paths:
@@ -178,9 +178,9 @@ def export(
     """Export to ONNX for TensorRT and ONNX Runtime: unpooling without MaxUnpool, verified against PyTorch."""
     from dataclasses import asdict
 
-    from edgeseg.checkpoint import load_checkpoint
-    from edgeseg.export import ExportOptions, validate_options
-    from edgeseg.export import export as run_export
+    from edgeseg.build.checkpoint import load_checkpoint
+    from edgeseg.build.export import ExportOptions, validate_options
+    from edgeseg.build.export import export as run_export
     from edgeseg.files import check_writable
 
     opts = ExportOptions(size=parse_size(size) if size else None, opset=opset,
@@ -221,8 +221,8 @@ def check(
     """Static compatibility check: every problem with its nodes; exit 1 when there is any."""
     from collections import defaultdict
 
-    from edgeseg.check import check as run_check
-    from edgeseg.check import load_onnx
+    from edgeseg.build.check import check as run_check
+    from edgeseg.build.check import load_onnx
 
     problems = run_check(model, target)
     if as_json:
@@ -266,11 +266,11 @@ def eval_(
     """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution."""
     from rich.progress import Progress
 
-    from edgeseg.evaluate import evaluate, load_split
-    from edgeseg.runtime.predictor import Predictor
+    from edgeseg.evaluation.evaluate import evaluate, load_split
+    from edgeseg.loader import load_predictor
 
     samples = load_split(data, split, limit)
-    predictors = [Predictor.load(m, backend=backend, threads=threads, precision=precision) for m in models]
+    predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
     with Progress(console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
         results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i))
@@ -350,10 +350,10 @@ def run(
     """Segment pets live from a camera, stream, video or folder; per-stage latency report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from edgeseg.overlay import Renderer, parse_color
-    from edgeseg.run import RunOptions, check_outputs, run_loop
-    from edgeseg.runtime.predictor import Predictor
-    from edgeseg.sources import open_source
+    from edgeseg.loader import load_predictor
+    from edgeseg.runtime.loop import RunOptions, check_outputs, run_loop
+    from edgeseg.runtime.overlay import Renderer, parse_color
+    from edgeseg.runtime.sources import open_source
 
     if (camera is None) == (source is None):
         raise EdgesegError("give exactly one of --camera N or --source X")
@@ -364,7 +364,7 @@ def run(
     opts = RunOptions(output=output, save_video=save_video, save_masks=save_masks, report=report, show=show,
                       max_frames=max_frames, duration=duration, warmup=warmup, force=force)
     check_outputs(opts)
-    predictor = Predictor.load(model, backend=backend, threads=threads, precision=precision)
+    predictor = load_predictor(model, backend=backend, threads=threads, precision=precision)
     src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
                       width=width, height=height, fps=fps, flip=flip)
     total = len(src.paths) if hasattr(src, "paths") else None
@@ -434,8 +434,8 @@ def quantize(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from edgeseg.quantize import QuantizeOptions
-    from edgeseg.quantize import quantize as run_quantize
+    from edgeseg.build.quantize import QuantizeOptions
+    from edgeseg.build.quantize import quantize as run_quantize
 
     output = output or model.with_name(model.stem + (".int8.onnx" if target == "cpu" else f".int8-{target}.onnx"))
     opts = QuantizeOptions(target=target, method=method, percentile=percentile, num_images=num_images, seed=seed)
@@ -565,7 +565,7 @@ def build(
     force: Annotated[bool, typer.Option(help="Overwrite an existing engine.")] = False,
 ) -> None:
     """Build a TensorRT engine (FP32/FP16/INT8) for this GPU; `check --target tensorrt` runs first."""
-    from edgeseg.tensorrt import PRECISIONS, build_engine
+    from edgeseg.build.engine import PRECISIONS, build_engine
 
     if precision not in PRECISIONS:
         raise EdgesegError(f"--precision {precision!r}: choose fp32, fp16 or int8")

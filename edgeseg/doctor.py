@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg import __version__
-from edgeseg.data import is_oxford_layout, list_images, oxford_split, read_image, read_trimap
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluation.datasets import is_oxford_layout, oxford_split, read_trimap
+from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import cache_root, write_problem
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.runtime.images import list_images, read_image
 from edgeseg.runtime.precision import cpu_flags, native_precisions
 from edgeseg.runtime.predictor import Predictor
 
@@ -102,8 +103,7 @@ def cameras(max_index: int = 8) -> list[dict]:
 
 def facts() -> dict:
     """Versions and hardware, each entry present whether or not the thing is installed."""
-    from edgeseg.latency import cpu_model
-    from edgeseg.tensorrt import jetson_facts
+    from edgeseg.runtime.device import cpu_model, jetson_facts
 
     flags = cpu_flags()
     out = {
@@ -114,7 +114,7 @@ def facts() -> dict:
         "cpu_native_precisions": ["fp32", *native_precisions(flags)],
     }
     if out["tensorrt"]:
-        from edgeseg.tensorrt import gpu_info
+        from edgeseg.runtime.cuda import gpu_info
 
         try:
             out.update(gpu_info())
@@ -199,7 +199,7 @@ def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list
     ranges = model.with_suffix(".calib.json")
 
     def int8_cpu() -> Predictor:
-        from edgeseg.quantize import QuantizeOptions, quantize
+        from edgeseg.build.quantize import QuantizeOptions, quantize
 
         q = workdir / "int8-cpu.onnx"
         quantize(model, q, QuantizeOptions(target="cpu"), calib_ranges=ranges if ranges.exists() else None,
@@ -209,7 +209,7 @@ def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list
     have_onnx = importlib.util.find_spec("onnx") is not None
     out.append(("cpu int8", int8_cpu if have_onnx else "INT8 for the CPU is made here with onnx: pip install onnx"))
     if tensorrt:
-        from edgeseg.tensorrt import build_engine
+        from edgeseg.build.engine import build_engine
 
         def engine(precision: str) -> Loader:
             def make() -> Predictor:

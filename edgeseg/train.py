@@ -2,7 +2,7 @@
 
 Recipe (defaults): 128x128 inputs, random horizontal flip, colour jitter, Adam lr 1e-3,
 cross-entropy over pet/background/border, optional StepLR. Images are decoded and resized once
-(through :func:`edgeseg.data.preprocess`'s resize) and augmented per batch as tensors, so an epoch
+(through :func:`edgeseg.runtime.images.preprocess`'s resize) and augmented per batch as tensors, so an epoch
 costs the network's compute, not JPEG decoding. The best epoch by validation mIoU is kept.
 """
 
@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from edgeseg import __version__
-from edgeseg.checkpoint import load_checkpoint, save_checkpoint
-from edgeseg.data import IGNORE, Sample, oxford_split, read_image, read_trimap, resize, resize_mask
+from edgeseg.build.checkpoint import load_checkpoint, save_checkpoint
+from edgeseg.build.nets import build_model
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluation.datasets import IGNORE, Sample, oxford_split, read_trimap, resize_mask
+from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import atomic_write, check_writable
-from edgeseg.meta import ModelMeta
-from edgeseg.metrics import ConfusionMatrix
-from edgeseg.nets import build_model
+from edgeseg.runtime.images import read_image, resize
+from edgeseg.runtime.meta import ModelMeta
 
 
 @dataclass

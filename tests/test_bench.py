@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from edgeseg.bench import bench, machine_peak
-from edgeseg.checkpoint import load_checkpoint
+from edgeseg.build.checkpoint import load_checkpoint
+from edgeseg.build.export import ExportOptions, export
 from edgeseg.errors import EdgesegError
-from edgeseg.export import ExportOptions, export
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +49,20 @@ def test_json_schema_and_accuracy_columns(cli, two_models, tmp_path, pets3):
     assert r.code == 1 and "--force" in r.err
 
 
-def test_machine_peak_is_positive():
-    peak = machine_peak(threads=1, n=128, repeats=2)
-    assert peak["fp32_gmacs"] > 0
+def test_machine_peak_times_a_real_matrix_product_in_gmacs():
+    """The peak's sessions compute a @ b (checked against numpy), and the figure is in GMAC/s: between
+    0.1 and 1000 per thread on any CPU, a range that a slip of units or of the n^3 count leaves."""
+    from edgeseg.bench import _matmul_session
+
+    rng = np.random.default_rng(1)
+    a8, b8 = rng.integers(0, 255, (64, 64), dtype=np.uint8), rng.integers(-127, 127, (64, 64), dtype=np.int8)
+    y = _matmul_session(True, 64, 1).run(None, {"a": a8, "b": b8})[0]
+    assert np.array_equal(y, a8.astype(np.int32) @ b8.astype(np.int32))
+    af, bf = rng.random((64, 64), dtype=np.float32), rng.random((64, 64), dtype=np.float32)
+    np.testing.assert_allclose(_matmul_session(False, 64, 1).run(None, {"a": af, "b": bf})[0], af @ bf, rtol=1e-5)
+    peak = machine_peak(threads=1, n=256, repeats=3)
+    assert set(peak) == {"fp32_gmacs", "int8_gmacs"}
+    assert all(0.1 < v < 1000 for v in peak.values()), peak
 
 
 def test_bad_inputs(cli, two_models, notebook_ckpt, tmp_path):
@@ -100,7 +112,7 @@ def test_cpu_table_benchmark_lists_every_configuration(tmp_path):
 def test_each_row_is_a_share_of_its_own_precisions_peak(tmp_path):
     from conftest import REPO
 
-    from edgeseg.quantize import QuantizeOptions, quantize
+    from edgeseg.build.quantize import QuantizeOptions, quantize
 
     fp32 = REPO / "models" / "segnet_dsc.onnx"
     int8 = tmp_path / "int8.onnx"

@@ -8,10 +8,10 @@ import onnx
 import pytest
 from conftest import REPO
 
-from edgeseg.checkpoint import load_checkpoint
-from edgeseg.evaluate import evaluate, load_split
+from edgeseg.build.checkpoint import load_checkpoint
+from edgeseg.evaluation.evaluate import evaluate, load_split
 from edgeseg.files import sha256_file
-from edgeseg.runtime.predictor import Predictor
+from edgeseg.loader import load_predictor
 
 MODELS = REPO / "models"
 
@@ -24,7 +24,7 @@ def card_value(name: str) -> float:
 
 @pytest.mark.slow
 def test_model_card_test_split_metrics_are_reproduced(pets3):
-    r = evaluate([Predictor.load(MODELS / "segnet_dsc.pth", threads=2)], load_split(pets3, "test"))[0]
+    r = evaluate([load_predictor(MODELS / "segnet_dsc.pth", threads=2)], load_split(pets3, "test"))[0]
     assert r["images"] == 298
     assert abs(100 * r["miou"] - 100 * card_value("mIoU")) <= 0.1
     assert abs(100 * r["pixel_accuracy"] - 100 * card_value("pixel accuracy")) <= 0.1

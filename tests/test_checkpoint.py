@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from edgeseg.checkpoint import load_checkpoint, save_checkpoint
+from edgeseg.build.checkpoint import load_checkpoint, save_checkpoint
+from edgeseg.build.nets import SegNet, SegNetDSC, build_model, model_stats
 from edgeseg.errors import CheckpointError
-from edgeseg.meta import ModelMeta
-from edgeseg.nets import SegNet, SegNetDSC, build_model, model_stats
+from edgeseg.runtime.meta import ModelMeta
 
 
 @pytest.mark.parametrize(("cls", "params"), [(SegNetDSC, 1_749_671), (SegNet, 15_274_892)])
@@ -168,7 +168,7 @@ def test_debug_flag_shows_the_traceback_and_keeps_the_exit_code(cli, tmp_path, m
 @pytest.mark.parametrize(("arch", "k", "h", "w"), [("segnet-dsc", 3, 128, 128), ("segnet", 3, 64, 96),
                                                    ("segnet-dsc", 5, 96, 64)])
 def test_torch_free_mac_count_matches_the_hooked_count(arch, k, h, w):
-    from edgeseg.meta import conv_macs
+    from edgeseg.runtime.meta import conv_macs
 
     assert conv_macs(arch, k, h, w) == model_stats(build_model(arch, k), h, w).macs
 

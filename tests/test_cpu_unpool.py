@@ -8,7 +8,7 @@ import torch
 from onnx import TensorProto, helper
 from test_export import maxunpool_reference, tie_heavy, unpool_model
 
-import edgeseg.quantize as q
+import edgeseg.build.quantize as q
 from edgeseg.runtime.cpu_unpool import lower_unpools, nchwc_platform
 from edgeseg.runtime.onnxruntime import create_session
 from edgeseg.runtime.predictor import Predictor

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.data import ImageError, preprocess, read_image, read_trimap, resize
-from edgeseg.meta import ModelMeta
+from edgeseg.evaluation.datasets import read_trimap
+from edgeseg.runtime.images import ImageError, preprocess, read_image, resize
+from edgeseg.runtime.meta import ModelMeta
 
 
 def test_dataset_quirks_decode_to_bgr(pets3):

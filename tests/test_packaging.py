@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,15 +25,43 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
-def test_runtime_modules_do_not_import_torch():
+# Every device-side module. Left out: edgeseg.runtime.fp16, an ONNX graph rewrite that needs onnx and
+# runs only for --precision fp16 on ONNX Runtime.
+DEVICE_MODULES = sorted(
+    f"edgeseg.{p.parent.name}.{p.stem}" for folder in ("runtime", "evaluation")
+    for p in (REPO / "edgeseg" / folder).glob("*.py") if p.stem not in ("__init__", "fp16"))
+# As on an ARM device: no PyTorch, no onnx, no onnxsim (`import x` fails, find_spec says absent).
+BLOCK_BUILD_PACKAGES = "import sys\nfor _m in ('torch', 'onnx', 'onnxsim'):\n    sys.modules[_m] = None\n"
+
+
+def test_device_modules_import_nothing_from_the_build_side():
+    assert "edgeseg.runtime.predictor" in DEVICE_MODULES and "edgeseg.evaluation.evaluate" in DEVICE_MODULES
     r = run_python(
-        "import sys\n"
-        "import edgeseg.cli, edgeseg.runtime, edgeseg.runtime.onnxruntime, edgeseg.data, edgeseg.metrics, "
-        "edgeseg.onnx_info, edgeseg.meta\n"
-        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        BLOCK_BUILD_PACKAGES + "".join(f"import {m}\n" for m in DEVICE_MODULES) +
+        "loaded = sorted(m for m in sys.modules if m.startswith('edgeseg.build'))\n"
         "assert not loaded, loaded\n"
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_run_and_bench_work_without_torch_onnx_and_onnxsim(exported, tmp_path):
+    """The device runtime's commands on an ONNX file where only numpy, OpenCV and ONNX Runtime exist."""
+    path, _ = exported["segnet-dsc"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in sorted(os.listdir(REPO / "calibration"))[:3]:
+        if name.endswith(".jpg"):
+            (photos / name).write_bytes((REPO / "calibration" / name).read_bytes())
+    for args in (["run", str(path), "--source", str(photos), "--backend", "onnxruntime", "--output",
+                  str(tmp_path / "out"), "--report", str(tmp_path / "report.json")],
+                 ["bench", str(path), "--backend", "onnxruntime", "--runs", "3", "--no-peak", "--json",
+                  str(tmp_path / "bench.json")]):
+        code = BLOCK_BUILD_PACKAGES + f"sys.argv = ['edgeseg', *{args!r}]\nfrom edgeseg.cli import main\nmain()\n"
+        r = run_python(code)
+        assert r.returncode == 0, (args[0], r.stderr)
+    assert len(list((tmp_path / "out").iterdir())) == 3
+    assert json.loads((tmp_path / "report.json").read_text())["model"]["backend"] == "onnxruntime"
+    assert json.loads((tmp_path / "bench.json").read_text())["models"][0]["backend"] == "onnxruntime"
 
 
 def test_info_on_onnx_works_without_torch(exported):

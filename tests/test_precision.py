@@ -12,11 +12,11 @@ import onnx
 import pytest
 from test_export import unpool_model
 
-import edgeseg.quantize as q
+import edgeseg.build.quantize as q
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluate import evaluate, load_split
-from edgeseg.fp16 import to_fp16
+from edgeseg.evaluation.evaluate import evaluate, load_split
 from edgeseg.runtime import precision as prec
+from edgeseg.runtime.fp16 import to_fp16
 from edgeseg.runtime.onnxruntime import create_session
 from edgeseg.runtime.predictor import Predictor
 

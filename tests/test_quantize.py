@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import edgeseg.quantize as q
-from edgeseg.check import check
-from edgeseg.data import read_image
+import edgeseg.build.quantize as q
+from edgeseg.build.check import check
+from edgeseg.runtime.images import read_image
 from edgeseg.runtime.predictor import Predictor
 
 
@@ -93,7 +93,7 @@ def test_the_gate_scores_the_model_it_writes(cli, tmp_path, pets3):
     """The gate's figures are those of the written INT8 file, scored again independently."""
     from conftest import REPO
 
-    from edgeseg.evaluate import evaluate, load_split
+    from edgeseg.evaluation.evaluate import evaluate, load_split
 
     fp32, out = REPO / "models" / "segnet_dsc.onnx", tmp_path / "ok.onnx"
     r = cli("quantize", fp32, "--calib-ranges", REPO / "models" / "segnet_dsc.calib.json", "-o", out,
@@ -174,7 +174,7 @@ def test_onnxruntime_before_1_24_quantizes_the_same_from_the_same_ranges(monkeyp
     feeds the stored ranges to its quantizer itself and writes ranges in the same file layout."""
     from conftest import PETS37
 
-    import edgeseg.calibration_cache as cc
+    import edgeseg.build.calibration_cache as cc
 
     native = tmp_path / "native.onnx"
     q.quantize(fp32, native, q.QuantizeOptions(), calib_ranges=calib_ranges)

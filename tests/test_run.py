@@ -11,12 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.data import read_image
 from edgeseg.errors import EdgesegError
-from edgeseg.overlay import Renderer
-from edgeseg.run import RunOptions, run_loop
+from edgeseg.loader import load_predictor
+from edgeseg.runtime.images import read_image
+from edgeseg.runtime.loop import RunOptions, run_loop
+from edgeseg.runtime.overlay import Renderer
 from edgeseg.runtime.predictor import Predictor, default_onnx_backend
-from edgeseg.sources import FileSource, LiveSource, open_source
+from edgeseg.runtime.sources import FileSource, LiveSource, open_source
 
 
 @pytest.fixture(scope="session")
@@ -221,7 +222,7 @@ def test_renderer_views(pets3):
 def test_predictor_batch_equals_single_and_matches_pytorch(onnx_model, notebook_ckpt, pets3):
     frames = [read_image(p) for p in sorted((pets3 / "images").glob("american_bulldog_1*.jpg"))[:4]]
     onnx_pred = Predictor.load(onnx_model, threads=1)
-    torch_pred = Predictor.load(notebook_ckpt["segnet-dsc"], threads=1)
+    torch_pred = load_predictor(notebook_ckpt["segnet-dsc"], threads=1)
     torch_pred.meta = onnx_pred.meta  # same input size (the ONNX was exported at 64x64)
     batch = onnx_pred.predict_batch(frames)
     for f, m in zip(frames, batch, strict=True):
@@ -237,6 +238,15 @@ def test_predictor_rejects_unknown_backend_and_extension(tmp_path, onnx_model):
     other.write_bytes(b"x")
     with pytest.raises(EdgesegError, match="cannot tell the backend"):
         Predictor.load(other)
+
+
+def test_device_runtime_refuses_what_needs_the_build_side(onnx_model, notebook_ckpt):
+    """Predictor.load runs deployable files only; the loader adds checkpoints (and engines built on demand)."""
+    with pytest.raises(EdgesegError, match=r"is a PyTorch checkpoint.*edgeseg export"):
+        Predictor.load(notebook_ckpt["segnet-dsc"])
+    with pytest.raises(EdgesegError, match="TensorRT runs engines: build one"):
+        Predictor.load(onnx_model, backend="tensorrt")
+    assert load_predictor(notebook_ckpt["segnet-dsc"]).info.name == "torch"
 
 
 def test_reader_thread_stops_when_the_loop_breaks(onnx_model, pets3):
@@ -276,7 +286,7 @@ def test_auto_backend_prefers_openvino_on_x86_only(monkeypatch, machine, install
 
 @pytest.mark.parametrize("classes", [2, 3, 5])
 def test_class_ids_match_argmax_including_ties(classes):
-    from edgeseg.runtime.predictor import class_ids
+    from edgeseg.runtime.backend import class_ids
 
     logits = np.random.default_rng(classes).standard_normal((2, classes, 16, 16)).astype(np.float32)
     logits[:, -1, :4] = logits[:, 0, :4]  # ties: the first class must win, as with argmax

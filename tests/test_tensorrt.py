@@ -10,10 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-import edgeseg.tensorrt as et
-from edgeseg.data import list_images, preprocess, read_image
+import edgeseg.build.engine as et
+import edgeseg.runtime.cuda as cuda
+import edgeseg.runtime.device as device
 from edgeseg.errors import EdgesegError
-from edgeseg.fp16 import to_fp16
+from edgeseg.files import sha256_file
+from edgeseg.runtime.engine_meta import EngineMeta
+from edgeseg.runtime.fp16 import to_fp16
+from edgeseg.runtime.images import list_images, preprocess, read_image
 from edgeseg.runtime.onnxruntime import create_session
 from edgeseg.runtime.predictor import Predictor
 
@@ -24,7 +28,7 @@ def _gpu_reason() -> str | None:
     if not HAS_TRT:
         return "TensorRT is not installed (it comes with JetPack, or pip install 'edgeseg[tensorrt]' on a GPU box)"
     try:
-        et.gpu_info()
+        cuda.gpu_info()
     except EdgesegError as e:
         return str(e)
     return None
@@ -66,10 +70,10 @@ def test_cuda_errors_are_named_in_words(monkeypatch):
 
     rt = SimpleNamespace(cudaError_t=SimpleNamespace(cudaSuccess=0),
                          cudaGetErrorName=lambda err: (0, b"cudaErrorInsufficientDriver"))
-    monkeypatch.setattr(et, "cudart", lambda: rt)
-    assert et.ck((0, 42)) == 42
+    monkeypatch.setattr(cuda, "cudart", lambda: rt)
+    assert cuda.ck((0, 42)) == 42
     with pytest.raises(EdgesegError, match=r"^CUDA error cudaErrorInsufficientDriver$"):
-        et.ck((35,))
+        cuda.ck((35,))
 
 
 def test_int8_needs_qdq_or_calibration(cli, exported, tmp_path):
@@ -100,10 +104,10 @@ def test_fp16_conversion_keeps_fp32_io_and_accuracy(exported, pets3):
 SYSTEM = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
 
 
-def _engine(tmp_path, **over) -> et.EngineMeta:
+def _engine(tmp_path, **over) -> EngineMeta:
     fields = dict(tensorrt="10.3.0", gpu="Orin", compute_capability="8.7", precision="fp16",
                   input_shape=[1, 3, 128, 128], onnx_sha256="ab" * 32, source_onnx="model.onnx")
-    meta = et.EngineMeta(**{**fields, **over})
+    meta = EngineMeta(**{**fields, **over})
     (tmp_path / "m.engine").write_bytes(b"plan")
     meta.save(tmp_path / "m.engine")
     return meta
@@ -111,7 +115,7 @@ def _engine(tmp_path, **over) -> et.EngineMeta:
 
 def test_engine_metadata_round_trip_and_mismatch(tmp_path):
     meta = _engine(tmp_path, calibration_sha256="cd" * 32, l4t="36.4.3")
-    assert et.EngineMeta.load(tmp_path / "m.engine") == meta
+    assert EngineMeta.load(tmp_path / "m.engine") == meta
     assert meta.mismatch(SYSTEM) is None
     why = meta.mismatch({**SYSTEM, "tensorrt": "10.7.0"})
     assert "tensorrt 10.3.0" in why and "10.7.0" in why
@@ -161,8 +165,8 @@ def test_cached_engine_builds_once_and_rebuilds_when_stale(monkeypatch, tmp_path
     def fake_build(onnx_path, out, precision, force=False, **kw):
         builds.append(precision)
         out.write_bytes(b"plan")
-        et.EngineMeta(**SYSTEM, precision=precision, input_shape=[1, 3, 64, 64],
-                      onnx_sha256=et.sha256_file(onnx_path), source_onnx=str(onnx_path)).save(out)
+        EngineMeta(**SYSTEM, precision=precision, input_shape=[1, 3, 64, 64],
+                      onnx_sha256=sha256_file(onnx_path), source_onnx=str(onnx_path)).save(out)
 
     monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path))
     monkeypatch.setattr(et, "system_key", lambda: dict(SYSTEM))
@@ -177,9 +181,9 @@ def test_cached_engine_builds_once_and_rebuilds_when_stale(monkeypatch, tmp_path
 def test_jetson_clock_parsing():
     show = ("cpu0: Online=1 Governor=schedutil MinFreq=729600 MaxFreq=2201600 CurrentFreq=729600\n"
             "cpu1: Online=1 Governor=schedutil MinFreq=2201600 MaxFreq=2201600 CurrentFreq=2201600")
-    assert et.clocks_pinned(show) is False
-    assert et.clocks_pinned(show.replace("MinFreq=729600", "MinFreq=2201600")) is True
-    assert et.clocks_pinned("no cpu lines") is None
+    assert device.clocks_pinned(show) is False
+    assert device.clocks_pinned(show.replace("MinFreq=729600", "MinFreq=2201600")) is True
+    assert device.clocks_pinned("no cpu lines") is None
 
 
 # --- on a machine with TensorRT and an NVIDIA GPU ---------------------------------------------------
@@ -189,7 +193,7 @@ def test_jetson_clock_parsing():
 def test_engine_matches_onnxruntime(precision, tmp_path, pets3, pets37):
     from conftest import REPO
 
-    from edgeseg.quantize import QuantizeOptions, quantize
+    from edgeseg.build.quantize import QuantizeOptions, quantize
 
     fp32 = REPO / "models" / "segnet_dsc.onnx"
     src = fp32
@@ -235,10 +239,10 @@ def test_info_reads_engine_metadata_without_tensorrt(cli, tmp_path):
 
 
 def test_run_reports_carry_jetson_facts_on_a_jetson(monkeypatch):
-    from edgeseg.latency import environment
+    from edgeseg.runtime.device import environment
 
-    monkeypatch.setattr(et, "l4t_release", lambda: "36.4.3")
-    monkeypatch.setattr(et.shutil, "which", lambda name: None)  # no nvpmodel/jetson_clocks/tegrastats here
+    monkeypatch.setattr(device, "l4t_release", lambda: "36.4.3")
+    monkeypatch.setattr(device.shutil, "which", lambda name: None)  # no nvpmodel/jetson_clocks/tegrastats here
     assert environment()["l4t"] == "36.4.3"
-    monkeypatch.setattr(et, "l4t_release", lambda: None)
+    monkeypatch.setattr(device, "l4t_release", lambda: None)
     assert "l4t" not in environment()

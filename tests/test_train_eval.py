@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from edgeseg.checkpoint import load_checkpoint
-from edgeseg.data import IGNORE, oxford_split, read_trimap
-from edgeseg.evaluate import evaluate
-from edgeseg.meta import ModelMeta
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.build.checkpoint import load_checkpoint
+from edgeseg.evaluation.datasets import IGNORE, oxford_split, read_trimap
+from edgeseg.evaluation.evaluate import evaluate
+from edgeseg.evaluation.metrics import ConfusionMatrix
+from edgeseg.runtime.meta import ModelMeta
 
 
 def test_metrics_match_a_hand_computed_confusion_matrix():

@@ -37,8 +37,8 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 class OpenVINOBackend:
     def __init__(self, path: Path, threads: int | None, precision: str = "auto", facts=None) -> None:
         from edgeseg.runtime import precision as prec
+        from edgeseg.runtime.backend import BackendInfo, class_ids, inspect_onnx, meta_from_props
         from edgeseg.runtime.onnxruntime import default_threads
-        from edgeseg.runtime.predictor import BackendInfo, _meta_from_props, class_ids, inspect_onnx
 
         try:
             import openvino as ov
@@ -53,7 +53,7 @@ class OpenVINOBackend:
         threads = threads or default_threads()
         facts = facts or inspect_onnx(path)
         props, shape = facts.props, facts.input_shape
-        self.meta = _meta_from_props(props, shape, path)
+        self.meta = meta_from_props(props, shape, path)
         configs = {p: {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
                        "INFERENCE_PRECISION_HINT": HINTS[p]} for p in candidates}
         requests = {}

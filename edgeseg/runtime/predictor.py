@@ -1,54 +1,34 @@
 """``Predictor``: one object that run, bench, eval and quantize's accuracy gate all use.
 
-    p = Predictor.load("model.onnx")          # backend from the file: .onnx -> ONNX Runtime,
-    mask = p.predict(frame_bgr)               # .pth/.pt -> PyTorch (reference only)
+    p = Predictor.load("model.onnx")          # backend from the file: .onnx -> OpenVINO (x86) or
+    mask = p.predict(frame_bgr)               # ONNX Runtime, .engine -> TensorRT
     masks = p.predict_batch([f1, f2])
 
 ``predict`` returns class ids (uint8) at the frame's resolution: the model's input size, resize and
 colour conventions come from the model's own metadata, so every command preprocesses identically.
-The ONNX Runtime path never imports PyTorch.
+This is the device runtime: it never imports PyTorch or the build side (edgeseg.build);
+edgeseg.loader adds PyTorch checkpoints and engines built on demand on top of it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edgeseg.data import preprocess
 from edgeseg.errors import EdgesegError
 from edgeseg.files import sha256_file
-from edgeseg.meta import ModelMeta
+from edgeseg.runtime.backend import BackendInfo, OnnxFacts, class_ids, inspect_onnx, meta_from_props
+from edgeseg.runtime.engine_meta import EngineMeta
+from edgeseg.runtime.images import preprocess
+from edgeseg.runtime.meta import ModelMeta
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-
-@dataclass
-class BackendInfo:
-    name: str  # onnxruntime | torch
-    provider: str  # CPUExecutionProvider, cpu, cuda...
-    precision: str  # the file's: fp32, or what edgeseg quantize recorded (int8-cpu, int8-tensorrt)
-    threads: int
-    output: str  # "logits" or "classes" (the model ends in an ArgMax head)
-    static_batch: int | None  # None when the batch dimension is dynamic
-    extra: dict = field(default_factory=dict)
-    compute: str = "fp32"  # the arithmetic of its float layers: fp32, bf16 or fp16 (TensorRT: the engine's)
-
-    @property
-    def label(self) -> str:
-        """``fp32``, ``fp32 as bf16``, ``int8-cpu + bf16``: what tables show."""
-        if self.compute == "fp32" or self.compute == self.precision:
-            return self.precision
-        return f"{self.precision} + {self.compute}" if self.precision.startswith("int8") else \
-            f"{self.precision} as {self.compute}"
 
 
 class _OnnxRuntimeBackend:
@@ -68,7 +48,7 @@ class _OnnxRuntimeBackend:
         facts = facts or inspect_onnx(path)
         props = facts.props
         self.input_name = facts.input_name
-        self.meta = _meta_from_props(props, facts.input_shape, path)
+        self.meta = meta_from_props(props, facts.input_shape, path)
         file_precision = props.get("precision", "fp32")
         if file_precision != "fp32" or importlib.util.find_spec("onnx") is None:
             if precision == "fp16":
@@ -112,7 +92,7 @@ def _fp16_bytes(path: Path) -> bytes:
     """The FP16 conversion of an FP32 ONNX file (FP32 inputs and outputs kept)."""
     import onnx
 
-    from edgeseg.fp16 import to_fp16
+    from edgeseg.runtime.fp16 import to_fp16
 
     return to_fp16(onnx.load(str(path))).SerializeToString()
 
@@ -130,28 +110,6 @@ def _lowered_unpools(path: Path) -> tuple[bytes, int] | None:
     return (data, n) if n else None
 
 
-class _TorchBackend:
-    """The PyTorch model as trained: a reference for accuracy, not a deployment path."""
-
-    def __init__(self, path: Path, threads: int | None) -> None:
-        import torch
-
-        from edgeseg.checkpoint import load_checkpoint
-
-        if threads:
-            torch.set_num_threads(threads)
-        ckpt = load_checkpoint(path)
-        self.torch = torch
-        self.model = ckpt.model
-        self.meta = ckpt.meta
-        self.info = BackendInfo(name="torch", provider="cpu", precision="fp32", threads=torch.get_num_threads(),
-                                output="logits", static_batch=None, extra={"torch": torch.__version__})
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(x)).numpy()
-
-
 def default_onnx_backend() -> str:
     """OpenVINO on x86 when it is installed (measured 1.7x faster in FP32 and 2.7x in INT8 than ONNX
     Runtime on this project's dev machine, see README "Benchmarks"), ONNX Runtime everywhere else."""
@@ -163,46 +121,24 @@ def default_onnx_backend() -> str:
     return "onnxruntime"
 
 
-@dataclass
-class OnnxFacts:
-    """An ONNX file as ONNX Runtime (on every install) reads it: metadata and its one input and output."""
-
-    props: dict[str, str]
-    input_name: str
-    input_shape: list
-    output_shape: list
-
-
-def inspect_onnx(path: Path) -> OnnxFacts:
-    """Read ``path`` and check it is a segmentation model of edgeseg's shape before any runtime compiles
-    it: one image input N x 3 x H x W and one output of logits (N x C x H x W) or class ids (N x H x W).
-    Anything else is one line naming the file (a runtime would fail later, with a dump or a crash)."""
-    from edgeseg.runtime.onnxruntime import create_session
-
-    sess = create_session(path, threads=1)
-    ins, outs = sess.get_inputs(), sess.get_outputs()
-    fix = "is this an edgeseg model? (edgeseg export writes one)"
-    if len(ins) != 1 or len(outs) != 1:
-        raise EdgesegError(f"has {len(ins)} input(s) and {len(outs)} output(s), expected one image in and one "
-                           f"mask out; {fix}", path)
-    shape, out = list(ins[0].shape), list(outs[0].shape)
-    if len(shape) != 4 or shape[1] != 3:
-        raise EdgesegError(f"input {ins[0].name!r} is {shape}, expected N x 3 x H x W (an RGB image); {fix}", path)
-    if len(out) not in (3, 4) or (len(out) == 4 and not isinstance(out[1], int)):
-        raise EdgesegError(f"output {outs[0].name!r} is {out}, expected N x classes x H x W (logits) or N x H x W "
-                           f"(class ids); {fix}", path)
-    return OnnxFacts(dict(sess.get_modelmeta().custom_metadata_map), ins[0].name, shape, out)
-
-
-def _meta_from_props(props: dict[str, str], input_shape: list, path: Path) -> ModelMeta:
-    if "edgeseg_meta" in props:
-        return ModelMeta.from_dict(json.loads(props["edgeseg_meta"]))
-    h, w = input_shape[2], input_shape[3]
-    if not isinstance(h, int) or not isinstance(w, int):
-        raise EdgesegError("has no edgeseg metadata and a dynamic input size; re-export it with edgeseg export", path)
-    warnings.warn(f"{path}: no edgeseg metadata; assuming RGB in [0,1], nearest resize, pet/background/border",
-                  stacklevel=3)
-    return ModelMeta(input_size=(h, w))
+def resolve_backend(path: Path, backend: str = "auto") -> str:
+    """The backend that runs ``path``: ``backend`` when given, else the file's kind (.onnx: the default
+    ONNX backend, engine suffixes: tensorrt, checkpoints: torch)."""
+    if backend not in BACKENDS:
+        raise EdgesegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if not path.exists():
+        raise EdgesegError("no such file; check the path", path)
+    if backend != "auto":
+        return backend
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return default_onnx_backend()
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "torch"
+    raise EdgesegError(f"cannot tell the backend from the extension {suffix!r}; expected .onnx, .engine or a "
+                       ".pth/.pt checkpoint, or pass --backend", path)
 
 
 class Predictor:
@@ -218,47 +154,38 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
              precision: str = "auto", lower_unpool: bool = True) -> Predictor:
-        """``precision``: for ONNX Runtime and OpenVINO the arithmetic of the float layers (fp32,
-        bf16, fp16, or auto: the fastest this CPU runs natively that agrees with fp32, see
-        edgeseg.runtime.precision); for TensorRT with an ONNX file the engine's (fp32, fp16, int8;
-        auto: int8 for a quantized file, else fp16), built once and cached (edgeseg.tensorrt.cached_engine).
-        ``lower_unpool=False`` runs an ONNX file in ONNX Runtime exactly as written (for
-        comparisons; the results are identical for finite activations that are zero or above 2^-102,
-        see edgeseg.runtime.cpu_unpool)."""
-        path = Path(path)
-        if backend not in BACKENDS:
-            raise EdgesegError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if not path.exists():
-            raise EdgesegError("no such file; check the path", path)
-        suffix = path.suffix.lower()
-        if backend == "auto":
-            if suffix == ".onnx":
-                backend = default_onnx_backend()
-            elif suffix in ENGINE_SUFFIXES:
-                backend = "tensorrt"
-            elif suffix in CHECKPOINT_SUFFIXES:
-                backend = "torch"
-            else:
-                raise EdgesegError(f"cannot tell the backend from the extension {suffix!r}; expected .onnx, "
-                                   ".engine or a .pth/.pt checkpoint, or pass --backend", path)
-        facts = inspect_onnx(path) if suffix == ".onnx" else None
-        if backend == "tensorrt":
-            from edgeseg.runtime.tensorrt import TensorRTBackend
-            from edgeseg.tensorrt import cached_engine
+        """A deployable file: an ONNX model (ONNX Runtime or OpenVINO) or a TensorRT engine.
 
-            if suffix == ".onnx" and precision == "auto":
-                precision = "int8" if facts.props.get("precision", "fp32").startswith("int8") else "fp16"
-            engine = cached_engine(path, precision) if suffix == ".onnx" else path
-            return cls(TensorRTBackend(engine), path)
+        ``precision``: for ONNX Runtime and OpenVINO the arithmetic of the float layers (fp32,
+        bf16, fp16, or auto: the fastest this CPU runs natively that agrees with fp32, see
+        edgeseg.runtime.precision). ``lower_unpool=False`` runs an ONNX file in ONNX Runtime
+        exactly as written (for comparisons; the results are identical for finite activations that
+        are zero or above 2^-102, see edgeseg.runtime.cpu_unpool).
+
+        PyTorch checkpoints and TensorRT engines built on demand from an ONNX file need the build
+        side: :func:`edgeseg.loader.load_predictor` takes those too.
+        """
+        path = Path(path)
+        backend = resolve_backend(path, backend)
+        if backend == "torch":
+            raise EdgesegError("is a PyTorch checkpoint: the device runtime runs ONNX files and engines; export it "
+                               "(edgeseg export) or load it with edgeseg.loader.load_predictor", path)
+        if backend == "tensorrt":
+            if path.suffix.lower() == ".onnx":
+                raise EdgesegError("TensorRT runs engines: build one (edgeseg build), or load the ONNX with "
+                                   "edgeseg.loader.load_predictor, which builds and caches one", path)
+            if precision != "auto" and (built := EngineMeta.load(path).precision) != precision:
+                raise EdgesegError(f"--precision {precision}: this engine was built for {built}; build "
+                                   f"another with edgeseg build --precision {precision}", path)
+            from edgeseg.runtime.tensorrt import TensorRTBackend
+
+            return cls(TensorRTBackend(path), path)
+        facts = inspect_onnx(path)
         if backend == "onnxruntime":
             return cls(_OnnxRuntimeBackend(path, threads, lower_unpool, precision, facts), path)
-        if backend == "openvino":
-            from edgeseg.runtime.openvino import OpenVINOBackend
+        from edgeseg.runtime.openvino import OpenVINOBackend
 
-            return cls(OpenVINOBackend(path, threads, precision, facts), path)
-        if precision not in ("auto", "fp32"):
-            raise EdgesegError(f"--precision {precision}: the PyTorch reference runs in fp32 only", path)
-        return cls(_TorchBackend(path, threads), path)
+        return cls(OpenVINOBackend(path, threads, precision, facts), path)
 
     @property
     def sha256(self) -> str:
@@ -308,21 +235,6 @@ class Predictor:
                 "provider": self.info.provider, "precision": self.info.label, "file_precision": self.info.precision,
                 "compute_precision": self.info.compute, "threads": self.info.threads,
                 "output": self.info.output, "input_size": list(self.input_size), **self.info.extra}
-
-
-def class_ids(logits: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) scores -> (N, H, W) uint8 ids, the first maximum winning (as argmax).
-
-    A running compare-and-keep over the few classes is 2x faster than ``argmax(1)`` (which walks
-    the strided class axis per pixel): 0.07 vs 0.15 ms at 3x128x128 on the dev machine.
-    """
-    best = logits[:, 0].copy()
-    ids = np.zeros(best.shape, np.uint8)
-    for c in range(1, logits.shape[1]):
-        better = logits[:, c] > best
-        ids[better] = c
-        np.maximum(best, logits[:, c], out=best)
-    return ids
 
 
 def _pad(x: np.ndarray, n: int) -> np.ndarray:

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.meta import ModelMeta
-from edgeseg.tensorrt import EngineMeta, ck, cudart, import_tensorrt, system_key
+from edgeseg.runtime.backend import BackendInfo
+from edgeseg.runtime.cuda import ck, cudart, import_tensorrt, system_key
+from edgeseg.runtime.engine_meta import EngineMeta
+from edgeseg.runtime.meta import ModelMeta
 
 
 class TensorRTBackend:
     def __init__(self, engine_path: Path) -> None:
-        from edgeseg.runtime.predictor import BackendInfo
-
         trt = import_tensorrt()
         meta = EngineMeta.load(engine_path)
         why = meta.mismatch(system_key())

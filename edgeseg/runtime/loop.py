@@ -26,8 +26,9 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_unclaimed, claim, write_problem
-from edgeseg.latency import StageTimer, environment
-from edgeseg.overlay import Renderer
+from edgeseg.runtime.device import environment
+from edgeseg.runtime.latency import StageTimer
+from edgeseg.runtime.overlay import Renderer
 from edgeseg.runtime.predictor import Predictor
 
 

@@ -35,7 +35,7 @@ def describe_onnx(path: Path) -> dict:
         d["inputs"] = [{"name": i.name, "shape": i.shape, "dtype": i.type} for i in sess.get_inputs()]
         d["outputs"] = [{"name": o.name, "shape": o.shape, "dtype": o.type} for o in sess.get_outputs()]
         return d
-    from edgeseg.check import load_onnx
+    from edgeseg.build.check import load_onnx
 
     m = load_onnx(path)
     d["metadata"] = {p.key: p.value for p in m.metadata_props}

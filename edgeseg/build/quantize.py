@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeseg.calibration_cache import load_ranges_file, quantize_static_cached
-from edgeseg.check import load_onnx
-from edgeseg.data import ImageError, is_oxford_layout, list_images, oxford_split, preprocess, read_image
+from edgeseg.build.calibration_cache import load_ranges_file, quantize_static_cached
+from edgeseg.build.check import load_onnx
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluation.datasets import is_oxford_layout, oxford_split
 from edgeseg.files import atomic_write, check_writable, sha256_file
-from edgeseg.meta import ModelMeta
+from edgeseg.runtime.images import ImageError, list_images, preprocess, read_image
+from edgeseg.runtime.meta import ModelMeta
 
 TARGETS = ("cpu", "tensorrt")
 # What each target quantizes. For `cpu` the ReLUs fold into the quantization range (ONNX Runtime
@@ -271,7 +272,7 @@ class GateSpec:
 def gate(fp32_path: Path, int8: bytes, val: Path, limit: int = 0, threads: int | None = None,
          progress: Callable[[int, int], None] | None = None) -> GateResult:
     """FP32 vs INT8 side by side on ``val``: an Oxford-layout folder (scores) or plain photos (agreement)."""
-    from edgeseg.evaluate import evaluate
+    from edgeseg.evaluation.evaluate import evaluate
     from edgeseg.runtime.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-gate-") as tmp:

@@ -1,13 +1,14 @@
-"""TensorRT engines: build (FP32/FP16/INT8), metadata beside the engine, and a cache that knows staleness.
+"""TensorRT engines: build (FP32/FP16/INT8) with the metadata beside the engine, and a cache that knows
+staleness. Loading and running an engine is the device runtime's (edgeseg.runtime.tensorrt).
 
 Written against the TensorRT 10 and 11 Python APIs (see ../shared/notes/tensorrt-api.md):
 - TensorRT 10: weakly typed network with the FP16 / INT8 builder flags (INT8 from Q/DQ nodes);
 - TensorRT 11: no precision flags and no calibrator: a strongly typed network, FP16 from an
-  FP16-converted ONNX (edgeseg.fp16, checked with ONNX Runtime first), INT8 from Q/DQ nodes.
+  FP16-converted ONNX (edgeseg.runtime.fp16, checked with ONNX Runtime first), INT8 from Q/DQ nodes.
 ``tensorrt`` and ``cuda-python`` are imported lazily: everything else here runs without a GPU.
 
 No layer precision constraints are set: a weakly typed build may run any layer in FP16 or INT8,
-and the exported unpool (a comparison tournament per 2x2 window, see edgeseg.export) keeps
+and the exported unpool (a comparison tournament per 2x2 window, see edgeseg.build.export) keeps
 exactly one winner per window whatever precision TensorRT picks for its comparisons.
 """
 
@@ -15,168 +16,16 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
-import shutil
-import subprocess
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, cache_root, check_writable, sha256_file
+from edgeseg.runtime.cuda import import_tensorrt, system_key
+from edgeseg.runtime.device import l4t_release
+from edgeseg.runtime.engine_meta import EngineMeta
 
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def import_tensorrt():
-    """The tensorrt module, or one clear error saying how to get it."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise EdgesegError(
-            "TensorRT is not installed: on Jetson it comes with JetPack (apt install python3-libnvinfer, or use "
-            "docker/Dockerfile.jetson); on x86 with an NVIDIA GPU pip install 'edgeseg[tensorrt]'") from None
-    return trt
-
-
-def cudart():
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime  # cuda-python < 12.6.1
-        except ImportError:
-            raise EdgesegError("cuda-python is not installed: pip install 'cuda-python' matching your CUDA "
-                               "major version (JetPack 6: cuda-python>=12.6,<13)") from None
-    return runtime
-
-
-def ck(ret):
-    """Unpack a cuda-python (err, *results) tuple, raising on error."""
-    rt = cudart()
-    err, rest = ret[0], ret[1:]
-    if err != rt.cudaError_t.cudaSuccess:
-        name = rt.cudaGetErrorName(err)[1]
-        raise EdgesegError(f"CUDA error {name.decode() if isinstance(name, bytes) else name}")
-    return rest[0] if len(rest) == 1 else (rest or None)
-
-
-def gpu_info(device: int = 0) -> dict:
-    rt = cudart()
-    try:
-        props = ck(rt.cudaGetDeviceProperties(device))
-    except EdgesegError as e:
-        raise EdgesegError(f"no usable NVIDIA GPU ({e}); TensorRT engines need one") from None
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return {"gpu": name.strip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
-
-
-def l4t_release() -> str | None:
-    try:
-        first = Path("/etc/nv_tegra_release").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    m = re.search(r"R(\d+).*REVISION:\s*([\d.]+)", first)
-    return f"{m.group(1)}.{m.group(2)}" if m else first.strip()
-
-
-def jetson_facts(sample_seconds: float = 1.0) -> dict:
-    """Power mode, whether jetson_clocks pinned the clocks, one tegrastats line (each when available)."""
-    facts: dict = {}
-    if l4t_release() is None:
-        return facts
-    facts["l4t"] = l4t_release()
-
-    def out(cmd: list[str], timeout: float = 5.0) -> str | None:
-        if shutil.which(cmd[0]) is None:
-            return None
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
-        except (subprocess.SubprocessError, OSError):
-            return None
-
-    if (q := out(["nvpmodel", "-q"])) is not None:
-        facts["power_mode"] = q.splitlines()[0] if q else ""
-    if (c := out(["jetson_clocks", "--show"])) is not None:
-        facts["jetson_clocks"] = clocks_pinned(c)
-    if shutil.which("tegrastats"):
-        try:
-            p = subprocess.Popen(["tegrastats", "--interval", "200"], stdout=subprocess.PIPE, text=True)
-            time.sleep(sample_seconds)
-            p.terminate()
-            lines = (p.communicate(timeout=5)[0] or "").strip().splitlines()
-            facts["tegrastats"] = lines[-1] if lines else ""
-        except (subprocess.SubprocessError, OSError):
-            pass
-    return facts
-
-
-def clocks_pinned(show: str) -> bool | None:
-    """From ``jetson_clocks --show``: True when every CPU's MinFreq equals its MaxFreq (clocks locked)."""
-    cpus = re.findall(r"^cpu\d+:.*?MinFreq=(\d+) MaxFreq=(\d+)", show, flags=re.M)
-    return all(lo == hi for lo, hi in cpus) if cpus else None
-
-
-@dataclass
-class EngineMeta:
-    """Stored beside the engine as ENGINE.json; compared with the running system before loading."""
-
-    tensorrt: str
-    gpu: str
-    compute_capability: str
-    precision: str
-    input_shape: list
-    onnx_sha256: str
-    source_onnx: str
-    calibration_sha256: str | None = None
-    l4t: str | None = None
-    edgeseg: str = __version__
-    built_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    model_meta: dict = field(default_factory=dict)  # the ONNX's edgeseg_meta (preprocessing, classes)
-    # the edgeseg build options that differ from their defaults, replayed by rebuild_command
-    build_options: dict = field(default_factory=dict)
-
-    def save(self, engine: Path) -> None:
-        text = json.dumps(asdict(self), indent=2)
-        atomic_write(meta_path(engine), lambda p: p.write_text(text), force=True)
-
-    @classmethod
-    def load(cls, engine: Path) -> EngineMeta:
-        p = meta_path(engine)
-        if not p.exists():
-            raise EdgesegError(f"no {p.name} beside the engine: cannot tell how it was built; rebuild it with "
-                               "edgeseg build", engine)
-        try:
-            data = json.loads(p.read_text())
-            known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in known})  # keys of other edgeseg versions
-        except (json.JSONDecodeError, TypeError, AttributeError) as e:
-            raise EdgesegError(f"{p.name} is unreadable ({e}); rebuild the engine with edgeseg build", engine) from e
-
-    def rebuild_command(self, engine: Path) -> str:
-        """The command that builds this engine again, with every option it was built with."""
-        args = ["edgeseg", "build", self.source_onnx, "--precision", self.precision]
-        for key, value in self.build_options.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        return shlex.join([*args, "-o", str(engine), "--force"])
-
-    def mismatch(self, system: dict) -> str | None:
-        """Why this engine cannot run on ``system`` ({tensorrt, gpu, compute_capability}), or None."""
-        for key in ("tensorrt", "gpu", "compute_capability"):
-            if system.get(key) != getattr(self, key):
-                return f"built for {key.replace('_', ' ')} {getattr(self, key)}, this system has {system.get(key)}"
-        return None
-
-
-def meta_path(engine: Path) -> Path:
-    return Path(str(engine) + ".json")
-
-
-def system_key() -> dict:
-    trt = import_tensorrt()
-    return {"tensorrt": trt.__version__, **gpu_info()}
 
 
 def cache_dir() -> Path:
@@ -218,7 +67,7 @@ def _onnx_props(path: Path) -> dict:
 
 def validate_for_build(onnx_path: Path, precision: str, calib_dir: Path | None) -> None:
     """The check gate and the precision/model pairing, with no TensorRT needed."""
-    from edgeseg.check import check
+    from edgeseg.build.check import check
 
     problems = check(onnx_path, "tensorrt")
     if problems:
@@ -243,14 +92,14 @@ def prepare_onnx(onnx_path: Path, precision: str, strongly_typed: bool, workdir:
     quantized = props.get("precision", "fp32").startswith("int8")
     calib_sha = json.loads(props["quantization"]).get("calibration_sha256") if "quantization" in props else None
     if precision == "int8" and not quantized:
-        from edgeseg.quantize import QuantizeOptions, quantize
+        from edgeseg.build.quantize import QuantizeOptions, quantize
 
         q = workdir / "int8-tensorrt.onnx"
         rep = quantize(onnx_path, q, QuantizeOptions(target="tensorrt"), calib_dir=calib_dir)
         onnx_path, calib_sha = q, rep.calibration["sha256"]
         validate_for_build(onnx_path, precision, None)
     if precision == "fp16" and strongly_typed:
-        from edgeseg.fp16 import to_fp16
+        from edgeseg.runtime.fp16 import to_fp16
 
         half = workdir / "fp16.onnx"
         onnx.save(to_fp16(onnx.load(str(onnx_path))), str(half))

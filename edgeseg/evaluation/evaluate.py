@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data import Sample, oxford_split, read_image, read_trimap
 from edgeseg.errors import EdgesegError
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.evaluation.datasets import Sample, oxford_split, read_trimap
+from edgeseg.evaluation.metrics import ConfusionMatrix
+from edgeseg.runtime.images import read_image
 from edgeseg.runtime.predictor import Predictor
 
 

@@ -9,7 +9,7 @@ BatchNorms after convs are folded into the convs (in float64); the input BatchNo
 BatchNormalization node because folding it into a zero-padded conv would change the borders.
 
 Unpooling (TensorRT has no MaxUnpool and rejects MaxPool's indices) is written as in
-:func:`edgeseg.nets.exact_unpool`: a tournament of comparisons inside each 2x2 window of the
+:func:`edgeseg.build.nets.exact_unpool`: a tournament of comparisons inside each 2x2 window of the
 pooled activation, with ops TensorRT, ONNX Runtime and OpenVINO all support::
 
     a, b, c, d = pre[..., 0::2, 0::2], pre[..., 0::2, 1::2], pre[..., 1::2, 0::2], pre[..., 1::2, 1::2]
@@ -41,11 +41,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg import __version__
-from edgeseg.checkpoint import LoadedCheckpoint
+from edgeseg.build.checkpoint import LoadedCheckpoint
+from edgeseg.build.nets import DepthwiseSeparableConv2d
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_writable
-from edgeseg.meta import ModelMeta
-from edgeseg.nets import DepthwiseSeparableConv2d
+from edgeseg.runtime.meta import ModelMeta
 
 OPSETS = range(13, 22)  # Resize with scales input and BatchNormalization-15 semantics; ORT runs all of them
 DEFAULT_OPSET = 17

@@ -25,8 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.data import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_bgr8
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.images import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_bgr8
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 

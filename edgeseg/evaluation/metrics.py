@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeseg import CLASS_NAMES
-from edgeseg.data import IGNORE
+from edgeseg.evaluation.datasets import IGNORE
 
 
 @dataclass

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from edgeseg.build.nets import build_model
 from edgeseg.errors import CheckpointError
 from edgeseg.files import atomic_write, sha256_file
-from edgeseg.meta import ModelMeta
-from edgeseg.nets import build_model
+from edgeseg.runtime.meta import ModelMeta
 
 FORMAT = "edgeseg-checkpoint"
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")

@@ -6,8 +6,6 @@ the statistics. A loop that runs for days keeps bounded memory: see :class:`Samp
 
 from __future__ import annotations
 
-import os
-import platform
 import random
 import time
 from array import array
@@ -128,32 +126,3 @@ class StageTimer:
             "stages_ms": {k: summarize(v) for k, v in self.stages.items()},
             "end_to_end_ms": summarize(self.total),
         }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict:
-    """Machine and package facts that a latency figure depends on."""
-    import cv2
-    import onnxruntime
-
-    from edgeseg import __version__
-
-    env = {
-        "edgeseg": __version__, "python": platform.python_version(), "platform": platform.platform(),
-        "machine": platform.machine(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-        "numpy": np.__version__, "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
-    }
-    from edgeseg.tensorrt import jetson_facts  # no TensorRT import: reads /etc and runs nvpmodel etc.
-
-    env.update(jetson_facts(sample_seconds=0.5))  # empty off a Jetson
-    return env

@@ -1,0 +1,37 @@
+"""Any model file to a :class:`~edgeseg.runtime.predictor.Predictor`, building what the device runtime
+cannot load by itself: a PyTorch checkpoint (the reference, needs PyTorch) or an ONNX file for
+TensorRT (an engine built once and cached, see edgeseg.build.engine.cached_engine).
+
+The CLI and the evaluation tools load through here; code on the device uses ``Predictor.load``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.backend import inspect_onnx
+from edgeseg.runtime.predictor import Predictor, resolve_backend
+
+
+def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None, precision: str = "auto",
+                   lower_unpool: bool = True) -> Predictor:
+    """``Predictor.load`` plus checkpoints and on-demand engines. For TensorRT with an ONNX file,
+    ``precision`` is the engine's (fp32, fp16, int8; auto: int8 for a quantized file, else fp16)."""
+    path = Path(path)
+    kind = resolve_backend(path, backend)
+    if kind == "torch":
+        from edgeseg.build.reference import TorchBackend
+
+        if precision not in ("auto", "fp32"):
+            raise EdgesegError(f"--precision {precision}: the PyTorch reference runs in fp32 only", path)
+        return Predictor(TorchBackend(path, threads), path)
+    if kind == "tensorrt" and path.suffix.lower() == ".onnx":
+        from edgeseg.build.engine import cached_engine
+        from edgeseg.runtime.tensorrt import TensorRTBackend
+
+        if precision == "auto":
+            quantized = inspect_onnx(path).props.get("precision", "fp32").startswith("int8")
+            precision = "int8" if quantized else "fp16"
+        return Predictor(TensorRTBackend(cached_engine(path, precision)), path)
+    return Predictor.load(path, kind, threads, precision, lower_unpool)
