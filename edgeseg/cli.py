@@ -543,6 +543,8 @@ def bench(
     if "machine_peak" in r:
         console.print("machine peak (ONNX Runtime 1024^3 matmul): " + ", ".join(
             f"{k.replace('_gmacs', '')} {v:.1f} GMAC/s" for k, v in r["machine_peak"].items()))
+    if "machine_peak_skipped" in r:
+        console.print(f"machine peak: skipped ({r['machine_peak_skipped']})")
     if json_file is not None:
         atomic_write(json_file, lambda p: p.write_text(json.dumps(r, indent=2)), force=force)
         console.print(f"results: {json_file}")

@@ -54,14 +54,15 @@ def test_run_and_bench_work_without_torch_onnx_and_onnxsim(exported, tmp_path):
             (photos / name).write_bytes((REPO / "calibration" / name).read_bytes())
     for args in (["run", str(path), "--source", str(photos), "--backend", "onnxruntime", "--output",
                   str(tmp_path / "out"), "--report", str(tmp_path / "report.json")],
-                 ["bench", str(path), "--backend", "onnxruntime", "--runs", "3", "--no-peak", "--json",
+                 ["bench", str(path), "--backend", "onnxruntime", "--runs", "3", "--json",
                   str(tmp_path / "bench.json")]):
         code = BLOCK_BUILD_PACKAGES + f"sys.argv = ['edgeseg', *{args!r}]\nfrom edgeseg.cli import main\nmain()\n"
         r = run_python(code)
         assert r.returncode == 0, (args[0], r.stderr)
     assert len(list((tmp_path / "out").iterdir())) == 3
     assert json.loads((tmp_path / "report.json").read_text())["model"]["backend"] == "onnxruntime"
-    assert json.loads((tmp_path / "bench.json").read_text())["models"][0]["backend"] == "onnxruntime"
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["models"][0]["backend"] == "onnxruntime" and "pip install onnx" in bench["machine_peak_skipped"]
 
 
 def test_info_on_onnx_works_without_torch(exported):
