@@ -22,6 +22,8 @@ from rich.table import Table
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 
+UPSAMPLE_HELP = ("How masks reach the frame's size: smooth (class scores upsampled, then decided: edges on "
+                 "any pixel) or nearest (the model's class ids blown up: exactly the ids it computed).")
 PRECISION_HELP = ("auto (CPU: the fastest precision this CPU runs natively that agrees with fp32, measured "
                   "once per model and cached; TensorRT: fp16, or int8 for a quantized file), fp32, bf16 or "
                   "fp16; TensorRT with an ONNX also int8 (the engine is built once, then cached).")
@@ -52,6 +54,14 @@ def _root(
 ) -> None:
     if debug:
         os.environ["EDGESEG_DEBUG"] = "1"
+
+
+def _upsample(text: str) -> str:
+    from edgeseg.runtime.masks import UPSAMPLING
+
+    if text not in UPSAMPLING:
+        raise EdgesegError(f"--upsample {text!r}: choose {' or '.join(UPSAMPLING)}")
+    return text
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -261,6 +271,7 @@ def eval_(
     backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime, openvino, tensorrt or torch.")
                        ] = "auto",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution."""
@@ -271,13 +282,17 @@ def eval_(
 
     samples = load_split(data, split, limit)
     predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
+    for p in predictors:
+        p.upsample = _upsample(upsample)
     with Progress(console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
         results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i))
     if as_json:
-        _print_json({"data": str(data), "split": split, "images": len(samples), "models": results})
+        _print_json({"data": str(data), "split": split, "images": len(samples), "upsample": upsample,
+                     "models": results})
         return
-    table = Table(title=f"{data} / {split}: {len(samples)} images, scored at original resolution",
+    table = Table(title=f"{data} / {split}: {len(samples)} images, scored at original resolution "
+                        f"({upsample} upsampling)",
                   title_justify="left")
     names = list(predictors[0].meta.class_names)
     for col in ["model", "backend", "precision", "pixel acc", "mIoU", *[f"IoU {n}" for n in names],
@@ -327,12 +342,21 @@ def run(
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch.")] = "auto",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
-    view: Annotated[str, typer.Option(help="overlay, mask or side-by-side.")] = "overlay",
+    view: Annotated[str, typer.Option(help=(
+        "overlay, mask, side-by-side, cutout (BGRA PNGs, the background transparent) or blur (the "
+        "background blurred, the animal sharp)."))] = "overlay",
     alpha: Annotated[float, typer.Option(help="Overlay opacity 0..1.")] = 0.5,
     pet_color: Annotated[str, typer.Option(help="Pet colour, #rrggbb or r,g,b.")] = "#ffc800",
-    border_as_pet: Annotated[bool, typer.Option(help="Draw the border class as pet instead of an outline.")] = False,
+    border: Annotated[str, typer.Option(help=(
+        "pet: the border class drawn as part of the animal, with a soft edge; outline: the pet class "
+        "tinted and the border class painted as an outline."))] = "pet",
+    upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
+    smooth: Annotated[float | None, typer.Option(min=0.0, max=0.95, help=(
+        "Temporal smoothing of videos and cameras: the weight of the past frames (0: off; default 0.3). "
+        "Never applied across the photos of a folder."))] = None,
     show: Annotated[bool, typer.Option(help="Show a window (continues headless when there is no display).")] = False,
-    output: Annotated[Path | None, typer.Option(help="Folder: one overlay JPEG per frame, same base name.")] = None,
+    output: Annotated[Path | None, typer.Option(help=(
+        "Folder: one rendered frame per input, same base name (JPEG; PNG for --view cutout)."))] = None,
     save_video: Annotated[Path | None, typer.Option(help="Write the rendered frames to a video (.mp4/.avi).")] = None,
     save_masks: Annotated[Path | None, typer.Option(help="Folder: class-id PNG masks (0 pet, 1 bg, 2 border).")] = None,
     max_frames: Annotated[int, typer.Option(help="Stop after N frames (0: no limit).")] = 0,
@@ -358,13 +382,14 @@ def run(
     if (camera is None) == (source is None):
         raise EdgesegError("give exactly one of --camera N or --source X")
     try:
-        renderer = Renderer(view=view, alpha=alpha, pet_color=parse_color(pet_color), border_as_pet=border_as_pet)
+        renderer = Renderer(view=view, alpha=alpha, pet_color=parse_color(pet_color), border=border)
     except ValueError as e:
         raise EdgesegError(str(e)) from None
     opts = RunOptions(output=output, save_video=save_video, save_masks=save_masks, report=report, show=show,
-                      max_frames=max_frames, duration=duration, warmup=warmup, force=force)
+                      max_frames=max_frames, duration=duration, warmup=warmup, force=force, smooth=smooth)
     check_outputs(opts)
     predictor = load_predictor(model, backend=backend, threads=threads, precision=precision)
+    predictor.upsample = _upsample(upsample)
     src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
                       width=width, height=height, fps=fps, flip=flip)
     total = len(src.paths) if hasattr(src, "paths") else None
@@ -650,16 +675,17 @@ def doctor(
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Best checkpoint is written here.")] = Path(
-        "segnet_dsc.pth"),
+    output: Annotated[Path, typer.Option("-o", "--output", help=(
+        "The best epoch's checkpoint is written here; the latest epoch's training state beside it as "
+        "NAME.last.pth, for --resume."))] = Path("segnet_dsc.pth"),
     arch: Annotated[str, typer.Option(help="segnet-dsc or segnet.")] = "segnet-dsc",
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    batch: Annotated[int, typer.Option(min=1)] = 16,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs to run (the best one by validation mIoU is kept).")] = 50,
+    batch: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 8,
     size: Annotated[str, typer.Option(help="Input HxW (multiples of 16).")] = "128x128",
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = 0,
+    step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = 20,
     gamma: Annotated[float, typer.Option(help="StepLR factor.")] = 0.5,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the validation hold-out, shuffling and augmentation.")] = 0,
     scale_aug: Annotated[float, typer.Option(
         help="Random zoom-in crops down to this fraction of the side (1.0: off, the notebook's recipe).",
         min=0.1, max=1.0)] = 1.0,
@@ -671,7 +697,8 @@ def train(
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
-    """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet with the notebook's recipe; keep the best epoch."""
+    """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the notebook's recipe, which trained
+    the bundled model. Keeps the best epoch by validation mIoU."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edgeseg.train import TrainConfig
@@ -685,14 +712,17 @@ def train(
     cfg = TrainConfig(data=str(data), arch=arch, epochs=epochs, batch=batch, size=(h, w), lr=lr,
                       step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device, scale_aug=scale_aug,
                       extra_data=str(extra_data) if extra_data else None)
-    columns = (TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
-               MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("train", total=None, epoch=0, epochs=epochs, loss=float("nan"))
+        task = bar.add_task("reading the split", total=None, status="")
 
         def report(ev: dict) -> None:
-            if ev["event"] == "step":
-                bar.update(task, completed=ev["step"], total=ev["steps"], epoch=ev["epoch"], loss=ev["loss"])
+            if ev["event"] == "loading":
+                bar.update(task, description=f"loading {ev['total']} photos", completed=ev["done"], total=ev["total"])
+            elif ev["event"] == "step":
+                bar.update(task, description=f"epoch {ev['epoch']}/{epochs}", completed=ev["step"], total=ev["steps"],
+                           status=f"loss {ev['loss']:.4f}")
             else:
                 mark = " *best" if ev["improved"] else ""
                 bar.console.print(
@@ -725,6 +755,47 @@ def _exit_code_and_message(e: BaseException) -> tuple[int, str]:
     return 3, f"internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)"
 
 
+def command():
+    """The click command behind ``app``, with help that names values as people write them (MODELS...,
+    PATH, INTEGER, nothing beside a flag) where typer would print Python types (``{models}``,
+    ``<list[str]>``, ``<bool>``). Duck-typed: typer vendors its own copy of click."""
+    root = typer.main.get_command(app)
+    for sub in getattr(root, "commands", {}).values():
+        sub.get_help_option = _flag_help(sub.get_help_option)
+        for param in sub.params:
+            if param.metavar is not None:
+                continue
+            if param.param_type_name == "argument":
+                param.metavar = param.name.upper()
+                param.display_type_rich = lambda ctx: None  # the name column already says it
+            elif getattr(param, "is_flag", False):
+                param.metavar = ""
+            else:
+                param.metavar = _value_name(param)
+    return root
+
+
+def _flag_help(make):
+    """--help is made per context; shown like the other flags, with no value name."""
+    def get_help_option(ctx):
+        option = make(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+    return get_help_option
+
+
+def _value_name(param) -> str:
+    """INTEGER, NUMBER, PATH or TEXT for an option: from typer's type descriptor (typer 0.29+, Python
+    3.11+) or from click's param type (older typer, which Python 3.10 gets)."""
+    desc = getattr(param, "type_descriptor", None)
+    if desc is not None:
+        if desc.is_path:
+            return "PATH"
+        return {int: "INTEGER", float: "NUMBER"}.get(desc.annotation, "TEXT")
+    return {"integer": "INTEGER", "float": "NUMBER", "path": "PATH"}.get(param.type.name, "TEXT")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1, bugs exit code 3; --debug
     prints the traceback before that line and keeps the exit code."""
@@ -733,7 +804,7 @@ def main() -> None:
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
         warnings.formatwarning = _one_line_warning  # not "file.py:123: UserWarning: ..."
     try:
-        app()
+        command()(prog_name="edgeseg")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

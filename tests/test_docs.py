@@ -84,3 +84,17 @@ def test_readme_examples_run_on_a_fresh_clone(tmp_path):
         r = subprocess.run([*edgeseg, *c[1:]], cwd=clone, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
     assert len(list((clone / "overlays").glob("*.jpg"))) == 37
+
+
+def test_help_names_values_plainly_and_explains_every_option(cli):
+    root = typer.main.get_command(app)
+    for name, sub in root.commands.items():
+        r = cli(name, "--help")
+        assert r.code == 0, r.err
+        for typer_type in ("<bool>", "<str>", "<int>", "<float>", "<path>", "list[", "{path}"):
+            assert typer_type not in r.out, f"edgeseg {name} --help shows {typer_type}"
+        undocumented = [p.name for p in sub.params if p.param_type_name == "option" and not p.help]
+        assert not undocumented, f"edgeseg {name}: options without help: {undocumented}"
+    for name in ("run", "eval", "bench"):
+        backend = next(p for p in root.commands[name].params if p.name == "backend")
+        assert "openvino" in backend.help and "onnxruntime" in backend.help

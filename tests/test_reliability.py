@@ -196,7 +196,7 @@ def small_fs(tmp_path):
 
 
 def test_full_disks_and_read_only_folders_are_one_line_errors(cli, small_fs, long_video, tmp_path):
-    full, ro = small_fs("full"), small_fs("ro", read_only=True)
+    full, ro = small_fs("full", "256k"), small_fs("ro", read_only=True)
     r = cli("export", REPO / "models" / "segnet_dsc.pth", "-o", full / "m.onnx")
     assert r.code == 1 and "could not write it (No space left on device); nothing was written" in r.err
     assert list(full.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -91,6 +92,7 @@ def test_loop_on_a_video_file_keeps_every_frame(onnx_model, tmp_path, pets3):
     result = run_loop(Predictor.load(onnx_model, threads=1), open_source(str(video)), Renderer(view="side-by-side"),
                       RunOptions(save_video=out_video, warmup=0))
     assert result["latency"]["frames"] == 12 and result["source_stats"]["dropped_stale"] == 0
+    assert result["masks"] == {"upsample": "smooth", "smooth": 0.3, "view": "side-by-side"}  # a video: smoothed
     cap = cv2.VideoCapture(str(out_video))
     n = 0
     while True:
@@ -124,6 +126,28 @@ class FakeCamera:
 
     def release(self) -> None:
         self.opened = False
+
+
+def test_smoothing_steadies_a_still_noisy_scene_and_never_mixes_photos(pets3, tmp_path):
+    from conftest import REPO
+
+    from edgeseg.runtime.masks import BACKGROUND, Smoother
+
+    p = Predictor.load(REPO / "models" / "segnet_dsc.onnx", backend="onnxruntime", precision="fp32", threads=1)
+    photo = cv2.resize(read_image(pets3 / "images" / "Bengal_101.jpg"), (320, 240))
+    rng = np.random.default_rng(0)
+    clip = [np.clip(photo + rng.normal(0, 6, photo.shape), 0, 255).astype(np.uint8) for _ in range(12)]
+
+    def steadiness(smoother):
+        animal = [p.masks(p.scores(p.preprocess(f))[0], f.shape, smoother).ids != BACKGROUND for f in clip]
+        return np.mean([(a & b).sum() / (a | b).sum() for a, b in itertools.pairwise(animal)])
+
+    assert 1 - steadiness(Smoother(0.3)) < 0.8 * (1 - steadiness(None))  # flicker down by 20% or more
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), photo)
+    report = run_loop(p, open_source(str(folder)), Renderer(), RunOptions(smooth=0.5, warmup=0))
+    assert report["masks"]["smooth"] == 0.0
 
 
 def test_live_source_reconnects_and_counts_the_gap():
@@ -210,13 +234,50 @@ def test_renderer_views(pets3):
     mask = np.ones(frame.shape[:2], np.uint8)
     mask[100:200, 100:300] = 0
     mask[100, 100:300] = 2
-    over = Renderer(alpha=1.0, pet_color=(0, 0, 255)).render(frame, mask)
-    assert (over[150, 150] == (0, 0, 255)).all()  # pet tinted
-    assert (over[100, 150] == 255).all()  # border outline in white
-    assert (over[10, 10] == frame[10, 10]).all()  # background untouched
+    outline = Renderer(alpha=1.0, pet_color=(0, 0, 255), border="outline").render(frame, mask)
+    assert (outline[150, 150] == (0, 0, 255)).all()  # pet tinted
+    assert (outline[100, 150] == 255).all()  # border outline in white
+    assert (outline[10, 10] == frame[10, 10]).all()  # background untouched
+    whole = Renderer(alpha=1.0, pet_color=(0, 0, 255)).render(frame, mask)  # default: border drawn as the animal
+    assert (whole[100, 150] == (0, 0, 255)).all() and (whole[150, 150] == (0, 0, 255)).all()
+    assert (whole[10, 10] == frame[10, 10]).all()
     assert Renderer(view="side-by-side").render(frame, mask).shape[1] == 2 * frame.shape[1]
-    as_pet = Renderer(view="mask", border_as_pet=True, pet_color=(1, 2, 3)).render(frame, mask)
+    as_pet = Renderer(view="mask", pet_color=(1, 2, 3)).render(frame, mask)
     assert (as_pet[100, 150] == (1, 2, 3)).all()
+    cut = Renderer(view="cutout").render(frame, mask)
+    assert cut.shape == (*frame.shape[:2], 4) and (cut[..., :3] == frame).all()
+    assert cut[150, 150, 3] == cut[100, 150, 3] == 255 and cut[10, 10, 3] == 0
+    noise = np.random.default_rng(0).integers(0, 256, frame.shape, dtype=np.uint8)
+    blur = Renderer(view="blur").render(noise, mask)
+    assert (blur[110:190, 110:290] == noise[110:190, 110:290]).all()  # the animal sharp
+    assert blur[:60].std() < 0.1 * noise[:60].std()  # the background blurred
+    assert Renderer(view="cutout").extension == ".png" and Renderer().extension == ".jpg"
+
+
+def test_smooth_masks_follow_edges_between_the_model_grid(pets3):
+    """At 1280x720 the nearest path can change class only at the model grid's 128 columns; the smooth
+    path anywhere (done-when of the masks issue: at least 20% of the columns across the edges)."""
+    from conftest import REPO
+
+    p = Predictor.load(REPO / "models" / "segnet_dsc.onnx", backend="onnxruntime", precision="fp32", threads=1)
+    frames = [cv2.resize(read_image(pets3 / "images" / f"{n}.jpg"), (1280, 720), interpolation=cv2.INTER_CUBIC)
+              for n in ("Abyssinian_1", "Bengal_101", "american_bulldog_10")]
+
+    def changing_columns(ids: np.ndarray) -> float:
+        cols = np.flatnonzero((ids[:, 1:] != ids[:, :-1]).any(0))
+        return len(cols) / (cols[-1] - cols[0] + 1)
+
+    for f in frames:
+        scores = p.scores(p.preprocess(f))[0]
+        p.upsample = "nearest"
+        nearest = p.masks(scores, f.shape).ids
+        p.upsample = "smooth"
+        masks = p.masks(scores, f.shape)
+        assert changing_columns(nearest) <= 128 / 1280 * 1.05 and changing_columns(masks.ids) >= 0.2
+        assert (masks.ids == nearest).mean() > 0.95
+        soft = masks.animal[(masks.animal > 0) & (masks.animal < 255)]
+        assert soft.size > 0.005 * masks.animal.size  # a soft edge, not a hard cut
+        assert set(np.unique(masks.ids)) <= {0, 1, 2}
 
 
 def test_predictor_batch_equals_single_and_matches_pytorch(onnx_model, notebook_ckpt, pets3):

@@ -84,6 +84,25 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     assert json.loads(r.out)["models"][0]["images"] == 3
 
 
+def test_training_reports_loading_before_the_first_step_and_defaults_match_the_model_card(pets3, tmp_path):
+    from conftest import REPO
+
+    from edgeseg.train import TrainConfig, train
+
+    events = []
+    train(TrainConfig(data=str(pets3), epochs=1, batch=3, size=(32, 32), limit=6), tmp_path / "t.pth",
+          progress=events.append)
+    kinds = [e["event"] for e in events]
+    first_step = kinds.index("step")
+    assert kinds[:first_step] == ["loading"] * 6 and events[first_step - 1] == {"event": "loading", "done": 6,
+                                                                                  "total": 6}
+    # one truth: the defaults are the recipe the model card says trained the bundled model
+    recipe = load_checkpoint(REPO / "models" / "segnet_dsc.pth").extra["recipe"]
+    defaults = TrainConfig(data="")
+    keys = ("batch", "lr", "step_size", "gamma", "jitter", "size", "epochs")
+    assert {k: getattr(defaults, k) for k in keys} == {k: recipe[k] if k != "size" else tuple(recipe[k]) for k in keys}
+
+
 def test_train_refuses_bad_data_and_sizes(cli, tmp_path, pets3):
     r = cli("train", "--data", tmp_path, "-o", tmp_path / "x.pth")
     assert r.code == 1 and "Oxford-IIIT Pet layout" in r.err

@@ -28,6 +28,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_unclaimed, claim, write_problem
 from edgeseg.runtime.device import environment
 from edgeseg.runtime.latency import StageTimer
+from edgeseg.runtime.masks import Smoother
 from edgeseg.runtime.overlay import Renderer
 from edgeseg.runtime.predictor import Predictor
 
@@ -44,6 +45,9 @@ class RunOptions:
     warmup: int = 5
     force: bool = False
     video_fps: float = 0.0  # 0: the source's rate, else 15
+    # weight of the past in the temporal smoothing of videos and cameras (edgeseg.runtime.masks.Smoother);
+    # None: SMOOTH_DEFAULT for them, never across the unrelated photos of a folder
+    smooth: float | None = None
 
 
 def _check_folder(folder: Path | None, force: bool) -> None:
@@ -85,8 +89,10 @@ def display_available() -> bool:
 class Sinks:
     """Everything a processed frame is written to. The video goes to a temp file renamed on close."""
 
-    def __init__(self, opts: RunOptions, source_fps: float, warn: Callable[[str], None]) -> None:
+    def __init__(self, opts: RunOptions, source_fps: float, warn: Callable[[str], None],
+                 extension: str = ".jpg") -> None:
         self.opts = opts
+        self.extension = extension
         self.source_fps = source_fps
         self.warn = warn
         self.video: cv2.VideoWriter | None = None
@@ -104,9 +110,9 @@ class Sinks:
         self.quit_requested = False
         self.needs_render = self.show or opts.output is not None or opts.save_video is not None
 
-    def write(self, name: str, vis: np.ndarray | None, mask: np.ndarray) -> None:
+    def write(self, name: str, vis: np.ndarray | None, mask: np.ndarray | None) -> None:
         if self.opts.output is not None:
-            _imwrite(self.opts.output / f"{name}.jpg", vis)
+            _imwrite(self.opts.output / f"{name}{self.extension}", vis)
         if self.opts.save_masks is not None:
             _imwrite(self.opts.save_masks / f"{name}.png", mask)
         if self.opts.save_video is not None:
@@ -154,6 +160,8 @@ class Sinks:
 
 
 DISK_CHECK_FRAMES = 30
+# weight of the past in the temporal smoothing of videos and cameras: see benchmarks/smoothing.py
+SMOOTH_DEFAULT = 0.3
 
 
 def _disk_full(folder: Path) -> bool:
@@ -218,7 +226,10 @@ def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
 def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
                  status: Callable[[StageTimer], None] | None, warn: Callable[[str], None]) -> dict:
     timer = StageTimer(warmup=opts.warmup)
-    sinks = Sinks(opts, getattr(source, "fps", 0.0), warn)
+    if renderer.view == "cutout" and opts.save_video is not None:
+        raise EdgesegError("--view cutout has a transparent background, which videos cannot hold: write BGRA PNGs "
+                           "with --output DIR, or choose --view blur or overlay for the video", opts.save_video)
+    sinks = Sinks(opts, getattr(source, "fps", 0.0), warn, renderer.extension)
     if hasattr(source, "prepare"):
         source.prepare = predictor.preprocess
     interrupted, stopped_by = False, None
@@ -244,6 +255,7 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
                              "gap_seconds": round(stats.gap_seconds, 3),
                              "skipped_files": stats.skipped_files[:20]},
             "model": predictor.describe(),
+            "masks": {"upsample": predictor.upsample, "smooth": smoothing(opts, source), "view": renderer.view},
             "outputs": {k: str(v) for k, v in (("overlays", opts.output), ("video", opts.save_video),
                                                 ("masks", opts.save_masks)) if v is not None},
             "environment": environment(),
@@ -253,8 +265,17 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
     return report
 
 
+def smoothing(opts: RunOptions, source) -> float:
+    """The temporal smoothing this run uses: none across a folder's unrelated photos."""
+    if not getattr(source, "sequence", False):
+        return 0.0
+    return SMOOTH_DEFAULT if opts.smooth is None else opts.smooth
+
+
 def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, timer: StageTimer, sinks: Sinks,
           started: float, status: Callable[[StageTimer], None] | None) -> None:
+    keep = smoothing(opts, source)
+    smoother = Smoother(keep) if keep else None
     for frame in source:
         timer.add("capture", frame.wait_ms)
         if frame.tensor is not None:  # prepared on the reader thread, overlapping the last inference
@@ -264,14 +285,15 @@ def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, ti
             with timer.stage("preprocess"):
                 x = predictor.preprocess(frame.image)
         with timer.stage("inference"):
-            ids = predictor.infer(x)[0]
-        with timer.stage("postprocess"):
-            mask = predictor.postprocess(ids, frame.image.shape)
+            scores = predictor.scores(x)[0]
+        with timer.stage("postprocess"):  # upsampled only as far as the outputs need
+            masks = predictor.masks(scores, frame.image.shape, smoother)
+            ids = masks.ids if opts.save_masks is not None else None
         if sinks.needs_render:  # nobody sees an overlay when only masks or a report are wanted
             with timer.stage("render"):
-                vis = renderer.render(frame.image, mask)
+                vis = renderer.render(frame.image, masks)
         with timer.stage("write"):
-            sinks.write(frame.name, vis if sinks.needs_render else None, mask)
+            sinks.write(frame.name, vis if sinks.needs_render else None, ids)
         timer.end_frame()
         if status:
             status(timer)

@@ -16,7 +16,6 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
@@ -24,6 +23,7 @@ from edgeseg.files import sha256_file
 from edgeseg.runtime.backend import BackendInfo, OnnxFacts, class_ids, inspect_onnx, meta_from_props
 from edgeseg.runtime.engine_meta import EngineMeta
 from edgeseg.runtime.images import preprocess
+from edgeseg.runtime.masks import Masks, Smoother
 from edgeseg.runtime.meta import ModelMeta
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
@@ -150,6 +150,9 @@ class Predictor:
         self.meta: ModelMeta = backend.meta
         self.info: BackendInfo = backend.info
         self._sha256: str | None = None
+        # how masks reach the frame's size: "smooth" (scores upsampled, then decided) or "nearest"
+        # (the model's class ids blown up; exactly the ids the model computed)
+        self.upsample = "smooth"
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
@@ -200,35 +203,36 @@ class Predictor:
     def preprocess(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         return preprocess(frames, self.meta)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """Float32 NCHW batch -> class ids (N, H, W) uint8 at the model's resolution."""
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Float32 NCHW batch -> the model's output for it: class scores (N, C, H, W), or class ids
+        (N, H, W) for a model that ends in an ArgMax head."""
         b = self.info.static_batch
         if b is None or len(x) == b:
-            return self._infer(x)
+            return self._backend(x)
         parts = [x[i:i + b] for i in range(0, len(x), b)]
-        return np.concatenate([self._infer(_pad(p, b))[: len(p)] for p in parts])
+        return np.concatenate([self._backend(_pad(p, b))[: len(p)] for p in parts])
 
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        out = self._backend(x)
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Float32 NCHW batch -> class ids (N, H, W) uint8 at the model's resolution."""
+        out = self.scores(x)
+        return out.astype(np.uint8, copy=False) if self.info.output == "classes" else class_ids(out)
+
+    def masks(self, scores: np.ndarray, frame_shape: tuple[int, ...], smoother: Smoother | None = None) -> Masks:
+        """One item of :meth:`scores` -> its :class:`Masks` at the frame's size, upsampled as
+        :attr:`upsample` says (``smooth``: scores, then decide; ``nearest``: the model's class ids)."""
         if self.info.output == "classes":
-            return out.astype(np.uint8, copy=False)
-        return class_ids(out)
-
-    @staticmethod
-    def postprocess(ids: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
-        """Class ids at model resolution -> at the frame's (nearest, so no new classes appear)."""
-        h, w = frame_shape[:2]
-        if ids.shape == (h, w):
-            return ids
-        return cv2.resize(ids, (w, h), interpolation=cv2.INTER_NEAREST)
+            return Masks(frame_shape, ids=scores.astype(np.uint8, copy=False), upsample="nearest")
+        if self.upsample == "nearest" and smoother is None:
+            return Masks(frame_shape, ids=class_ids(scores[None])[0], upsample="nearest")
+        return Masks.from_logits(scores, frame_shape, self.upsample, smoother)
 
     def predict(self, frame_bgr: np.ndarray) -> np.ndarray:
         """One BGR uint8 frame -> class-id mask (uint8) at the frame's resolution."""
-        return self.postprocess(self.infer(self.preprocess(frame_bgr))[0], frame_bgr.shape)
+        return self.masks(self.scores(self.preprocess(frame_bgr))[0], frame_bgr.shape).ids
 
     def predict_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        ids = self.infer(self.preprocess(frames))
-        return [self.postprocess(m, f.shape) for m, f in zip(ids, frames, strict=True)]
+        out = self.scores(self.preprocess(frames))
+        return [self.masks(o, f.shape).ids for o, f in zip(out, frames, strict=True)]
 
     def describe(self) -> dict:
         return {"model": str(self.path), "sha256": self.sha256, "backend": self.info.name,

@@ -111,6 +111,7 @@ class FileSource:
     """Images (a folder, a glob or one file), read in order with a one-image prefetch, none dropped."""
 
     live = False
+    sequence = False  # unrelated photos: nothing carries over between frames
 
     def __init__(self, paths: list[Path], label: str, root: Path | None = None) -> None:
         self.paths, self.label = paths, label
@@ -183,6 +184,7 @@ class VideoFileSource:
     """A video file, every frame in order."""
 
     live = False
+    sequence = True  # one scene in time: masks may be smoothed across frames
 
     def __init__(self, path: Path) -> None:
         self.path, self.label = path, str(path)
@@ -211,6 +213,7 @@ class LiveSource:
     """A camera or stream read on its own thread into a one-frame buffer, reopened when it drops."""
 
     live = True
+    sequence = True  # one scene in time: masks may be smoothed across frames
 
     def __init__(self, opener: Callable[[], cv2.VideoCapture], label: str, reconnect: float = 10.0,
                  first_frame_timeout: float = 10.0) -> None:
