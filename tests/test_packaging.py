@@ -96,3 +96,16 @@ def test_missing_workstation_extras_give_one_line_with_the_fix(tmp_path, module,
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1 and fix in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_flat_layouts_module_names_still_import_with_a_deprecation_naming_the_new_home():
+    r = run_python(
+        "import warnings\nwarnings.simplefilter('error')\n"
+        "try:\n    import edgeseg.quantize\nexcept DeprecationWarning as w:\n    print(w)\n"
+        "warnings.simplefilter('ignore')\n"
+        "import edgeseg.quantize, edgeseg.build.quantize\nassert edgeseg.quantize is edgeseg.build.quantize\n"
+        "from edgeseg.data import oxford_split, preprocess\nfrom edgeseg.tensorrt import EngineMeta, build_engine\n"
+        "from edgeseg.evaluation.datasets import oxford_split as o\nassert oxford_split is o\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "edgeseg.quantize moved to edgeseg.build.quantize" in r.stdout
