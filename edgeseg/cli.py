@@ -369,6 +369,17 @@ def run(
     fps: Annotated[int | None, typer.Option(help="Camera frame rate (csi:// default 30).")] = None,
     flip: Annotated[int, typer.Option(help="csi:// flip-method (0..7).")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    loop: Annotated[bool, typer.Option(help=(
+        "Start a folder, image or video again when it ends (demos, --serve); stop with Ctrl-C, --max-frames "
+        "or --duration."))] = False,
+    serve: Annotated[str | None, typer.Option(help=(
+        "[HOST:]PORT: stream the rendered frames and live figures to browsers (MJPEG). Host 127.0.0.1 "
+        "unless given; 0.0.0.0 opens it to the network."))] = None,
+    serve_token: Annotated[str | None, typer.Option(help=(
+        "A token the page and stream require (?token=... or Authorization: Bearer)."))] = None,
+    serve_quality: Annotated[int, typer.Option(help="JPEG quality of the stream (10..100).")] = 80,
+    serve_width: Annotated[int, typer.Option(min=16, help="Streamed frames are scaled down to this width.")] = 640,
+    serve_fps: Annotated[float, typer.Option(help="Most frames per second encoded for viewers.")] = 15.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Segment pets live from a camera, stream, video or folder; per-stage latency report."""
@@ -391,9 +402,22 @@ def run(
     predictor = load_predictor(model, backend=backend, threads=threads, precision=precision)
     predictor.upsample = _upsample(upsample)
     src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
-                      width=width, height=height, fps=fps, flip=flip)
+                      width=width, height=height, fps=fps, flip=flip, loop=loop)
+    server = None
+    if serve is not None:  # the server module is imported only when it is used
+        from edgeseg.runtime.serve import LOOPBACK, StreamServer, parse_address
+
+        host, port = parse_address(serve)
+        server = StreamServer(host, port, token=serve_token, quality=serve_quality, max_width=serve_width,
+                              fps=serve_fps, title=f"edgeseg: {Path(model).name} on {src.label}")
+        if host not in LOOPBACK and serve_token is None:
+            console.print(f"[yellow]warning:[/] serving on {host}:{server.port} without authentication: anyone who "
+                          "can reach this port sees the camera; add --serve-token")
+        console.print(f"serving on {server.url}")
     total = len(src.paths) if hasattr(src, "paths") else None
-    if max_frames and total:
+    if loop:
+        total = max_frames or None
+    elif max_frames and total:
         total = min(total, max_frames)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[fps]:.1f} FPS, inference p50 {task.fields[p50]:.1f} ms"))
@@ -409,7 +433,7 @@ def run(
                 bar.update(task, completed=timer.frames, fps=timer.fps(), p50=timer.live_p50())
 
         result = run_loop(predictor, src, renderer, opts, status=status,
-                          warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+                          warn=lambda m: console.print(f"[yellow]warning:[/] {m}"), server=server)
     if as_json:
         _print_json(result)
     else:

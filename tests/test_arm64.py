@@ -92,4 +92,7 @@ def test_arm64_masks_equal_x86(precision, arm64_env, models, tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[arm64] {precision}: aarch64 (qemu, onnxruntime aarch64) vs x86 masks agree on "
               f"{same / total:.4%} of {total} pixels over {len(a)} images; emulated run {seconds:.0f} s")
-    assert same == total
+    # FP32: identical. INT8: ONNX Runtime's int8 kernels requantize with other rounding on aarch64 than
+    # on x86; logits that differ in the last bits change no class at the model's resolution, but can move
+    # an upsampled edge by a pixel (one or two of 1.79M pixels when measured): at most 10 per million.
+    assert total - same <= (0 if precision == "fp32" else total // 100_000), (total - same, total)

@@ -90,9 +90,10 @@ class Sinks:
     """Everything a processed frame is written to. The video goes to a temp file renamed on close."""
 
     def __init__(self, opts: RunOptions, source_fps: float, warn: Callable[[str], None],
-                 extension: str = ".jpg") -> None:
+                 extension: str = ".jpg", server=None) -> None:
         self.opts = opts
         self.extension = extension
+        self.server = server
         self.source_fps = source_fps
         self.warn = warn
         self.video: cv2.VideoWriter | None = None
@@ -108,7 +109,8 @@ class Sinks:
             if (why := write_problem(folder)) is not None:
                 raise EdgesegError(f"cannot write here ({why}); choose another output folder", folder)
         self.quit_requested = False
-        self.needs_render = self.show or opts.output is not None or opts.save_video is not None
+        self.needs_render = (self.show or opts.output is not None or opts.save_video is not None
+                             or server is not None)
 
     def write(self, name: str, vis: np.ndarray | None, mask: np.ndarray | None) -> None:
         if self.opts.output is not None:
@@ -117,6 +119,8 @@ class Sinks:
             _imwrite(self.opts.save_masks / f"{name}.png", mask)
         if self.opts.save_video is not None:
             self._video_frame(vis)
+        if self.server is not None:
+            self.server.publish(vis)
         if self.show:
             cv2.imshow("edgeseg", vis)
             if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
@@ -214,29 +218,37 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)):
 
 def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
              status: Callable[[StageTimer], None] | None = None,
-             warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
+             warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr), server=None) -> dict:
     """Process ``source`` until it ends, ``max_frames``/``duration`` is reached, Ctrl-C, SIGTERM or
     SIGHUP; return the report. In each of those cases the video is finalized and the report written;
-    an error (a full disk, a bad frame source) raises instead and keeps no partial video."""
-    with claim(_outputs(opts)):
-        check_outputs(opts)
-        return _run_claimed(predictor, source, renderer, opts, status, warn)
+    an error (a full disk, a bad frame source) raises instead and keeps no partial video. ``server``
+    (an :class:`edgeseg.runtime.serve.StreamServer`) gets every rendered frame and the live figures,
+    and is closed when the loop ends."""
+    try:
+        with claim(_outputs(opts)):
+            check_outputs(opts)
+            return _run_claimed(predictor, source, renderer, opts, status, warn, server)
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
-                 status: Callable[[StageTimer], None] | None, warn: Callable[[str], None]) -> dict:
+                 status: Callable[[StageTimer], None] | None, warn: Callable[[str], None], server) -> dict:
     timer = StageTimer(warmup=opts.warmup)
     if renderer.view == "cutout" and opts.save_video is not None:
         raise EdgesegError("--view cutout has a transparent background, which videos cannot hold: write BGRA PNGs "
                            "with --output DIR, or choose --view blur or overlay for the video", opts.save_video)
-    sinks = Sinks(opts, getattr(source, "fps", 0.0), warn, renderer.extension)
+    sinks = Sinks(opts, getattr(source, "fps", 0.0), warn, renderer.extension, server)
+    if server is not None:
+        server.set_stats(live_stats(timer, source, predictor, renderer, {}))
     if hasattr(source, "prepare"):
         source.prepare = predictor.preprocess
     interrupted, stopped_by = False, None
     started = time.perf_counter()
     with stop_on_signals() as disarm:
         try:
-            _loop(predictor, source, renderer, opts, timer, sinks, started, status)
+            _loop(predictor, source, renderer, opts, timer, sinks, started, status, server)
         except KeyboardInterrupt:
             interrupted, stopped_by = True, "SIGINT"
         except Stopped as e:
@@ -265,6 +277,23 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
     return report
 
 
+STATS_PERIOD = 0.5  # seconds between the live figures a --serve page shows
+
+
+def live_stats(timer: StageTimer, source, predictor: Predictor, renderer: Renderer, facts: dict) -> dict:
+    """The figures a --serve page and /stats.json show: the run report's numbers so far."""
+    lat = timer.report()
+    stats = source.stats
+    info = {"model": Path(predictor.path).name, "backend": predictor.info.name, "precision": predictor.info.label,
+            "view": renderer.view, "source": source.label, "frames": lat["frames"],
+            "dropped (stale)": stats.dropped, "skipped (unreadable)": stats.skipped, "reconnects": stats.reconnects,
+            **{k: facts[k] for k in ("cpu", "l4t", "power_mode", "jetson_clocks") if k in facts}}
+    return {"fps": lat["fps"], "frames": lat["frames"], "dropped": stats.dropped, "reconnects": stats.reconnects,
+            "stages_ms": {k: {"p50": v.get("p50", 0.0), "p90": v.get("p90", 0.0)}
+                          for k, v in (*lat["stages_ms"].items(), ("end to end", lat["end_to_end_ms"]))},
+            "info": info}
+
+
 def smoothing(opts: RunOptions, source) -> float:
     """The temporal smoothing this run uses: none across a folder's unrelated photos."""
     if not getattr(source, "sequence", False):
@@ -273,9 +302,10 @@ def smoothing(opts: RunOptions, source) -> float:
 
 
 def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, timer: StageTimer, sinks: Sinks,
-          started: float, status: Callable[[StageTimer], None] | None) -> None:
+          started: float, status: Callable[[StageTimer], None] | None, server=None) -> None:
     keep = smoothing(opts, source)
     smoother = Smoother(keep) if keep else None
+    facts, published = environment() if server is not None else {}, 0.0
     for frame in source:
         timer.add("capture", frame.wait_ms)
         if frame.tensor is not None:  # prepared on the reader thread, overlapping the last inference
@@ -297,6 +327,9 @@ def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, ti
         timer.end_frame()
         if status:
             status(timer)
+        if server is not None and time.perf_counter() - published >= STATS_PERIOD:
+            server.set_stats(live_stats(timer, source, predictor, renderer, facts))
+            published = time.perf_counter()
         if sinks.quit_requested or (opts.max_frames and timer.frames >= opts.max_frames) or (
                 opts.duration and time.perf_counter() - started >= opts.duration):
             break

@@ -113,8 +113,8 @@ class FileSource:
     live = False
     sequence = False  # unrelated photos: nothing carries over between frames
 
-    def __init__(self, paths: list[Path], label: str, root: Path | None = None) -> None:
-        self.paths, self.label = paths, label
+    def __init__(self, paths: list[Path], label: str, root: Path | None = None, loop: bool = False) -> None:
+        self.paths, self.label, self.loop = paths, label, loop
         self.names = output_names(paths, root)
         self.stats = SourceStats()
         # Set by the loop: frame -> model input, run on the reader thread so that resizing the next
@@ -136,17 +136,22 @@ class FileSource:
 
         def reader() -> None:
             try:
-                for p, name in zip(self.paths, self.names, strict=True):
-                    try:
-                        image = read_image(p)
-                    except ImageError:
-                        item = (p, name, None, None, 0.0)
-                    else:
-                        t0 = time.perf_counter()
-                        tensor = self.prepare(image) if self.prepare else None
-                        item = (p, name, image, tensor, (time.perf_counter() - t0) * 1000)
-                    if not offer(item):
-                        return
+                while True:
+                    decoded = 0
+                    for p, name in zip(self.paths, self.names, strict=True):
+                        try:
+                            image = read_image(p)
+                        except ImageError:
+                            item = (p, name, None, None, 0.0)
+                        else:
+                            t0 = time.perf_counter()
+                            tensor = self.prepare(image) if self.prepare else None
+                            item = (p, name, image, tensor, (time.perf_counter() - t0) * 1000)
+                            decoded += 1
+                        if not offer(item):
+                            return
+                    if not (self.loop and decoded):  # --loop: again from the first photo
+                        break
             except BaseException as e:  # handed to the loop's thread, which would otherwise wait forever
                 offer(_ReaderFailed(e))
                 return
@@ -186,8 +191,8 @@ class VideoFileSource:
     live = False
     sequence = True  # one scene in time: masks may be smoothed across frames
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.label = path, str(path)
+    def __init__(self, path: Path, loop: bool = False) -> None:
+        self.path, self.label, self.loop = path, str(path), loop
         self.stats = SourceStats()
         self.cap = cv2.VideoCapture(str(path))
         if not self.cap.isOpened():
@@ -199,6 +204,9 @@ class VideoFileSource:
         while True:
             t0 = time.perf_counter()
             ok, image = self.cap.read()
+            if not ok and self.loop and index:  # --loop: rewind and go on
+                self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, image = self.cap.read()
             if not ok:
                 return
             self.stats.frames += 1
@@ -303,8 +311,9 @@ class LiveSource:
 
 
 def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 10.0, width: int | None = None,
-                height: int | None = None, fps: int | None = None, flip: int = 0):
-    """A source for ``--camera N`` (an int) or ``--source X`` (folder, glob, file, device, URL, csi://N, pipeline)."""
+                height: int | None = None, fps: int | None = None, flip: int = 0, loop: bool = False):
+    """A source for ``--camera N`` (an int) or ``--source X`` (folder, glob, file, device, URL, csi://N, pipeline);
+    ``loop`` starts a folder, image or video file again when it ends."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
         index = int(spec)
         cap = CaptureSpec(index, cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY, f"camera {index}",
@@ -326,17 +335,17 @@ def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 
         paths = list_images(path, recursive=recursive)
         if not paths:
             raise EdgesegError("no images in this folder" + ("" if recursive else " (try --recursive)"), path)
-        return FileSource(paths, text, root=path)
+        return FileSource(paths, text, root=path, loop=loop)
     if any(ch in text for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise EdgesegError(f"no images match the pattern {text!r}")
-        return FileSource(paths, text)
+        return FileSource(paths, text, loop=loop)
     if not path.exists():
         raise EdgesegError("no such file, folder or device; check --source", path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoFileSource(path)
+        return VideoFileSource(path, loop=loop)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return FileSource([path], text)
+        return FileSource([path], text, loop=loop)
     raise EdgesegError("unknown source type: expected a folder, image, video (" + ", ".join(VIDEO_SUFFIXES[:4])
                        + "...), /dev/videoN, rtsp:// or http:// URL, csi://N or a GStreamer pipeline", path)
