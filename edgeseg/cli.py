@@ -698,7 +698,9 @@ def doctor(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")],
+    data: Annotated[list[Path] | None, typer.Option(help=(
+        "Oxford-IIIT Pet layout folder (images/, annotations/); repeat it to train on several: their trainval "
+        "lines only."))] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help=(
         "The best epoch's checkpoint is written here; the latest epoch's training state beside it as "
         "NAME.last.pth, for --resume."))] = Path("segnet_dsc.pth"),
@@ -719,6 +721,15 @@ def train(
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a *.last.pth training state.")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    balance: Annotated[str, typer.Option(help=(
+        "Draw each epoch so every breed (or species) gets the same share: none, breed or species."))] = "none",
+    negatives: Annotated[float, typer.Option(min=0.0, max=0.9, help=(
+        "Share of each epoch drawn from background-only crops of the training photos, labelled background: "
+        "teaches 'no animal' (0: none)."))] = 0.0,
+    border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")] = 1.0,
+    cache: Annotated[Path | None, typer.Option(help=(
+        "Training-set cache (.npz, about 8 KB a photo): written from --data when missing, read when present; "
+        "with no --data it trains from the cache alone (a GPU machine without the photos)."))] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
     """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the notebook's recipe, which trained
@@ -733,9 +744,10 @@ def train(
         raise EdgesegError(f"--size {size}: height and width must be multiples of 16 (four 2x2 poolings)")
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
-    cfg = TrainConfig(data=str(data), arch=arch, epochs=epochs, batch=batch, size=(h, w), lr=lr,
-                      step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device, scale_aug=scale_aug,
-                      extra_data=str(extra_data) if extra_data else None)
+    cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
+                      border_weight=border_weight, cache=str(cache) if cache else None, epochs=epochs, batch=batch,
+                      size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
+                      scale_aug=scale_aug, extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:

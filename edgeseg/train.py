@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeseg import __version__
+from edgeseg import __version__, trainset
 from edgeseg.build.checkpoint import load_checkpoint, save_checkpoint
 from edgeseg.build.nets import build_model
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluation.datasets import IGNORE, Sample, oxford_split, read_trimap, resize_mask
+from edgeseg.evaluation.datasets import IGNORE, resize_mask
 from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import atomic_write, check_writable
 from edgeseg.runtime.images import read_image, resize
@@ -33,7 +33,7 @@ from edgeseg.runtime.meta import ModelMeta
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | tuple[str, ...] = ()  # Oxford-layout folder(s); their trainval lines only
     arch: str = "segnet-dsc"
     kernel_size: int = 3
     # the recipe that trained the bundled model (models/README.md), from the notebook: batch 8,
@@ -53,20 +53,14 @@ class TrainConfig:
     extra_data: str | None = None  # photos + rough-masks/ (1 pet, 2 background) added to training only
     extra_band: int = 4  # pixels either side of a rough outline that the loss ignores
     device: str = "auto"
+    balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
+    negatives: float = 0.0  # share of each epoch's draws that are background-only crops of the photos ("no animal")
+    border_weight: float = 1.0  # cross-entropy weight of the thin border class (pet and background: 1)
+    cache: str | None = None  # .npz of the decoded training set: written when missing, read when present
 
-
-def load_arrays(samples: list[Sample], size: tuple[int, int], interpolation: str,
-                on_image: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and resize once: (N, 3, H, W) uint8 RGB images, (N, H, W) uint8 class-id masks.
-    ``on_image(i)`` is called after the i-th pair (1-based) is loaded."""
-    images = np.empty((len(samples), 3, *size), dtype=np.uint8)
-    masks = np.empty((len(samples), *size), dtype=np.uint8)
-    for i, s in enumerate(samples):
-        images[i] = resize(read_image(s.image), size, interpolation)[:, :, ::-1].transpose(2, 0, 1)
-        masks[i] = resize_mask(read_trimap(s.mask), size)
-        if on_image:
-            on_image(i + 1)
-    return images, masks
+    @property
+    def folders(self) -> tuple[str, ...]:
+        return (self.data,) if isinstance(self.data, str) else tuple(self.data)
 
 
 def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, band: int,
@@ -148,6 +142,40 @@ def evaluate_arrays(model: nn.Module, images: np.ndarray, masks: np.ndarray, dev
     return cm.summary()
 
 
+def training_set(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> trainset.TrainSet:
+    """The decoded training photos: from ``cfg.cache`` when it exists (refused when it was built from
+    other data than ``cfg.data`` names), else from the folders, then written to ``cfg.cache``."""
+    cache = Path(cfg.cache) if cfg.cache else None
+    crops = cfg.negatives > 0
+    samples = trainset.trainval_samples(cfg.folders) if cfg.folders else None
+    if samples is not None and cfg.limit:
+        samples = samples[: cfg.limit]
+    if cache is not None and cache.exists():
+        ts, info = trainset.load_cache(cache)
+        if samples is not None and info.get("fingerprint") != trainset.fingerprint(
+                samples, cfg.size, cfg.interpolation, crops):
+            raise EdgesegError("this training cache was built from other photos, size or options than --data asks "
+                               "for: delete it, or leave out --data to train from the cache alone", cache)
+        if tuple(info.get("size", ())) != tuple(cfg.size) or info.get("negatives") != crops:
+            raise EdgesegError(f"this training cache holds {info.get('size')} inputs with negatives="
+                               f"{info.get('negatives')}; train with those, or rebuild it", cache)
+        return ts
+    if samples is None:
+        raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder, repeatable) or an existing --cache")
+
+    def loaded(i: int, n: int) -> None:
+        if progress:
+            progress({"event": "loading", "done": i, "total": n})
+
+    ts = trainset.load(samples, tuple(cfg.size), cfg.interpolation, crops, loaded)
+    if cache is not None:
+        info = {"fingerprint": trainset.fingerprint(samples, cfg.size, cfg.interpolation, crops),
+                "folders": list(cfg.folders), "size": list(cfg.size), "negatives": crops,
+                "interpolation": cfg.interpolation}
+        trainset.save_cache(ts, cache, info)
+    return ts
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, force: bool = False,
           progress: Callable[[dict], None] | None = None) -> dict:
     """Train and write the best checkpoint to ``out``; returns a summary. ``progress`` gets per-step events."""
@@ -159,32 +187,35 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     gen = torch.Generator().manual_seed(cfg.seed)
     device = pick_device(cfg.device)
 
-    samples = oxford_split(cfg.data, "trainval")
-    if cfg.limit:
-        samples = samples[: cfg.limit]
-    order = np.random.default_rng(cfg.seed).permutation(len(samples))
-    # With a single image there is nothing to hold out: it serves as both (quick runs, tests).
-    n_val = max(1, round(len(samples) * cfg.val_fraction)) if len(samples) > 1 else 0
-    train_idx = order[n_val:]
-    val_idx = order[:n_val] if n_val else order
     t0 = time.perf_counter()
-    loaded = (lambda i: progress({"event": "loading", "done": i, "total": len(samples)})) if progress else None
-    images, masks = load_arrays(samples, cfg.size, cfg.interpolation, loaded)
-    tr_images, tr_masks = images[train_idx], masks[train_idx]
+    ts = training_set(cfg, progress)
+    real = np.flatnonzero(~ts.negative)  # photos in their split order; negatives follow their photo
+    order = np.random.default_rng(cfg.seed).permutation(len(real))
+    # With a single image there is nothing to hold out: it serves as both (quick runs, tests).
+    n_val = max(1, round(len(real) * cfg.val_fraction)) if len(real) > 1 else 0
+    val_idx = real[order[:n_val]] if n_val else real
+    held_out = {ts.names[i] for i in val_idx} if n_val else set()
+    train_idx = np.array([i for i in range(len(ts)) if ts.names[i] not in held_out], dtype=np.int64)
+    tr_images, tr_masks = ts.images[train_idx], ts.masks[train_idx]
+    weights = trainset.draw_weights([ts.names[i] for i in train_idx], ts.negative[train_idx], cfg.balance,
+                                    cfg.negatives)
     n_extra = 0
     if cfg.extra_data:
         ex_images, ex_masks = load_rough(cfg.extra_data, cfg.size, cfg.interpolation, cfg.extra_band,
-                                         skip={s.name for s in samples})
+                                         skip=set(ts.names))
         tr_images, tr_masks = np.concatenate([tr_images, ex_images]), np.concatenate([tr_masks, ex_masks])
+        weights = np.concatenate([weights, np.full(len(ex_images), weights.mean() if len(weights) else 1.0)])
         n_extra = len(ex_images)
     load_s = time.perf_counter() - t0
     tr_x, tr_y = torch.from_numpy(tr_images), torch.from_numpy(tr_masks).long()
-    va_x, va_y = images[val_idx], masks[val_idx]
+    va_x, va_y = ts.images[val_idx], ts.masks[val_idx]
+    draw = torch.from_numpy(weights / weights.sum()) if cfg.balance != "none" or cfg.negatives else None
 
     model = build_model(cfg.arch, cfg.kernel_size).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma) if cfg.step_size else None
-    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 1.0, cfg.border_weight], device=device),
+                                  ignore_index=IGNORE)
     history: list[dict] = []
     best = {"miou": -1.0, "epoch": 0}
     start_epoch = 1
@@ -202,14 +233,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
 
     meta = ModelMeta(
         arch=cfg.arch, kernel_size=cfg.kernel_size, input_size=tuple(cfg.size), interpolation=cfg.interpolation,
-        provenance={"trained_with": f"edgeseg {__version__} train", "data": str(cfg.data), "split": "trainval",
-                    "train_images": len(train_idx), "val_images": int(n_val), "seed": cfg.seed,
+        provenance={"trained_with": f"edgeseg {__version__} train", "data": ", ".join(cfg.folders) or cfg.cache,
+                    "split": "trainval", "train_images": int((~ts.negative[train_idx]).sum()),
+                    "negative_crops": int(ts.negative[train_idx].sum()), "val_images": int(n_val), "seed": cfg.seed,
                     "extra_data": cfg.extra_data, "extra_images": n_extra},
     )
     steps = math.ceil(len(train_idx) / cfg.batch)
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
-        perm = torch.randperm(len(tr_x), generator=gen)
+        perm = (torch.multinomial(draw, len(tr_x), replacement=True, generator=gen) if draw is not None
+                else torch.randperm(len(tr_x), generator=gen))
         t_epoch, running = time.perf_counter(), 0.0
         for step in range(steps):
             idx = perm[step * cfg.batch:(step + 1) * cfg.batch]

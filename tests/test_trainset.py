@@ -1,0 +1,83 @@
+"""Training data for the 37-breed model: several folders, background crops, balance, the portable cache."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from edgeseg import trainset
+from edgeseg.errors import EdgesegError
+from edgeseg.evaluation.datasets import read_trimap
+from edgeseg.train import TrainConfig, train
+
+
+def test_several_folders_give_their_trainval_lines_once(pets3, pets37):
+    from edgeseg.evaluation.datasets import oxford_split
+
+    samples = trainset.trainval_samples([pets3, pets37])
+    names = [s.name for s in samples]
+    both = {s.name for s in oxford_split(pets3, "trainval")} & {s.name for s in oxford_split(pets37, "trainval")}
+    assert len(names) == len(set(names)) == 300 + 370 - len(both)
+    assert {trainset.breed(n) for n in names} >= {"Abyssinian", "pug", "Sphynx"}
+    tests = {s.name for s in oxford_split(pets3, "test")}
+    assert not tests & set(names)  # never a test line
+    assert trainset.trainval_samples([pets3, pets3]) == trainset.trainval_samples([pets3])
+
+
+def test_background_crops_hold_only_background(pets3):
+    trimap = np.full((200, 300), 1, np.uint8)
+    trimap[:, 200:] = 0  # an animal on the right third
+    x, y, side = trainset.background_square(trimap)
+    assert side >= 190 and (trimap[y:y + side, x:x + side] == 1).all()
+    assert trainset.background_square(np.zeros((100, 100), np.uint8)) is None  # all animal: none
+    samples = trainset.trainval_samples([pets3])[:12]
+    ts = trainset.load(samples, (64, 64), "area", negatives=True)
+    crops = np.flatnonzero(ts.negative)
+    assert 0 < len(crops) <= 12 and len(ts) == 12 + len(crops)
+    assert (ts.masks[crops] == 1).all()
+    for i in crops:  # each crop is background in its photo's trimap
+        trimap = read_trimap(samples[[s.name for s in samples].index(ts.names[i])].mask)
+        assert trainset.background_square(trimap) is not None
+
+
+def test_balanced_weights_give_each_breed_the_same_share():
+    names = ["pug_1"] * 2 + [f"havanese_{i}" for i in range(190)] + ["Bombay_3"] * 4
+    w = trainset.sample_weights(names, "breed")
+    share = Counter()
+    for n, x in zip(names, w, strict=True):
+        share[trainset.breed(n)] += x
+    assert np.allclose(list(share.values()), 1.0)
+    s = trainset.sample_weights(names, "species")
+    assert np.isclose(s[: 192].sum(), s[192:].sum())  # dogs (lower case) and cats alike
+    with pytest.raises(EdgesegError, match="--balance"):
+        trainset.sample_weights(names, "colour")
+    negative = np.zeros(len(names), bool)
+    negative[::3] = True  # every third sample a background crop
+    d = trainset.draw_weights(names, negative, "breed", 0.2)
+    assert np.isclose(d[negative].sum() / d.sum(), 0.2)
+    assert np.allclose(trainset.draw_weights(names, negative, "none", 0.0), 1.0)
+
+
+def test_cache_travels_without_the_photos_and_trains(pets3, tmp_path):
+    cache = tmp_path / "train.npz"
+    cfg = TrainConfig(data=str(pets3), epochs=1, batch=4, size=(32, 32), limit=8, negatives=0.2, cache=str(cache),
+                      balance="breed", border_weight=3.0)
+    first = train(cfg, tmp_path / "a.pth")
+    size = cache.stat().st_size
+    assert cache.exists() and size < 8 * 2 * 4000, size  # 8 photos and their crops at 32x32: a few KB each
+    ts, info = trainset.load_cache(cache)
+    assert info["negatives"] is True and info["size"] == [32, 32] and info["folders"] == [str(pets3)]
+    direct = trainset.load(trainset.trainval_samples([pets3])[:8], (32, 32), "area", negatives=True)
+    assert ts.names == direct.names and (ts.masks == direct.masks).all() and (ts.negative == direct.negative).all()
+    assert np.abs(ts.images.astype(int) - direct.images).mean() < 3  # JPEG quality 95
+    # on a machine without the photos: the cache alone
+    again = train(TrainConfig(data=(), epochs=1, batch=4, size=(32, 32), negatives=0.2, cache=str(cache)),
+                  tmp_path / "b.pth")
+    assert again["history"][0]["loss"] > 0 and first["history"][0]["loss"] > 0
+    with pytest.raises(EdgesegError, match="built from other photos"):
+        train(TrainConfig(data=str(pets3), epochs=1, size=(32, 32), limit=6, negatives=0.2, cache=str(cache)),
+              tmp_path / "c.pth")
+    with pytest.raises(EdgesegError, match="give --data"):
+        train(TrainConfig(data=(), epochs=1, size=(32, 32), cache=str(tmp_path / "missing.npz")), tmp_path / "d.pth")
