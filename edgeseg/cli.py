@@ -264,7 +264,9 @@ def check(
 @app.command("eval")
 def eval_(
     models: Annotated[list[Path], typer.Argument(help="Checkpoints and/or ONNX models, compared side by side.")],
-    data: Annotated[Path, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")],
+    data: Annotated[Path | None, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")] = None,
+    no_animal: Annotated[Path | None, typer.Option(help=(
+        "Folder of photos without any animal: the share of pixels each model calls pet (all wrong)."))] = None,
     split: Annotated[str, typer.Option(help="Split file in annotations/: test, trainval or list.")] = "test",
     limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
@@ -274,31 +276,59 @@ def eval_(
     upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution."""
+    """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution; with --no-animal,
+    how much of animal-free photos each model calls pet."""
     from rich.progress import Progress
 
-    from edgeseg.evaluation.evaluate import evaluate, load_split
+    from edgeseg.evaluation.evaluate import animal_free, evaluate, load_split
     from edgeseg.loader import load_predictor
+    from edgeseg.runtime.images import list_images
 
-    samples = load_split(data, split, limit)
+    if data is None and no_animal is None:
+        raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder) and/or --no-animal (photos without animals)")
+    samples = load_split(data, split, limit) if data is not None else []
+    free = list_images(no_animal) if no_animal is not None else []
+    if no_animal is not None and not free:
+        raise EdgesegError("no images in this folder", no_animal)
     predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
     for p in predictors:
         p.upsample = _upsample(upsample)
+    out: dict = {"upsample": upsample}
     with Progress(console=console, transient=True, disable=as_json) as bar:
-        task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
-        results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i))
+        if samples:
+            task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
+            results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i))
+            out.update(data=str(data), split=split, images=len(samples), models=results)
+        if free:
+            task = bar.add_task(f"{len(free)} photos without animals", total=len(free))
+            out["no_animal"] = {"folder": str(no_animal), "models": animal_free(
+                predictors, free, progress=lambda i, n: bar.update(task, completed=i))}
     if as_json:
-        _print_json({"data": str(data), "split": split, "images": len(samples), "upsample": upsample,
-                     "models": results})
+        _print_json(out)
         return
-    table = Table(title=f"{data} / {split}: {len(samples)} images, scored at original resolution "
-                        f"({upsample} upsampling)",
+    if samples:
+        _accuracy_table(out, predictors)
+    if free:
+        table = Table(title=f"{no_animal}: {len(free)} photos without animals ({upsample} upsampling)",
+                      title_justify="left")
+        for col in ("model", "backend", "precision", "pet % (mean)", "pet+border % (mean)", "worst photo pet %"):
+            table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
+        for r in out["no_animal"]["models"]:
+            table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{100 * r['pet_share']:.1f}",
+                          f"{100 * r['animal_share']:.1f}",
+                          f"{100 * r['worst_pet_share']:.1f} ({Path(r['worst_image']).name})")
+        console.print(table)
+
+
+def _accuracy_table(out: dict, predictors: list) -> None:
+    table = Table(title=f"{out['data']} / {out['split']}: {out['images']} images, scored at original resolution "
+                        f"({out['upsample']} upsampling)",
                   title_justify="left")
     names = list(predictors[0].meta.class_names)
     for col in ["model", "backend", "precision", "pixel acc", "mIoU", *[f"IoU {n}" for n in names],
                 "IoU animal (pet+border)", "agree w/ 1st", "ms/img"]:
         table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
-    for r in results:
+    for r in out["models"]:
         table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{r['pixel_accuracy']:.4f}",
                       f"{r['miou']:.4f}", *[f"{r['iou'][n]:.4f}" for n in names], f"{r['pet_iou']:.4f}",
                       f"{r['agreement_with_first']:.4f}", f"{r['ms_per_image']:.1f}")
@@ -727,6 +757,9 @@ def train(
         "Share of each epoch drawn from background-only crops of the training photos, labelled background: "
         "teaches 'no animal' (0: none)."))] = 0.0,
     border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")] = 1.0,
+    rotate: Annotated[float, typer.Option(min=0.0, max=45.0, help="Random rotation within +-DEG (0: off).")] = 0.0,
+    blur: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples blurred at random (0: off).")
+                    ] = 0.0,
     cache: Annotated[Path | None, typer.Option(help=(
         "Training-set cache (.npz, about 8 KB a photo): written from --data when missing, read when present; "
         "with no --data it trains from the cache alone (a GPU machine without the photos)."))] = None,
@@ -745,7 +778,8 @@ def train(
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
-                      border_weight=border_weight, cache=str(cache) if cache else None, epochs=epochs, batch=batch,
+                      border_weight=border_weight, rotate=rotate, blur=blur, cache=str(cache) if cache else None,
+                      epochs=epochs, batch=batch,
                       size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
                       scale_aug=scale_aug, extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -56,6 +56,8 @@ class TrainConfig:
     balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
     negatives: float = 0.0  # share of each epoch's draws that are background-only crops of the photos ("no animal")
     border_weight: float = 1.0  # cross-entropy weight of the thin border class (pet and background: 1)
+    rotate: float = 0.0  # random rotation within +-degrees (0: off, the notebook's recipe)
+    blur: float = 0.0  # share of samples given a random Gaussian blur (0: off)
     cache: str | None = None  # .npz of the decoded training set: written when missing, read when present
 
     @property
@@ -88,20 +90,40 @@ def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, ba
     return images, masks
 
 
-def random_crop(x: torch.Tensor, y: torch.Tensor, min_scale: float, gen: torch.Generator
+def random_crop(x: torch.Tensor, y: torch.Tensor, min_scale: float, gen: torch.Generator, degrees: float = 0.0
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample random zoom-in: a crop of ``min_scale``..1 of the side, resized back (bilinear / nearest)."""
+    """Per-sample random zoom-in (a crop of ``min_scale``..1 of the side, resized back) and rotation
+    (within +-``degrees``): bilinear for images, nearest for labels; label pixels that come from
+    outside the photo (rotated corners) are ignored by the loss."""
     n = x.shape[0]
     scale = min_scale + (1 - min_scale) * torch.rand(n, generator=gen)
     shift = (1 - scale)[:, None] * (torch.rand(n, 2, generator=gen) * 2 - 1)
+    angle = torch.deg2rad((torch.rand(n, generator=gen) * 2 - 1) * degrees)
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, 0, 0] = theta[:, 1, 1] = scale * torch.cos(angle)
+    theta[:, 0, 1], theta[:, 1, 0] = -scale * torch.sin(angle), scale * torch.sin(angle)
     theta[:, :, 2] = shift
     grid = nn.functional.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    y = nn.functional.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="border",
-                                  align_corners=False)[:, 0].long()
-    return x, y
+    x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # labels shifted by one so that zero padding marks the outside
+    y1 = nn.functional.grid_sample((y[:, None].float() + 1), grid, mode="nearest", padding_mode="zeros",
+                                   align_corners=False)[:, 0].long()
+    return x, torch.where(y1 == 0, torch.full_like(y1, IGNORE), y1 - 1)
+
+
+def random_blur(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Blur a share ``p`` of the batch with a 5x5 Gaussian of sigma 0.5..1.5 (out-of-focus frames)."""
+    n = x.shape[0]
+    chosen = torch.rand(n, generator=gen) < p
+    if p <= 0 or not chosen.any():
+        return x
+    sigma = 0.5 + torch.rand(1, generator=gen).item()
+    t = torch.arange(5, dtype=torch.float32) - 2
+    k1 = torch.exp(-(t**2) / (2 * sigma**2))
+    k1 /= k1.sum()
+    kernel = (k1[:, None] * k1[None, :]).to(x.device).expand(3, 1, 5, 5)
+    blurred = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), kernel, groups=3)
+    return torch.where(chosen[:, None, None, None].to(x.device), blurred, x)
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, jitter: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,8 +271,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
             x = tr_x[idx].to(device).float() / 255.0
             y = tr_y[idx].to(device)
             x, y = augment(x, y, cfg.jitter, gen)
-            if cfg.scale_aug < 1.0:
-                x, y = random_crop(x, y, cfg.scale_aug, gen)
+            if cfg.scale_aug < 1.0 or cfg.rotate:
+                x, y = random_crop(x, y, cfg.scale_aug, gen, cfg.rotate)
+            x = random_blur(x, cfg.blur, gen)
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -136,3 +137,47 @@ def test_random_crop_zooms_in_and_keeps_labels_valid():
     assert zx.shape == x.shape and zy.dtype == torch.long
     assert set(zy.unique().tolist()) <= {0, 1, 2, IGNORE}  # nearest: no blended label values
     assert not torch.allclose(zx, x, atol=1e-3)
+
+
+def test_eval_reports_what_share_of_animal_free_photos_is_called_pet(cli, tmp_path):
+    from conftest import REPO
+
+    from edgeseg.runtime.images import read_image
+    from edgeseg.runtime.predictor import Predictor
+
+    folder = tmp_path / "empty-rooms"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "noise.png"), rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "beagle.jpg"), read_image(REPO / "calibration" / "beagle_10.jpg"))  # counted as wrong
+    model = REPO / "models" / "segnet_dsc.onnx"
+    r = cli("eval", model, "--no-animal", folder, "--backend", "onnxruntime", "--precision", "fp32", "--json")
+    assert r.code == 0, r.err
+    got = json.loads(r.out)["no_animal"]["models"][0]
+    p = Predictor.load(model, backend="onnxruntime", precision="fp32")
+    masks = {n: p.predict(read_image(folder / n)) for n in ("noise.png", "beagle.jpg")}
+    assert got["pet_share"] == pytest.approx(np.mean([(m == 0).mean() for m in masks.values()]))
+    assert got["animal_share"] == pytest.approx(np.mean([(m != 1).mean() for m in masks.values()]))
+    assert got["worst_image"].endswith("beagle.jpg") and got["worst_pet_share"] > 0.2
+    r = cli("eval", model, "--no-animal", folder)
+    assert r.code == 0 and "photos without animals" in r.out and "worst photo pet %" in r.out
+    assert cli("eval", model).code == 1
+
+
+def test_rotation_moves_labels_with_the_image_and_ignores_what_came_from_outside():
+    import torch
+
+    from edgeseg.train import random_blur, random_crop
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.zeros(8, 48, 48, dtype=torch.long)
+    y[:, :, 16:32], y[:, :, 32:] = 1, 2  # three vertical stripes
+    x = (y.float() / 2)[:, None].repeat(1, 3, 1, 1)  # the image says its own label
+    rx, ry = random_crop(x, y, 1.0, g, degrees=30.0)
+    inside = ry != IGNORE
+    assert (~inside).any() and inside.float().mean() > 0.6  # rotated corners came from outside the photo
+    agree = (ry[inside] == (rx[:, 0][inside] * 2).round().long()).float().mean()
+    assert agree > 0.9, agree  # a label still describes the pixel it sits on
+    assert torch.equal(random_blur(x, 0.0, g), x)
+    blurred = random_blur(x, 1.0, g)
+    assert not torch.equal(blurred, x) and torch.allclose(blurred.mean(), x.mean(), atol=1e-3)

@@ -52,6 +52,27 @@ def evaluate(predictors: Sequence[Predictor], samples: Sequence[Sample],
     return results
 
 
+def animal_free(predictors: Sequence[Predictor], images: Sequence[Path],
+                progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Per model, on photos without any animal: the share of pixels called pet, and pet or border
+    (every such pixel is wrong), as the mean over the photos, the worst photo, and per photo."""
+    if not images:
+        raise EdgesegError("no photos to evaluate")
+    shares = np.zeros((len(predictors), len(images), 2))
+    for i, path in enumerate(images):
+        image = read_image(path)
+        for j, p in enumerate(predictors):
+            mask = p.predict(image)
+            shares[j, i] = (mask == 0).mean(), (mask != 1).mean()
+        if progress:
+            progress(i + 1, len(images))
+    return [{**p.describe(), "images": len(images), "pet_share": float(shares[j, :, 0].mean()),
+             "animal_share": float(shares[j, :, 1].mean()), "worst_pet_share": float(shares[j, :, 0].max()),
+             "worst_image": str(images[int(shares[j, :, 0].argmax())]),
+             "per_image": {str(path): float(shares[j, i, 0]) for i, path in enumerate(images)}}
+            for j, p in enumerate(predictors)]
+
+
 def load_split(data: str | Path, split: str, limit: int = 0) -> list[Sample]:
     samples = oxford_split(data, split)
     return samples[:limit] if limit else samples
