@@ -1,0 +1,62 @@
+"""Where ONNX Runtime's time goes, per op type, for the files edgeseg runs (after its load-time unpool
+rewrite on x86), from ONNX Runtime's own profiler.
+
+    python benchmarks/ort_profile.py models/segnet_dsc.onnx out/demo/segnet_dsc.int8.onnx
+
+Same session settings as edgeseg's (edgeseg.runtime.onnxruntime); 20 warm-up and 100 timed runs of
+one random 128x128 input each; prints p50 and the ten op types with the largest share of kernel time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeseg.runtime.cpu_unpool import lowered_for_onnxruntime
+from edgeseg.runtime.onnxruntime import default_threads
+
+
+def profile(path: Path, threads: int, runs: int = 100) -> tuple[float, dict[str, float]]:
+    data, _ = lowered_for_onnxruntime(path.read_bytes())
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)}
+    for _ in range(20):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    by_op: collections.Counter = collections.Counter()
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"]
+    total = sum(by_op.values())
+    return 1000 * float(np.median(times)), {k: v / total for k, v in by_op.most_common(10)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", type=Path, nargs="+")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    for model in args.models:
+        p50, shares = profile(model, args.threads or default_threads())
+        print(f"{model.name}: p50 {p50:.2f} ms; " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
+
+
+if __name__ == "__main__":
+    main()
