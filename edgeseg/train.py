@@ -174,6 +174,9 @@ def training_set(cfg: TrainConfig, progress: Callable[[dict], None] | None = Non
         samples = samples[: cfg.limit]
     if cache is not None and cache.exists():
         ts, info = trainset.load_cache(cache)
+        if samples is None and cfg.limit:  # the cache alone: its first photos (with their crops)
+            first = set(list(dict.fromkeys(ts.names))[: cfg.limit])
+            ts = ts.select(np.array([i for i, n in enumerate(ts.names) if n in first], dtype=np.int64))
         if samples is not None and info.get("fingerprint") != trainset.fingerprint(
                 samples, cfg.size, cfg.interpolation, crops):
             raise EdgesegError("this training cache was built from other photos, size or options than --data asks "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import IGNORE, Sample, oxford_split, read_trimap, resize_mask
 from edgeseg.files import atomic_write
 from edgeseg.runtime.images import read_image, resize
+from edgeseg.runtime.masks import BACKGROUND
 
 BALANCE = ("none", "breed", "species")
-BACKGROUND = 1
 MIN_NEGATIVE_SIDE = 0.3  # a background crop is kept when its side is at least this share of the photo's short side
 
 
@@ -153,7 +154,7 @@ def load_cache(path: Path) -> tuple[TrainSet, dict]:
         with np.load(path, allow_pickle=False) as z:
             ji, jo, mi, mo = z["jpeg"], z["jpeg_offsets"], z["png"], z["png_offsets"]
             names, negative, info = [str(n) for n in z["names"]], z["negative"], json.loads(str(z["info"]))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise EdgesegError(f"not a training cache written by edgeseg train --cache ({e})", path) from None
     images = np.stack([cv2.imdecode(ji[a:b], cv2.IMREAD_COLOR)[:, :, ::-1].transpose(2, 0, 1)
                        for a, b in itertools.pairwise(jo)])

@@ -143,6 +143,11 @@ def test_smoothing_steadies_a_still_noisy_scene_and_never_mixes_photos(pets3, tm
         return np.mean([(a & b).sum() / (a | b).sum() for a, b in itertools.pairwise(animal)])
 
     assert 1 - steadiness(Smoother(0.3)) < 0.8 * (1 - steadiness(None))  # flicker down by 20% or more
+    smoother = Smoother(0.5)
+    scores = [p.scores(p.preprocess(f))[0] for f in clip[:2]]
+    first = p.masks(scores[0], clip[0].shape, smoother)
+    p.masks(scores[1], clip[1].shape, smoother)  # the next frame moves the smoother's state
+    assert np.array_equal(first.ids, p.masks(scores[0], clip[0].shape, Smoother(0.5)).ids)  # the first frame's own
     folder = tmp_path / "photos"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.jpg"), photo)

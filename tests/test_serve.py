@@ -105,6 +105,17 @@ def test_token_stream_snapshot_and_a_stalled_viewer_blocks_nobody(server):
     stalled.close()
 
 
+def test_a_token_with_reserved_characters_is_quoted_in_links():
+    s = StreamServer("127.0.0.1", 0, token="a b&c=d")
+    try:
+        assert s.url.endswith("/?token=a%20b%26c%3Dd")
+        status, page, _ = get(s.port, "/?token=a%20b%26c%3Dd")
+        assert status == 200 and b'src="/stream.mjpg?token=a%20b%26c%3Dd"' in page
+        assert get(s.port, "/stats.json?token=a%20b")[0] == 401
+    finally:
+        s.close()
+
+
 def test_nothing_is_encoded_while_nobody_watches(server):
     time.sleep(0.5)
     assert server._jpeg is None  # the loop's frames were only referenced, never encoded

@@ -76,6 +76,12 @@ def test_cache_travels_without_the_photos_and_trains(pets3, tmp_path):
     again = train(TrainConfig(data=(), epochs=1, batch=4, size=(32, 32), negatives=0.2, cache=str(cache)),
                   tmp_path / "b.pth")
     assert again["history"][0]["loss"] > 0 and first["history"][0]["loss"] > 0
+    four = train(TrainConfig(data=(), epochs=1, batch=4, size=(32, 32), negatives=0.2, cache=str(cache), limit=4),
+                 tmp_path / "e.pth")
+    from edgeseg.build.checkpoint import load_checkpoint
+
+    prov = load_checkpoint(tmp_path / "e.pth").meta.provenance
+    assert four["history"] and prov["train_images"] + prov["val_images"] == 4  # --limit on the cache alone
     with pytest.raises(EdgesegError, match="built from other photos"):
         train(TrainConfig(data=str(pets3), epochs=1, size=(32, 32), limit=6, negatives=0.2, cache=str(cache)),
               tmp_path / "c.pth")

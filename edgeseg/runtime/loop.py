@@ -1,9 +1,8 @@
 """The live loop: source -> preprocess -> inference -> postprocess -> render -> outputs, every stage timed.
 
-    with Sinks(...) as sinks:
-        for frame in source:
-            mask = predictor.predict(frame.image)       # (split into its stages below)
-            sinks.write(frame, renderer.render(frame.image, mask), mask)
+    for frame in source:                              # (each stage timed in _loop)
+        masks = predictor.masks(predictor.scores(predictor.preprocess(frame.image))[0], frame.image.shape)
+        sinks.write(frame.name, renderer.render(frame.image, masks), masks.ids)
 
 Ctrl-C ends the loop cleanly: the video is finalised and the report still written.
 """

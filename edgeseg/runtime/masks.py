@@ -32,8 +32,8 @@ _FIXED = 256.0  # int16 units per logit: margins within +-128 logits, steps of 0
 
 class Smoother:
     """Exponential moving average of the decision margins at model resolution, for sequences of
-    frames of one scene: ``keep`` is the weight of the past (0: off). Reset it between unrelated
-    images; it resets itself when the frame size changes."""
+    frames of one scene: ``keep`` is the weight of the past (0: off). It starts over when the frame
+    size changes; use a new one for unrelated images."""
 
     def __init__(self, keep: float) -> None:
         if not 0.0 <= keep < 1.0:
@@ -50,10 +50,7 @@ class Smoother:
         else:
             self._state *= self.keep
             self._state += (1.0 - self.keep) * margins
-        return self._state
-
-    def reset(self) -> None:
-        self._state = None
+        return self._state.copy()  # the frame's own margins: the state changes with the next frame
 
 
 class Masks:
@@ -97,8 +94,10 @@ class Masks:
     @cached_property
     def animal(self) -> np.ndarray:
         h, w = self.shape
-        if self._margins is None or self.upsample == "nearest":
-            return np.not_equal(self.ids, BACKGROUND).view(np.uint8) * np.uint8(255)
+        if self._margins is None or self.upsample == "nearest":  # hard: from the ids, at their own size
+            small = self._ids if self._ids is not None else self._small_ids()
+            opaque = np.not_equal(small, BACKGROUND).view(np.uint8) * np.uint8(255)
+            return opaque if opaque.shape == (h, w) else cv2.resize(opaque, (w, h), interpolation=cv2.INTER_NEAREST)
         a, b = np.minimum(self._margins, 60.0)  # exp stays finite
         ea, eb = np.exp(a), np.exp(b)
         p = (ea + eb) / (1.0 + ea + eb)

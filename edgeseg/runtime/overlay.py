@@ -99,8 +99,8 @@ class Renderer:
         return buf
 
     def _blurred(self, frame: np.ndarray) -> np.ndarray:
-        """A strong blur at an eighth of the size and back: 0.5 ms for a 1280x720 frame where a full-size
-        Gaussian of the same width takes tens of ms."""
+        """A strong blur at an eighth of the size and back: 1.0 ms for a 1280x720 frame where a full-size
+        Gaussian of the same width took 14.6 ms on the dev machine."""
         h, w = frame.shape[:2]
         small = cv2.resize(frame, (max(1, w // 8), max(1, h // 8)), interpolation=cv2.INTER_AREA)
         small = cv2.GaussianBlur(small, (0, 0), self.blur_sigma / 8)

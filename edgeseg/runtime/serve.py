@@ -21,7 +21,7 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2
 import numpy as np
@@ -78,7 +78,7 @@ class StreamServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+        return f"http://{host}:{self.port}/" + (f"?token={quote(self.token)}" if self.token else "")
 
     @property
     def viewers(self) -> int:
@@ -188,7 +188,7 @@ class StreamServer:
                 self.wfile.write(body)
 
             def _page(self) -> None:
-                query = f"?token={server.token}" if server.token else ""
+                query = f"?token={quote(server.token)}" if server.token else ""
                 stats = json.dumps({**server._stats, "viewers": server.viewers}).replace("</", "<\\/")
                 body = PAGE.replace("{title}", server.title).replace("{query}", query).replace("{stats}", stats)
                 body = body.encode()
