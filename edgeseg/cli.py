@@ -274,6 +274,9 @@ def eval_(
                        ] = "auto",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
+    by_breed: Annotated[int, typer.Option(min=0, help=(
+        "Also score each breed (from the Oxford file names) that has at least this many images (0: off; JSON "
+        "holds every breed)."))] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution; with --no-animal,
@@ -297,7 +300,8 @@ def eval_(
     with Progress(console=console, transient=True, disable=as_json) as bar:
         if samples:
             task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
-            results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i))
+            results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i),
+                               by_breed=by_breed > 0)
             out.update(data=str(data), split=split, images=len(samples), models=results)
         if free:
             task = bar.add_task(f"{len(free)} photos without animals", total=len(free))
@@ -308,6 +312,8 @@ def eval_(
         return
     if samples:
         _accuracy_table(out, predictors)
+        if by_breed:
+            _breed_table(out, by_breed)
     if free:
         table = Table(title=f"{no_animal}: {len(free)} photos without animals ({upsample} upsampling)",
                       title_justify="left")
@@ -332,6 +338,24 @@ def _accuracy_table(out: dict, predictors: list) -> None:
         table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{r['pixel_accuracy']:.4f}",
                       f"{r['miou']:.4f}", *[f"{r['iou'][n]:.4f}" for n in names], f"{r['pet_iou']:.4f}",
                       f"{r['agreement_with_first']:.4f}", f"{r['ms_per_image']:.1f}")
+    console.print(table)
+
+
+def _breed_table(out: dict, min_images: int) -> None:
+    """mIoU and animal IoU per breed with at least ``min_images`` images, one column pair per model."""
+    models = out["models"]
+    breeds = {b: r["images"] for b, r in models[0]["breeds"].items()}
+    shown = sorted((b for b, n in breeds.items() if n >= min_images), key=lambda b: models[0]["breeds"][b]["miou"])
+    left = len(breeds) - len(shown)
+    table = Table(title=f"per breed, breeds with at least {min_images} images (worst first)"
+                        + (f"; {left} breed(s) with fewer not shown" if left else ""), title_justify="left")
+    table.add_column("breed")
+    table.add_column("images", justify="right")
+    for r in models:
+        table.add_column(f"mIoU {Path(r['model']).name}", justify="right")
+        table.add_column("IoU animal", justify="right")
+    for b in shown:
+        table.add_row(b, str(breeds[b]), *[f"{r['breeds'][b][k]:.4f}" for r in models for k in ("miou", "pet_iou")])
     console.print(table)
 
 
@@ -763,6 +787,9 @@ def train(
     cache: Annotated[Path | None, typer.Option(help=(
         "Training-set cache (.npz, about 8 KB a photo): written from --data when missing, read when present; "
         "with no --data it trains from the cache alone (a GPU machine without the photos)."))] = None,
+    precision: Annotated[str, typer.Option(help=(
+        "Training compute: auto (bf16 autocast where the CPU or GPU has bf16 arithmetic, else fp32), fp32 or "
+        "bf16. Weights stay FP32 and validation runs in FP32."))] = "auto",
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
     """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the notebook's recipe, which trained
@@ -779,7 +806,7 @@ def train(
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
                       border_weight=border_weight, rotate=rotate, blur=blur, cache=str(cache) if cache else None,
-                      epochs=epochs, batch=batch,
+                      epochs=epochs, batch=batch, precision=precision,
                       size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
                       scale_aug=scale_aug, extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -797,7 +824,7 @@ def train(
                 mark = " *best" if ev["improved"] else ""
                 bar.console.print(
                     f"epoch {ev['epoch']:3d}  loss {ev['loss']:.4f}  val mIoU {ev['val_miou']:.4f}  "
-                    f"val acc {ev['val_pixel_accuracy']:.4f}  {ev['seconds']:.0f}s{mark}")
+                    f"val acc {ev['val_pixel_accuracy']:.4f}  {ev['seconds']:.0f}s {ev['precision']}{mark}")
 
         result = run_training(cfg, output, resume=resume, force=force, progress=report)
     b = result["best"]

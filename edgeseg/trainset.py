@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluation.datasets import IGNORE, Sample, oxford_split, read_trimap, resize_mask
+from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap, resize_mask, species
 from edgeseg.files import atomic_write
 from edgeseg.runtime.images import read_image, resize
 from edgeseg.runtime.masks import BACKGROUND
@@ -39,15 +39,6 @@ class TrainSet:
 
     def select(self, index: np.ndarray) -> TrainSet:
         return TrainSet(self.images[index], self.masks[index], [self.names[i] for i in index], self.negative[index])
-
-
-def breed(name: str) -> str:
-    return name.rsplit("_", 1)[0]
-
-
-def species(name: str) -> str:
-    """Oxford-IIIT Pet names cat breeds with a capital letter, dog breeds without."""
-    return "cat" if name[:1].isupper() else "dog"
 
 
 def trainval_samples(folders: Sequence[str | Path]) -> list[Sample]:

@@ -64,6 +64,17 @@ def test_eval_scores_at_original_resolution(pets3):
     assert bg["pixels"] == counts.sum()
 
 
+def test_eval_scores_each_breed_on_its_own_photos(pets3):
+    split = oxford_split(pets3, "test")
+    samples = split[:3] + [s for s in split if s.name.startswith("Bengal")][:2]
+    (r,) = evaluate([ConstantPredictor(0)], samples, by_breed=True)
+    assert {b: v["images"] for b, v in r["breeds"].items()} == {"Abyssinian": 3, "Bengal": 2}
+    for b, v in r["breeds"].items():  # each breed scored on its own photos only
+        (alone,) = evaluate([ConstantPredictor(0)], [s for s in samples if s.name.startswith(b)])
+        assert v["iou"]["pet"] == pytest.approx(alone["iou"]["pet"]) and v["pixels"] == alone["pixels"]
+    assert "breeds" not in evaluate([ConstantPredictor(0)], samples)[0]
+
+
 def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     out = tmp_path / "tiny.pth"
     r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "1", "--batch", "3",
@@ -83,6 +94,40 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     r = cli("eval", out, "--data", pets3, "--limit", "3", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["models"][0]["images"] == 3
+
+
+def test_training_computes_in_bf16_where_the_cpu_has_it_and_keeps_fp32_weights(monkeypatch, pets3, tmp_path):
+    import torch
+
+    from edgeseg import train as tr
+    from edgeseg.errors import EdgesegError
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(tr, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    assert tr.pick_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(tr, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    assert tr.pick_precision("auto", cpu) == "bf16"
+    assert tr.pick_precision("fp32", cpu) == "fp32"
+    with pytest.raises(EdgesegError, match="expected auto, fp32 or bf16"):
+        tr.pick_precision("fp16", cpu)
+
+    seen = []  # (training?, dtype) of a convolution's output, step by step
+
+    def spied(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.dc1.seq[0].pointwise.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+        return model
+
+    build = tr.build_model
+    monkeypatch.setattr(tr, "build_model", spied)
+    out = tmp_path / "bf16.pth"
+    tr.train(tr.TrainConfig(data=str(pets3), epochs=1, batch=3, size=(32, 32), limit=6, precision="bf16"), out)
+    assert {d for t, d in seen if t} == {torch.bfloat16}  # training steps in bf16
+    assert {d for t, d in seen if not t} == {torch.float32}  # validation (which picks the epoch) in FP32
+    ck = load_checkpoint(out)
+    assert ck.extra["history"][0]["precision"] == "bf16"
+    weights = torch.load(out, weights_only=True)["state_dict"]
+    assert {w.dtype for w in weights.values()} == {torch.float32, torch.int64}  # FP32 weights, int64 BN counters
 
 
 def test_training_reports_loading_before_the_first_step_and_defaults_match_the_model_card(pets3, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from edgeseg import trainset
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluation.datasets import read_trimap
+from edgeseg.evaluation.datasets import breed, read_trimap
 from edgeseg.train import TrainConfig, train
 
 
@@ -20,7 +20,7 @@ def test_several_folders_give_their_trainval_lines_once(pets3, pets37):
     names = [s.name for s in samples]
     both = {s.name for s in oxford_split(pets3, "trainval")} & {s.name for s in oxford_split(pets37, "trainval")}
     assert len(names) == len(set(names)) == 300 + 370 - len(both)
-    assert {trainset.breed(n) for n in names} >= {"Abyssinian", "pug", "Sphynx"}
+    assert {breed(n) for n in names} >= {"Abyssinian", "pug", "Sphynx"}
     tests = {s.name for s in oxford_split(pets3, "test")}
     assert not tests & set(names)  # never a test line
     assert trainset.trainval_samples([pets3, pets3]) == trainset.trainval_samples([pets3])
@@ -47,7 +47,7 @@ def test_balanced_weights_give_each_breed_the_same_share():
     w = trainset.sample_weights(names, "breed")
     share = Counter()
     for n, x in zip(names, w, strict=True):
-        share[trainset.breed(n)] += x
+        share[breed(n)] += x
     assert np.allclose(list(share.values()), 1.0)
     s = trainset.sample_weights(names, "species")
     assert np.isclose(s[: 192].sum(), s[192:].sum())  # dogs (lower case) and cats alike

@@ -40,6 +40,16 @@ class Sample:
     mask: Path
 
 
+def breed(name: str) -> str:
+    """The breed of an Oxford-IIIT Pet photo name (``Bengal_107``, ``american_bulldog_12``)."""
+    return name.rsplit("_", 1)[0]
+
+
+def species(name: str) -> str:
+    """Oxford-IIIT Pet names cat breeds with a capital letter, dog breeds without."""
+    return "cat" if name[:1].isupper() else "dog"
+
+
 def oxford_split(root: str | Path, split: str = "test") -> list[Sample]:
     """Samples of an Oxford-IIIT Pet layout folder for ``split`` (trainval, test or list)."""
     root = Path(root)

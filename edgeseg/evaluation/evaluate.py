@@ -7,24 +7,28 @@ model's mask is compared with the trimap (class = trimap - 1) and with the first
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluation.datasets import Sample, oxford_split, read_trimap
+from edgeseg.evaluation.datasets import Sample, breed, oxford_split, read_trimap
 from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.runtime.images import read_image
 from edgeseg.runtime.predictor import Predictor
 
 
 def evaluate(predictors: Sequence[Predictor], samples: Sequence[Sample],
-             progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Per model: pixel accuracy, per-class IoU, mIoU, pet IoU, and agreement with the first model."""
+             progress: Callable[[int, int], None] | None = None, by_breed: bool = False) -> list[dict]:
+    """Per model: pixel accuracy, per-class IoU, mIoU, pet IoU, and agreement with the first model;
+    with ``by_breed``, the same per breed (from the Oxford file names) under ``"breeds"``."""
     if not samples:
         raise EdgesegError("no samples to evaluate")
     cms = [ConfusionMatrix(len(p.meta.class_names)) for p in predictors]
+    breeds = sorted({breed(s.name) for s in samples}) if by_breed else []
+    per_breed = [{b: ConfusionMatrix(len(p.meta.class_names)) for b in breeds} for p in predictors]
     agree = np.zeros(len(predictors), dtype=np.int64)
     seconds = np.zeros(len(predictors))
     pixels = 0
@@ -39,16 +43,22 @@ def evaluate(predictors: Sequence[Predictor], samples: Sequence[Sample],
             mask = p.predict(image)
             seconds[j] += time.perf_counter() - t0
             cms[j].update(truth, mask)
+            if by_breed:
+                per_breed[j][breed(s.name)].update(truth, mask)
             first = mask if first is None else first
             agree[j] += int((mask == first).sum())
         pixels += truth.size
         if progress:
             progress(i + 1, len(samples))
+    counts = Counter(breed(s.name) for s in samples)
     results = []
     for j, p in enumerate(predictors):
         results.append({**p.describe(), **cms[j].summary(p.meta.class_names),
                         "agreement_with_first": float(agree[j] / pixels), "images": len(samples),
                         "ms_per_image": 1000 * seconds[j] / len(samples)})
+        if by_breed:
+            results[-1]["breeds"] = {b: {"images": counts[b], **cm.summary(p.meta.class_names)}
+                                     for b, cm in per_breed[j].items()}
     return results
 
 
