@@ -61,10 +61,11 @@ def test_both_targets_give_runnable_int8_models_that_pass_the_gate(target, tmp_p
     assert pred.predict(frame).shape == frame.shape[:2]
 
 
-def test_unpool_stays_exact_under_quantization(fp32, calib_ranges, tmp_path):
-    """Every unpool compares float values sliced from one tensor: no Q/DQ between them."""
-    out = tmp_path / "cpu.onnx"
-    q.quantize(fp32, out, q.QuantizeOptions(), calib_ranges=calib_ranges)
+def test_tensorrt_unpool_stays_exact_under_quantization(fp32, calib_ranges, tmp_path):
+    """TensorRT target: every unpool compares float values sliced from one tensor, no Q/DQ between them
+    (the `cpu` target moves them onto integers instead: tests/test_integer_unpool.py)."""
+    out = tmp_path / "trt.onnx"
+    q.quantize(fp32, out, q.QuantizeOptions(target="tensorrt"), calib_ranges=calib_ranges)
     m = onnx.load(str(out))
     producer = {o: n for n in m.graph.node for o in n.output}
     compares = [n for n in m.graph.node if n.op_type == "GreaterOrEqual"]

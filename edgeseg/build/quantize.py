@@ -9,10 +9,10 @@ Targets (ONNX Runtime static quantization, QDQ format, per-channel weights):
   biases left in float (TensorRT dequantizes only 8-bit types); passes ``edgeseg check --target
   tensorrt``.
 
-The unpool (see export.py) compares values sliced from one tensor; MaxPool and the unpool's
-Slice/GreaterOrEqual/Max/Where/DepthToSpace stay in float, and when the ReLU output they read is
-quantized (``cpu``) all of them read the one DequantizeLinear of it. Every window keeps exactly
-one winner in any case, whatever precision a runtime runs those float islands in.
+The unpool (see export.py) compares values sliced from one tensor. For ``cpu`` the pools and
+unpools are then moved onto the quantized integers (edgeseg.build.integer_unpool: the same winners,
+no float island left); for ``tensorrt`` MaxPool and the unpool stay in float, and every window keeps
+exactly one winner whatever precision TensorRT runs them in.
 
 Calibration ranges can be cached to a JSON file and reused (``--calib-ranges``), which is how the
 bundled model is quantized without any photos, and how the sensitivity search re-quantizes
@@ -36,6 +36,7 @@ import onnx
 
 from edgeseg.build.calibration_cache import load_ranges_file, quantize_static_cached
 from edgeseg.build.check import load_onnx
+from edgeseg.build.integer_unpool import integer_pools
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import is_oxford_layout, oxford_split
 from edgeseg.files import atomic_write, check_writable, sha256_file
@@ -220,6 +221,10 @@ def quantize_with_ranges(model_path: Path, ranges: Path, opts: QuantizeOptions, 
         out = Path(tmp) / "q.onnx"
         _quantize(model_path, out, opts, ranges)
         m = onnx.load(str(out))
+    integer = {}
+    if opts.target == "cpu":  # TensorRT has no 8-bit Equal/Resize/MaxPool: its target keeps the float form
+        m, pools, unpools = integer_pools(m)
+        integer = {"integer_pools": pools, "integer_unpools": unpools}
     props = {p.key: p.value for p in src.metadata_props}
     props.update({
         "precision": f"int8-{opts.target}",
@@ -227,7 +232,7 @@ def quantize_with_ranges(model_path: Path, ranges: Path, opts: QuantizeOptions, 
                                     "per_channel": True, "ops": list(QUANTIZED_OPS[opts.target]),
                                     "float_nodes": sorted(opts.exclude),
                                     "calibration_images": calib.images, "calibration_source": calib.source,
-                                    "calibration_sha256": calib.sha256}),
+                                    "calibration_sha256": calib.sha256, **integer}),
         "source_onnx_sha256": sha256_file(model_path),
     })
     del m.metadata_props[:]

@@ -40,7 +40,7 @@ WINDOW_OFFSETS = ([0, 0], [0, 1], [1, 0], [1, 1])  # a, b, c, d of a 2x2 window,
 
 
 @dataclass
-class _Unpool:
+class Unpool:
     pre: str
     x: str
     out: str
@@ -52,7 +52,7 @@ def nchwc_platform() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def _find_unpools(graph) -> list[_Unpool]:
+def find_unpools(graph) -> list[Unpool]:
     """Every unpool written by edgeseg.build.export (matched by structure, not by name) whose
     intermediates nothing else reads."""
     from onnx import numpy_helper
@@ -127,7 +127,7 @@ def _find_unpools(graph) -> list[_Unpool]:
         # Every intermediate must be private to the pattern (used only inside it).
         if any(uses.get(o, 0) != inner.get(o, 0) for n in nodes[:-1] for o in n.output):
             continue
-        found.append(_Unpool(pre=slices[0][1], x=up[2], out=d2s.output[0], nodes=nodes))
+        found.append(Unpool(pre=slices[0][1], x=up[2], out=d2s.output[0], nodes=nodes))
     return found
 
 
@@ -137,7 +137,7 @@ def lower_unpools(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    unpools = _find_unpools(graph)
+    unpools = find_unpools(graph)
     if not unpools:
         return 0
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -180,7 +180,7 @@ def lower_unpools(model) -> int:
     return len(unpools)
 
 
-def _arith_unpool(u: _Unpool, shape: tuple[int, int, int], const, helper) -> list:
+def _arith_unpool(u: Unpool, shape: tuple[int, int, int], const, helper) -> list:
     p = u.out
     c, h, w = shape
     scales = const("cpu_unpool/scales_2x", np.array([1, 1, 2, 2], np.float32))
