@@ -1,12 +1,14 @@
-"""Regenerate README's pictures from the bundled model (FP32 ONNX in ONNX Runtime at fp32, so they do
-not depend on the CPU):
+"""Regenerate README's and the model card's pictures from the bundled model (FP32 ONNX in ONNX Runtime at
+fp32, so they do not depend on the CPU), on test-split photos only (the model trained on trainval lines):
 
-    python docs/figures.py [--extra ../shared/datasets/oxford-pets-extra]
+    python docs/figures.py [--datasets ../shared/datasets]
 
-- docs/overlays.jpg: the default overlay on six bundled calibration photos;
-- docs/edges.jpg: three photos of oxford-pets-extra (or of calibration/ without it) at camera size
-  (1280 wide), centre crops: the old rendering (class ids blown up with nearest neighbour, the
-  border class as an outline) beside the default (scores upsampled, the animal one soft-edged shape).
+- docs/overlays.jpg: the default overlay on six test photos (the first test line of six breeds);
+- docs/edges.jpg: three test photos at camera size (1280 wide), centre crops: the old rendering (class
+  ids blown up with nearest neighbour, the border class as an outline) beside the default (scores
+  upsampled, the animal one soft-edged shape);
+- docs/failures.jpg: the four test photos of both test splits with the lowest animal IoU, each beside
+  its trimap's animal (white), with the IoU printed.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap
+from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.runtime.images import read_image
-from edgeseg.runtime.masks import BACKGROUND
+from edgeseg.runtime.masks import BACKGROUND, Masks
 from edgeseg.runtime.overlay import Renderer
 from edgeseg.runtime.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
-PHOTOS = ["Bengal_107.jpg", "Bombay_10.jpg", "beagle_10.jpg", "pug_112.jpg", "samoyed_108.jpg", "Sphynx_111.jpg"]
-EDGE_PHOTOS = ["Sphynx_15.jpg", "Siamese_117.jpg", "german_shorthaired_12.jpg"]
+TEST_SETS = ("oxford-pets-3breeds", "oxford-pets-extra")
+OVERLAY_BREEDS = ["Maine_Coon", "Bombay", "american_bulldog", "pomeranian", "Bengal", "german_shorthaired"]
+EDGE_BREEDS = ["Sphynx", "Siamese", "havanese"]
 
 
 def tile(images: list[np.ndarray], columns: int, height: int) -> np.ndarray:
@@ -61,20 +66,53 @@ def save(path: Path, image: np.ndarray) -> None:
     print(f"{path}: {image.shape[1]}x{image.shape[0]}, {len(data) / 1e3:.0f} KB")
 
 
+def masks_of(predictor: Predictor, image: np.ndarray) -> Masks:
+    """The masks the live loop draws (smooth: soft edges), not just the class ids."""
+    return predictor.masks(predictor.scores(predictor.preprocess(image))[0], image.shape)
+
+
+def first_of(samples: list[Sample], breeds: list[str]) -> list[Sample]:
+    """The first test line of each breed, in the order given."""
+    return [next(s for s in samples if breed(s.name) == b) for b in breeds]
+
+
+def failures(predictor: Predictor, samples: list[Sample], n: int = 4) -> np.ndarray:
+    """The ``n`` photos with the lowest animal IoU, each as overlay | truth, the IoU written on it."""
+    scored = []
+    for s in samples:
+        image, truth = read_image(s.image), read_trimap(s.mask)
+        masks = masks_of(predictor, image)
+        cm = ConfusionMatrix()
+        cm.update(truth, masks.ids)
+        scored.append((cm.summary()["pet_iou"], s, image, masks, truth))
+    scored.sort(key=lambda t: t[0])
+    panels = []
+    for iou, s, image, masks, truth in scored[:n]:
+        view = Renderer().render(image, masks)
+        animal = np.where(((truth != BACKGROUND) & (truth != IGNORE))[..., None], 255, 0).astype(np.uint8)
+        panel = np.hstack([view, np.repeat(animal, 3, axis=2)])
+        cv2.putText(panel, f"{s.name}: animal IoU {iou:.2f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3)
+        cv2.putText(panel, f"{s.name}: animal IoU {iou:.2f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
+                    (255, 255, 255), 1)
+        panels.append(panel)
+        print(f"failure: {s.name} animal IoU {iou:.3f}")
+    return tile(panels, columns=2, height=220)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=REPO / "models" / "segnet_dsc.onnx")
-    ap.add_argument("--extra", type=Path, default=REPO.parent / "shared" / "datasets" / "oxford-pets-extra")
+    ap.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     ap.add_argument("--out", type=Path, default=REPO / "docs")
     args = ap.parse_args()
     predictor = Predictor.load(args.model, backend="onnxruntime", precision="fp32", threads=2)
-    frames = [read_image(REPO / "calibration" / name) for name in PHOTOS]
-    save(args.out / "overlays.jpg", tile([Renderer().render(f, predictor.predict(f)) for f in frames],
+    tests = [s for name in TEST_SETS for s in oxford_split(args.datasets / name, "test")]
+    frames = [read_image(s.image) for s in first_of(tests, OVERLAY_BREEDS)]
+    save(args.out / "overlays.jpg", tile([Renderer().render(f, masks_of(predictor, f)) for f in frames],
                                          columns=3, height=200))
-    folder = args.extra / "images" if (args.extra / "images").is_dir() else REPO / "calibration"
-    names = EDGE_PHOTOS if folder.parent == args.extra else PHOTOS[:3]
-    pairs = [comparison(predictor, read_image(folder / name)) for name in names]
+    pairs = [comparison(predictor, read_image(s.image)) for s in first_of(tests, EDGE_BREEDS)]
     save(args.out / "edges.jpg", tile(pairs, columns=1, height=240))
+    save(args.out / "failures.jpg", failures(predictor, tests))
 
 
 if __name__ == "__main__":

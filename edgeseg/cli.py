@@ -21,6 +21,7 @@ from rich.table import Table
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
+from edgeseg.recipe import TrainConfig
 
 UPSAMPLE_HELP = ("How masks reach the frame's size: smooth (class scores upsampled, then decided: edges on "
                  "any pixel) or nearest (the model's class ids blown up: exactly the ids it computed).")
@@ -750,6 +751,9 @@ def doctor(
         raise typer.Exit(1)
 
 
+RECIPE = TrainConfig()  # train's defaults: the recipe that trained the bundled model
+
+
 @app.command()
 def train(
     data: Annotated[list[Path] | None, typer.Option(help=(
@@ -759,16 +763,17 @@ def train(
         "The best epoch's checkpoint is written here; the latest epoch's training state beside it as "
         "NAME.last.pth, for --resume."))] = Path("segnet_dsc.pth"),
     arch: Annotated[str, typer.Option(help="segnet-dsc or segnet.")] = "segnet-dsc",
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs to run (the best one by validation mIoU is kept).")] = 50,
-    batch: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 8,
-    size: Annotated[str, typer.Option(help="Input HxW (multiples of 16).")] = "128x128",
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = 20,
-    gamma: Annotated[float, typer.Option(help="StepLR factor.")] = 0.5,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs to run (the best one by validation mIoU is kept).")
+                      ] = RECIPE.epochs,
+    batch: Annotated[int, typer.Option(min=1, help="Images per training step.")] = RECIPE.batch,
+    size: Annotated[str, typer.Option(help="Input HxW (multiples of 16).")] = "x".join(map(str, RECIPE.size)),
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = RECIPE.lr,
+    step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = RECIPE.step_size,
+    gamma: Annotated[float, typer.Option(help="StepLR factor.")] = RECIPE.gamma,
     seed: Annotated[int, typer.Option(help="Seed of the validation hold-out, shuffling and augmentation.")] = 0,
     scale_aug: Annotated[float, typer.Option(
         help="Random zoom-in crops down to this fraction of the side (1.0: off, the notebook's recipe).",
-        min=0.1, max=1.0)] = 1.0,
+        min=0.1, max=1.0)] = RECIPE.scale_aug,
     limit: Annotated[int, typer.Option(help="Use only the first N trainval images (0: all).")] = 0,
     extra_data: Annotated[Path | None, typer.Option(
         help="Photos with rough-masks/ (1 pet, 2 background) added to training, e.g. oxford-pets-37breeds-photos.")
@@ -779,11 +784,13 @@ def train(
         "Draw each epoch so every breed (or species) gets the same share: none, breed or species."))] = "none",
     negatives: Annotated[float, typer.Option(min=0.0, max=0.9, help=(
         "Share of each epoch drawn from background-only crops of the training photos, labelled background: "
-        "teaches 'no animal' (0: none)."))] = 0.0,
-    border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")] = 1.0,
-    rotate: Annotated[float, typer.Option(min=0.0, max=45.0, help="Random rotation within +-DEG (0: off).")] = 0.0,
+        "teaches 'no animal' (0: none)."))] = RECIPE.negatives,
+    border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")
+                             ] = RECIPE.border_weight,
+    rotate: Annotated[float, typer.Option(min=0.0, max=45.0, help="Random rotation within +-DEG (0: off).")
+                      ] = RECIPE.rotate,
     blur: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples blurred at random (0: off).")
-                    ] = 0.0,
+                    ] = RECIPE.blur,
     cache: Annotated[Path | None, typer.Option(help=(
         "Training-set cache (.npz, about 8 KB a photo): written from --data when missing, read when present; "
         "with no --data it trains from the cache alone (a GPU machine without the photos)."))] = None,
@@ -792,11 +799,10 @@ def train(
         "bf16. Weights stay FP32 and validation runs in FP32."))] = "auto",
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
-    """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the notebook's recipe, which trained
-    the bundled model. Keeps the best epoch by validation mIoU."""
+    """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe that trained the bundled
+    model (models/README.md). Keeps the best epoch by validation mIoU."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from edgeseg.train import TrainConfig
     from edgeseg.train import train as run_training
 
     h, w = parse_size(size)

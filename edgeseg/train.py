@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -27,44 +27,10 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import IGNORE, resize_mask
 from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import atomic_write, check_writable
+from edgeseg.recipe import TrainConfig
 from edgeseg.runtime.images import read_image, resize
 from edgeseg.runtime.meta import ModelMeta
 from edgeseg.runtime.precision import cpu_flags, native_precisions
-
-
-@dataclass
-class TrainConfig:
-    data: str | tuple[str, ...] = ()  # Oxford-layout folder(s); their trainval lines only
-    arch: str = "segnet-dsc"
-    kernel_size: int = 3
-    # the recipe that trained the bundled model (models/README.md), from the notebook: batch 8,
-    # Adam 1e-3 halved every 20 epochs
-    epochs: int = 50
-    batch: int = 8
-    size: tuple[int, int] = (128, 128)
-    lr: float = 1e-3
-    step_size: int = 20  # StepLR period in epochs; 0 = constant learning rate
-    gamma: float = 0.5
-    jitter: float = 0.2  # brightness/contrast/saturation jitter strength
-    scale_aug: float = 1.0  # smallest random zoom-in crop (fraction of the side); 1.0 = off (the notebook's recipe)
-    val_fraction: float = 0.1  # held out of trainval for choosing the best epoch
-    seed: int = 0
-    interpolation: str = "area"  # how images are resized, recorded in the checkpoint's metadata
-    limit: int = 0  # use only the first N trainval images (quick runs, tests); 0 = all
-    extra_data: str | None = None  # photos + rough-masks/ (1 pet, 2 background) added to training only
-    extra_band: int = 4  # pixels either side of a rough outline that the loss ignores
-    device: str = "auto"
-    balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
-    negatives: float = 0.0  # share of each epoch's draws that are background-only crops of the photos ("no animal")
-    border_weight: float = 1.0  # cross-entropy weight of the thin border class (pet and background: 1)
-    rotate: float = 0.0  # random rotation within +-degrees (0: off, the notebook's recipe)
-    blur: float = 0.0  # share of samples given a random Gaussian blur (0: off)
-    cache: str | None = None  # .npz of the decoded training set: written when missing, read when present
-    precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 where the device computes it natively
-
-    @property
-    def folders(self) -> tuple[str, ...]:
-        return (self.data,) if isinstance(self.data, str) else tuple(self.data)
 
 
 def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, band: int,

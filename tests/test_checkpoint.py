@@ -178,8 +178,8 @@ def test_info_summarizes_a_training_record_in_three_lines(cli):
 
     r = cli("info", REPO / "models" / "segnet_dsc.pth")
     assert r.code == 0, r.err
-    assert "batch 8, lr 0.001, StepLR every 20 epochs x0.5, 128px, seed 0" in r.out
-    assert "30 of 50 planned" in r.out and "30: validation mIoU 0.6156" in r.out
+    assert "batch 8, lr 0.001, StepLR every 15 epochs x0.5, 128px, seed 0" in r.out
+    assert "60 of 60 planned" in r.out and "57: validation mIoU 0.6695" in r.out
     assert "'val_miou'" not in r.out and len(r.out.splitlines()) < 30  # no raw per-epoch dicts
     full = json.loads(cli("info", REPO / "models" / "segnet_dsc.pth", "--json").out)
-    assert len(full["extra"]["history"]) == 30
+    assert len(full["extra"]["history"]) == 60

@@ -145,7 +145,8 @@ def test_training_reports_loading_before_the_first_step_and_defaults_match_the_m
     # one truth: the defaults are the recipe the model card says trained the bundled model
     recipe = load_checkpoint(REPO / "models" / "segnet_dsc.pth").extra["recipe"]
     defaults = TrainConfig(data="")
-    keys = ("batch", "lr", "step_size", "gamma", "jitter", "size", "epochs")
+    keys = ("batch", "lr", "step_size", "gamma", "jitter", "size", "epochs", "scale_aug", "negatives",
+            "border_weight", "rotate", "blur")
     assert {k: getattr(defaults, k) for k in keys} == {k: recipe[k] if k != "size" else tuple(recipe[k]) for k in keys}
 
 

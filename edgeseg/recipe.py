@@ -1,0 +1,45 @@
+"""The training recipe: every option of `edgeseg train`, with the defaults that trained the bundled model.
+
+Kept apart from edgeseg.train (PyTorch) so that the CLI takes its defaults from here without importing
+PyTorch: one truth for the code, the help and the model card (a test compares them with the bundled
+checkpoint's stored recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    data: str | tuple[str, ...] = ()  # Oxford-layout folder(s); their trainval lines only
+    arch: str = "segnet-dsc"
+    kernel_size: int = 3
+    # the recipe that trained the bundled model (models/README.md): the notebook's batch 8 and Adam 1e-3,
+    # halved every 15 epochs over 60, with zoom, rotation, blur, "no animal" crops and a heavier border
+    epochs: int = 60
+    batch: int = 8
+    size: tuple[int, int] = (128, 128)
+    lr: float = 1e-3
+    step_size: int = 15  # StepLR period in epochs; 0 = constant learning rate
+    gamma: float = 0.5
+    jitter: float = 0.2  # brightness/contrast/saturation jitter strength
+    scale_aug: float = 0.6  # smallest random zoom-in crop (fraction of the side); 1.0 = off (the notebook's recipe)
+    val_fraction: float = 0.1  # held out of trainval for choosing the best epoch
+    seed: int = 0
+    interpolation: str = "area"  # how images are resized, recorded in the checkpoint's metadata
+    limit: int = 0  # use only the first N trainval images (quick runs, tests); 0 = all
+    extra_data: str | None = None  # photos + rough-masks/ (1 pet, 2 background) added to training only
+    extra_band: int = 4  # pixels either side of a rough outline that the loss ignores
+    device: str = "auto"
+    balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
+    negatives: float = 0.15  # share of each epoch's draws that are background-only crops of the photos ("no animal")
+    border_weight: float = 1.5  # cross-entropy weight of the thin border class (pet and background: 1)
+    rotate: float = 10.0  # random rotation within +-degrees (0: off, the notebook's recipe)
+    blur: float = 0.1  # share of samples given a random Gaussian blur (0: off)
+    cache: str | None = None  # .npz of the decoded training set: written when missing, read when present
+    precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 where the device computes it natively
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        return (self.data,) if isinstance(self.data, str) else tuple(self.data)
