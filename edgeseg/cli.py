@@ -762,7 +762,7 @@ def train(
     output: Annotated[Path, typer.Option("-o", "--output", help=(
         "The best epoch's checkpoint is written here; the latest epoch's training state beside it as "
         "NAME.last.pth, for --resume."))] = Path("segnet_dsc.pth"),
-    arch: Annotated[str, typer.Option(help="segnet-dsc or segnet.")] = "segnet-dsc",
+    arch: Annotated[str, typer.Option(help="segnet-dsc or segnet.")] = RECIPE.arch,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs to run (the best one by validation mIoU is kept).")
                       ] = RECIPE.epochs,
     batch: Annotated[int, typer.Option(min=1, help="Images per training step.")] = RECIPE.batch,
@@ -770,18 +770,20 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = RECIPE.lr,
     step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = RECIPE.step_size,
     gamma: Annotated[float, typer.Option(help="StepLR factor.")] = RECIPE.gamma,
-    seed: Annotated[int, typer.Option(help="Seed of the validation hold-out, shuffling and augmentation.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the validation hold-out, shuffling and augmentation.")
+                    ] = RECIPE.seed,
     scale_aug: Annotated[float, typer.Option(
         help="Random zoom-in crops down to this fraction of the side (1.0: off, the notebook's recipe).",
         min=0.1, max=1.0)] = RECIPE.scale_aug,
-    limit: Annotated[int, typer.Option(help="Use only the first N trainval images (0: all).")] = 0,
+    limit: Annotated[int, typer.Option(help="Use only the first N trainval images (0: all).")] = RECIPE.limit,
     extra_data: Annotated[Path | None, typer.Option(
         help="Photos with rough-masks/ (1 pet, 2 background) added to training, e.g. oxford-pets-37breeds-photos.")
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a *.last.pth training state.")] = None,
-    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = RECIPE.device,
     balance: Annotated[str, typer.Option(help=(
-        "Draw each epoch so every breed (or species) gets the same share: none, breed or species."))] = "none",
+        "Draw each epoch so every breed (or species) gets the same share: none, breed or species."))
+    ] = RECIPE.balance,
     negatives: Annotated[float, typer.Option(min=0.0, max=0.9, help=(
         "Share of each epoch drawn from background-only crops of the training photos, labelled background: "
         "teaches 'no animal' (0: none)."))] = RECIPE.negatives,
@@ -796,7 +798,7 @@ def train(
         "with no --data it trains from the cache alone (a GPU machine without the photos)."))] = None,
     precision: Annotated[str, typer.Option(help=(
         "Training compute: auto (bf16 autocast where the CPU or GPU has bf16 arithmetic, else fp32), fp32 or "
-        "bf16. Weights stay FP32 and validation runs in FP32."))] = "auto",
+        "bf16. Weights stay FP32 and validation runs in FP32."))] = RECIPE.precision,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
     """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe that trained the bundled

@@ -15,6 +15,7 @@ from test_export import maxunpool_reference, tie_heavy, unpool_model
 import edgeseg.build.quantize as q
 from edgeseg.build.integer_unpool import integer_pools
 from edgeseg.runtime.onnxruntime import create_session
+from edgeseg.runtime.predictor import Predictor
 
 S_PRE, S_X = 0.05, 0.02  # the two tensors' quantization scales (zero points 0, as after a ReLU)
 
@@ -101,6 +102,7 @@ def test_cpu_int8_of_the_bundled_model_has_no_float_island(tmp_path, pets3):
     ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
     optimized = [node.op_type for node in onnx.load(so.optimized_model_filepath).graph.node]
     assert optimized.count("Transpose") == 2 and optimized.count("QLinearConv") == 40
+    assert Predictor.load(out, backend="onnxruntime").info.extra["unpool"] == "on integers (4, in the file)"
     # the TensorRT target keeps the float form (TensorRT has no 8-bit Equal or Resize)
     trt = tmp_path / "trt.onnx"
     q.quantize(REPO / "models" / "segnet_dsc.onnx", trt, q.QuantizeOptions(target="tensorrt"),

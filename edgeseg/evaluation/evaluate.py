@@ -27,8 +27,8 @@ def evaluate(predictors: Sequence[Predictor], samples: Sequence[Sample],
     if not samples:
         raise EdgesegError("no samples to evaluate")
     cms = [ConfusionMatrix(len(p.meta.class_names)) for p in predictors]
-    breeds = sorted({breed(s.name) for s in samples}) if by_breed else []
-    per_breed = [{b: ConfusionMatrix(len(p.meta.class_names)) for b in breeds} for p in predictors]
+    counts = Counter(breed(s.name) for s in samples) if by_breed else Counter()  # images per breed
+    per_breed = [{b: ConfusionMatrix(len(p.meta.class_names)) for b in sorted(counts)} for p in predictors]
     agree = np.zeros(len(predictors), dtype=np.int64)
     seconds = np.zeros(len(predictors))
     pixels = 0
@@ -50,7 +50,6 @@ def evaluate(predictors: Sequence[Predictor], samples: Sequence[Sample],
         pixels += truth.size
         if progress:
             progress(i + 1, len(samples))
-    counts = Counter(breed(s.name) for s in samples)
     results = []
     for j, p in enumerate(predictors):
         results.append({**p.describe(), **cms[j].summary(p.meta.class_names),

@@ -13,6 +13,7 @@ edgeseg.loader adds PyTorch checkpoints and engines built on demand on top of it
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class _OnnxRuntimeBackend:
                                    "(pip install onnx); use --precision fp32", path)
             candidates = ["fp32"]
         sessions, unpool = {}, {}
+        integer = json.loads(props.get("quantization", "{}")).get("integer_unpools", 0)  # edgeseg quantize --target cpu
 
         def make(p: str):
             if p == "fp16":
@@ -63,7 +65,8 @@ class _OnnxRuntimeBackend:
             else:
                 lowered = _lowered_unpools(path) if lower_unpool else None
                 sessions[p] = create_session(lowered[0] if lowered else path, threads=threads)
-                unpool[p] = f"rewritten for NCHWc ({lowered[1]})" if lowered else "as exported"
+                unpool[p] = (f"rewritten for NCHWc ({lowered[1]})" if lowered else
+                             f"on integers ({integer}, in the file)" if integer else "as exported")
             return lambda x: sessions[p].run(None, {self.input_name: x})[0]
 
         if precision == "auto":
