@@ -73,7 +73,14 @@ def masks_of(predictor: Predictor, image: np.ndarray) -> Masks:
 
 def first_of(samples: list[Sample], breeds: list[str]) -> list[Sample]:
     """The first test line of each breed, in the order given."""
-    return [next(s for s in samples if breed(s.name) == b) for b in breeds]
+    firsts = {}
+    for s in samples:
+        firsts.setdefault(breed(s.name), s)
+    missing = [b for b in breeds if b not in firsts]
+    if missing:
+        raise SystemExit(f"no test photo of {', '.join(missing)} in {', '.join(TEST_SETS)}: pass --datasets "
+                         "the folder that holds them")
+    return [firsts[b] for b in breeds]
 
 
 def failures(predictor: Predictor, samples: list[Sample], n: int = 4) -> np.ndarray:

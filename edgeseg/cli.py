@@ -141,8 +141,11 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
     rows: list[tuple[str, object]] = []
     recipe, history, best = extra.get("recipe") or {}, extra.get("history") or [], extra.get("best") or {}
     if recipe:
-        schedule = (f", StepLR every {recipe['step_size']} epochs x{recipe['gamma']}"
-                    if recipe.get("step_size") else ", constant LR")
+        if recipe.get("schedule") == "cosine":
+            schedule = ", cosine down to lr/100"
+        else:
+            schedule = (f", StepLR every {recipe['step_size']} epochs x{recipe['gamma']}"
+                        if recipe.get("step_size") else ", constant LR")
         rows.append(("training", f"batch {recipe.get('batch')}, lr {recipe.get('lr')}{schedule}, "
                                  f"{recipe.get('size', ['?'])[0]}px, seed {recipe.get('seed')}"))
     if history or "epochs_run" in extra:
@@ -152,8 +155,14 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
     if best:
         rows.append(("best epoch", f"{best.get('epoch')}: validation mIoU {best.get('miou', float('nan')):.4f}, "
                                    f"pixel accuracy {best.get('pixel_accuracy', float('nan')):.4f}"))
+    parent = extra.get("init_from")
+    if parent:
+        was = parent.get("best") or {}
+        rows.append(("started from", f"{parent.get('file')} (sha256 {str(parent.get('sha256'))[:12]}, "
+                                     f"{parent.get('epochs_run', '?')} epochs, best validation mIoU "
+                                     f"{was.get('miou', float('nan')):.4f}; info --json for its record)"))
     for k, v in extra.items():
-        if k not in ("recipe", "history", "best", "epochs_run"):
+        if k not in ("recipe", "history", "best", "epochs_run", "init_from"):
             rows.append((k, v if not isinstance(v, (list, dict)) or len(str(v)) < 100 else
                          f"{type(v).__name__} of {len(v)} (info --json)"))
     return rows
@@ -453,7 +462,7 @@ def run(
         raise EdgesegError(str(e)) from None
     opts = RunOptions(output=output, save_video=save_video, save_masks=save_masks, report=report, show=show,
                       max_frames=max_frames, duration=duration, warmup=warmup, force=force, smooth=smooth)
-    check_outputs(opts)
+    check_outputs(opts, renderer.view)
     predictor = load_predictor(model, backend=backend, threads=threads, precision=precision)
     predictor.upsample = _upsample(upsample)
     src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
@@ -768,6 +777,9 @@ def train(
     batch: Annotated[int, typer.Option(min=1, help="Images per training step.")] = RECIPE.batch,
     size: Annotated[str, typer.Option(help="Input HxW (multiples of 16).")] = "x".join(map(str, RECIPE.size)),
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = RECIPE.lr,
+    schedule: Annotated[str, typer.Option(help=(
+        "Learning-rate schedule: step (halve every --step-size epochs by --gamma) or cosine (from --lr down to "
+        "--lr/100 over --epochs)."))] = RECIPE.schedule,
     step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = RECIPE.step_size,
     gamma: Annotated[float, typer.Option(help="StepLR factor.")] = RECIPE.gamma,
     seed: Annotated[int, typer.Option(help="Seed of the validation hold-out, shuffling and augmentation.")
@@ -780,19 +792,28 @@ def train(
         help="Photos with rough-masks/ (1 pet, 2 background) added to training, e.g. oxford-pets-37breeds-photos.")
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a *.last.pth training state.")] = None,
+    init: Annotated[Path | None, typer.Option(help=(
+        "Start from this checkpoint's weights (fine-tune: an edgeseg or notebook checkpoint) instead of a "
+        "random init; a fresh optimizer and schedule."))] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = RECIPE.device,
     balance: Annotated[str, typer.Option(help=(
         "Draw each epoch so every breed (or species) gets the same share: none, breed or species."))
     ] = RECIPE.balance,
     negatives: Annotated[float, typer.Option(min=0.0, max=0.9, help=(
-        "Share of each epoch drawn from background-only crops of the training photos, labelled background: "
-        "teaches 'no animal' (0: none)."))] = RECIPE.negatives,
+        "Share of each epoch drawn from 'no animal' examples, labelled background: background-only crops of "
+        "the training photos, and the --no-animal photos (0: no crops)."))] = RECIPE.negatives,
+    no_animal: Annotated[Path | None, typer.Option(help=(
+        "A folder of photos without animals (the empty scene your camera will watch, say), labelled "
+        "background and drawn among --negatives' share; score on other ones with eval --no-animal."))] = None,
     border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")
                              ] = RECIPE.border_weight,
     rotate: Annotated[float, typer.Option(min=0.0, max=45.0, help="Random rotation within +-DEG (0: off).")
                       ] = RECIPE.rotate,
     blur: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples blurred at random (0: off).")
                     ] = RECIPE.blur,
+    gray: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "Share of samples turned grey at random, for monochrome and night-vision cameras (0: off)."))
+    ] = RECIPE.gray,
     cache: Annotated[Path | None, typer.Option(help=(
         "Training-set cache (.npz, about 8 KB a photo): written from --data when missing, read when present; "
         "with no --data it trains from the cache alone (a GPU machine without the photos)."))] = None,
@@ -812,9 +833,13 @@ def train(
         raise EdgesegError(f"--size {size}: height and width must be multiples of 16 (four 2x2 poolings)")
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
+    if schedule not in ("step", "cosine"):
+        raise EdgesegError(f"--schedule {schedule!r}: expected step or cosine")
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
-                      border_weight=border_weight, rotate=rotate, blur=blur, cache=str(cache) if cache else None,
-                      epochs=epochs, batch=batch, precision=precision,
+                      border_weight=border_weight, rotate=rotate, blur=blur, gray=gray,
+                      cache=str(cache) if cache else None,
+                      epochs=epochs, batch=batch, precision=precision, schedule=schedule,
+                      init=str(init) if init else None, no_animal=str(no_animal) if no_animal else None,
                       size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
                       scale_aug=scale_aug, extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -21,6 +21,7 @@ class TrainConfig:
     batch: int = 8
     size: tuple[int, int] = (128, 128)
     lr: float = 1e-3
+    schedule: str = "step"  # step: StepLR (step_size, gamma); cosine: from lr down to lr/100 over the epochs
     step_size: int = 15  # StepLR period in epochs; 0 = constant learning rate
     gamma: float = 0.5
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength
@@ -33,12 +34,15 @@ class TrainConfig:
     extra_band: int = 4  # pixels either side of a rough outline that the loss ignores
     device: str = "auto"
     balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
+    no_animal: str | None = None  # a folder of photos without animals, labelled background, drawn among the negatives
     negatives: float = 0.15  # share of each epoch's draws that are background-only crops of the photos ("no animal")
     border_weight: float = 1.5  # cross-entropy weight of the thin border class (pet and background: 1)
     rotate: float = 10.0  # random rotation within +-degrees (0: off, the notebook's recipe)
     blur: float = 0.1  # share of samples given a random Gaussian blur (0: off)
+    gray: float = 0.0  # share of samples turned grey (0: off)
     cache: str | None = None  # .npz of the decoded training set: written when missing, read when present
     precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 where the device computes it natively
+    init: str | None = None  # start from this checkpoint's weights (fine-tuning) instead of a random init
 
     @property
     def folders(self) -> tuple[str, ...]:

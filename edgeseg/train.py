@@ -1,7 +1,8 @@
 """Train SegNet / SegNet-DSC on an Oxford-IIIT Pet layout folder with the notebook's recipe.
 
 Recipe (defaults): 128x128 inputs, random horizontal flip, colour jitter, Adam lr 1e-3,
-cross-entropy over pet/background/border, optional StepLR. Images are decoded and resized once
+cross-entropy over pet/background/border, StepLR or cosine schedule, optionally from a checkpoint's
+weights (fine-tuning). Images are decoded and resized once
 (through :func:`edgeseg.runtime.images.preprocess`'s resize) and augmented per batch as tensors, so an epoch
 costs the network's compute, not JPEG decoding. The best epoch by validation mIoU is kept.
 """
@@ -113,6 +114,14 @@ def augment(x: torch.Tensor, y: torch.Tensor, jitter: float, gen: torch.Generato
     return x, y
 
 
+def random_gray(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """A share ``p`` of the batch turned to grey (luma in all three channels): night-vision and monochrome
+    cameras, and shape over coat colour."""
+    chosen = (torch.rand(x.shape[0], generator=gen) < p)[:, None, None, None].to(x.device)
+    luma = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+    return torch.where(chosen, luma, x)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,6 +155,59 @@ def evaluate_arrays(model: nn.Module, images: np.ndarray, masks: np.ndarray, dev
         pred = model(x).argmax(1).to(torch.uint8).cpu().numpy()
         cm.update(masks[i:i + batch], pred)
     return cm.summary()
+
+
+def scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule, stepped once per epoch."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr / 100)
+    if cfg.schedule != "step":
+        raise EdgesegError(f"schedule {cfg.schedule!r}: expected step or cosine")
+    return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma) if cfg.step_size else None
+
+
+PATH_FIELDS = ("data", "cache", "init", "extra_data", "no_animal")
+
+
+def portable(recipe: dict) -> dict:
+    """A recipe as a checkpoint records it: paths by their last part (the dataset folders' names, the
+    cache's and the parent checkpoint's file names), so that a shipped checkpoint does not carry the
+    trainer's directory layout. Also applied to a parent's recipe recorded by an older edgeseg."""
+    def name(v: object) -> object:
+        if isinstance(v, (list, tuple)):
+            return ", ".join(Path(str(f)).name for f in v)
+        if isinstance(v, str) and v:
+            return ", ".join(Path(f.strip()).name for f in v.split(","))
+        return v
+
+    return {k: (name(v) if k in PATH_FIELDS else list(v) if isinstance(v, tuple) else v) for k, v in recipe.items()}
+
+
+def initial_model(cfg: TrainConfig) -> tuple[nn.Module, dict]:
+    """A fresh network, or ``cfg.init``'s weights to fine-tune. The second value is what the new checkpoint
+    records of where it started: the parent's file hash and its own training record, so that a model
+    trained in stages keeps every stage's recipe and history."""
+    if cfg.init is None:
+        return build_model(cfg.arch, cfg.kernel_size), {}
+    start = load_checkpoint(cfg.init)  # weights_only: an untrusted file
+    arch = start.meta.arch
+    if arch != cfg.arch or start.meta.kernel_size != cfg.kernel_size:
+        raise EdgesegError(f"this checkpoint is {arch} k={start.meta.kernel_size}, not the {cfg.arch} "
+                           f"k={cfg.kernel_size} asked for: pass --arch {arch}", cfg.init)
+    return start.model.train(), {"init_from": {"file": Path(cfg.init).name, "sha256": start.sha256,
+                                               **training_record(start.extra)}}
+
+
+def training_record(extra: dict) -> dict:
+    """What a checkpoint's training record passes on to a model fine-tuned from it, paths made portable
+    at every stage."""
+    record = {k: extra[k] for k in ("recipe", "history", "best", "epochs_run") if k in extra}
+    if "recipe" in record:
+        record["recipe"] = portable(record["recipe"])
+    if "init_from" in extra:
+        parent = extra["init_from"]
+        record["init_from"] = {"file": parent.get("file"), "sha256": parent.get("sha256"), **training_record(parent)}
+    return record
 
 
 def training_set(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> trainset.TrainSet:
@@ -197,8 +259,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
 
+    model, parent = initial_model(cfg)  # a bad --init is refused before the photos load
     t0 = time.perf_counter()
+    free = trainset.load_no_animal(cfg.no_animal, tuple(cfg.size), cfg.interpolation) if cfg.no_animal else None
     ts = training_set(cfg, progress)
+    if free is not None:
+        ts = ts + free
     real = np.flatnonzero(~ts.negative)  # photos in their split order; negatives follow their photo
     order = np.random.default_rng(cfg.seed).permutation(len(real))
     # With a single image there is nothing to hold out: it serves as both (quick runs, tests).
@@ -222,9 +288,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     draw = torch.from_numpy(weights / weights.sum()) if cfg.balance != "none" or cfg.negatives else None
 
     # channels-last: oneDNN's and cuDNN's fast layout for these convolutions (1.4x per CPU step in fp32)
-    model = build_model(cfg.arch, cfg.kernel_size).to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma) if cfg.step_size else None
+    sched = scheduler(opt, cfg)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 1.0, cfg.border_weight], device=device),
                                   ignore_index=IGNORE)
     history: list[dict] = []
@@ -242,11 +308,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
         start_epoch = int(state["epoch"]) + 1
         gen.set_state(state["generator"])
 
+    recipe = portable(asdict(cfg))
+    n_negative = int(ts.negative[train_idx].sum())
+    n_free = sum(1 for i in train_idx if ts.names[i].startswith("no-animal:"))
     meta = ModelMeta(
         arch=cfg.arch, kernel_size=cfg.kernel_size, input_size=tuple(cfg.size), interpolation=cfg.interpolation,
-        provenance={"trained_with": f"edgeseg {__version__} train", "data": ", ".join(cfg.folders) or cfg.cache,
+        provenance={"trained_with": f"edgeseg {__version__} train", "data": recipe["data"] or recipe["cache"],
                     "split": "trainval", "train_images": int((~ts.negative[train_idx]).sum()),
-                    "negative_crops": int(ts.negative[train_idx].sum()), "val_images": int(n_val), "seed": cfg.seed,
+                    "negative_crops": n_negative - n_free, "no_animal_images": n_free, "val_images": int(n_val),
+                    "seed": cfg.seed,
                     "extra_data": cfg.extra_data, "extra_images": n_extra},
     )
     steps = math.ceil(len(train_idx) / cfg.batch)
@@ -262,7 +332,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
             x, y = augment(x, y, cfg.jitter, gen)
             if cfg.scale_aug < 1.0 or cfg.rotate:
                 x, y = random_crop(x, y, cfg.scale_aug, gen, cfg.rotate)
-            x = random_blur(x, cfg.blur, gen).contiguous(memory_format=torch.channels_last)
+            x = random_blur(x, cfg.blur, gen)
+            if cfg.gray:
+                x = random_gray(x, cfg.gray, gen)
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 scores = model(x)
             loss = loss_fn(scores.float(), y)
@@ -283,8 +356,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
         improved = val["miou"] > best["miou"]
         if improved:
             best = {"miou": val["miou"], "pixel_accuracy": val["pixel_accuracy"], "epoch": epoch}
-            extra = {"recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                     "history": history, "best": best, "epochs_run": epoch}
+            extra = {"recipe": recipe, "history": history, "best": best, "epochs_run": epoch, **parent}
             save_checkpoint(out, model.cpu(), meta, extra=extra, force=True)
             model.to(device)
         state = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),

@@ -20,7 +20,7 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap, resize_mask, species
 from edgeseg.files import atomic_write
-from edgeseg.runtime.images import read_image, resize
+from edgeseg.runtime.images import ImageError, list_images, read_image, resize
 from edgeseg.runtime.masks import BACKGROUND
 
 BALANCE = ("none", "breed", "species")
@@ -39,6 +39,10 @@ class TrainSet:
 
     def select(self, index: np.ndarray) -> TrainSet:
         return TrainSet(self.images[index], self.masks[index], [self.names[i] for i in index], self.negative[index])
+
+    def __add__(self, other: TrainSet) -> TrainSet:
+        return TrainSet(np.concatenate([self.images, other.images]), np.concatenate([self.masks, other.masks]),
+                        self.names + other.names, np.concatenate([self.negative, other.negative]))
 
 
 def trainval_samples(folders: Sequence[str | Path]) -> list[Sample]:
@@ -90,6 +94,25 @@ def load(samples: list[Sample], size: tuple[int, int], interpolation: str, negat
     h, w = size
     return TrainSet(np.stack(images) if images else np.empty((0, 3, h, w), np.uint8),
                     np.stack(masks) if masks else np.empty((0, h, w), np.uint8), names, np.array(negative, bool))
+
+
+def load_no_animal(folder: str | Path, size: tuple[int, int], interpolation: str) -> TrainSet:
+    """Photos without an animal (for example frames of the empty scene a camera will watch), each whole and
+    labelled background: "no animal" examples beside the background crops. Named ``no-animal:<file>``,
+    so they are never held out for validation (which scores animals)."""
+    paths = list_images(folder)
+    if not paths:
+        raise EdgesegError("no images in this folder (--no-animal takes a folder of photos without animals)", folder)
+    images = []
+    for p in paths:
+        try:
+            images.append(read_image(p))
+        except ImageError as e:
+            raise EdgesegError(f"cannot decode this image ({e}); remove it from the --no-animal folder", p) from None
+    h, w = size
+    return TrainSet(np.stack([resize(im, size, interpolation)[:, :, ::-1].transpose(2, 0, 1) for im in images]),
+                    np.full((len(images), h, w), BACKGROUND, np.uint8), [f"no-animal:{p.name}" for p in paths],
+                    np.ones(len(images), bool))
 
 
 def sample_weights(names: Sequence[str], balance: str) -> np.ndarray:

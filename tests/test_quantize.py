@@ -175,6 +175,14 @@ def _weights(path) -> dict:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
+def test_histogram_calibration_keeps_json_output_clean(cli, fp32, tmp_path, pets37):
+    """ONNX Runtime's percentile/entropy calibrators print progress; --json output must stay parseable."""
+    r = cli("quantize", fp32, "--calib", pets37, "--num-images", "16", "--method", "percentile", "--target",
+            "tensorrt", "-o", tmp_path / "p.onnx", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["target"] == "tensorrt" and "Collecting tensor data" in r.err
+
+
 def test_onnxruntime_before_1_24_quantizes_the_same_from_the_same_ranges(monkeypatch, fp32, calib_ranges, tmp_path):
     """Python 3.10 (JetPack 6) gets ONNX Runtime 1.23 at most, without calibration caching: edgeseg
     feeds the stored ranges to its quantizer itself and writes ranges in the same file layout."""

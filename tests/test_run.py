@@ -234,6 +234,14 @@ def test_run_bad_options(cli, onnx_model, args, message):
     assert r.code == 1 and message in r.err
 
 
+def test_a_cutout_video_is_refused_before_the_model_loads(cli, tmp_path):
+    # the model file does not exist: the first thing said must be about the view, not the model
+    r = cli("run", tmp_path / "not-yet.onnx", "--source", tmp_path, "--view", "cutout",
+            "--save-video", tmp_path / "v.mp4")
+    assert r.code == 1 and "videos cannot hold" in r.err and "v.mp4" in r.err
+    assert not (tmp_path / "v.mp4").exists()
+
+
 def test_renderer_views(pets3):
     frame = read_image(pets3 / "images" / "Abyssinian_1.jpg")
     mask = np.ones(frame.shape[:2], np.uint8)

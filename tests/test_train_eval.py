@@ -142,12 +142,79 @@ def test_training_reports_loading_before_the_first_step_and_defaults_match_the_m
     first_step = kinds.index("step")
     assert kinds[:first_step] == ["loading"] * 6 and events[first_step - 1] == {"event": "loading", "done": 6,
                                                                                   "total": 6}
-    # one truth: the defaults are the recipe the model card says trained the bundled model
-    recipe = load_checkpoint(REPO / "models" / "segnet_dsc.pth").extra["recipe"]
+    # one truth: the defaults are the recipe the model card says trained the bundled model from scratch
+    # (a model fine-tuned in stages records each parent's recipe under init_from)
+    record = load_checkpoint(REPO / "models" / "segnet_dsc.pth").extra
+    while "init_from" in record:
+        record = record["init_from"]
+    recipe = record["recipe"]
     defaults = TrainConfig(data="")
     keys = ("batch", "lr", "step_size", "gamma", "jitter", "size", "epochs", "scale_aug", "negatives",
             "border_weight", "rotate", "blur")
     assert {k: getattr(defaults, k) for k in keys} == {k: recipe[k] if k != "size" else tuple(recipe[k]) for k in keys}
+
+
+def test_fine_tuning_starts_from_the_checkpoints_weights_and_records_it(cli, pets3, tmp_path):
+    import torch
+
+    from edgeseg.build.checkpoint import save_checkpoint
+    from edgeseg.build.nets import build_model
+    from edgeseg.train import TrainConfig, train
+
+    small = {"data": str(pets3), "batch": 3, "size": (32, 32), "limit": 6}
+    parent = tmp_path / "parent.pth"
+    train(TrainConfig(epochs=1, **small), parent)
+    # as an older edgeseg recorded it: the folder's whole path
+    ck = load_checkpoint(parent)
+    old_recipe = {**ck.extra["recipe"], "data": [str(pets3)]}
+    save_checkpoint(parent, ck.model, ck.meta, extra={**ck.extra, "recipe": old_recipe}, force=True)
+    child = tmp_path / "child.pth"
+    # a learning rate too small to move the weights: what comes out is what went in
+    train(TrainConfig(epochs=1, lr=1e-12, init=str(parent), **small), child)
+    before, after = load_checkpoint(parent), load_checkpoint(child)
+    w0, w1 = before.model.dc1.seq[0].pointwise.weight, after.model.dc1.seq[0].pointwise.weight
+    assert torch.allclose(w0, w1, atol=1e-6)
+    rec = after.extra["init_from"]
+    assert rec["file"] == "parent.pth" and rec["sha256"] == before.sha256
+    assert rec["history"] == before.extra["history"] and rec["recipe"]["lr"] == 1e-3
+    # the record names files, not the trainer's directories
+    assert after.extra["recipe"]["init"] == "parent.pth" and after.extra["recipe"]["data"] == pets3.name
+    assert rec["recipe"]["data"] == pets3.name
+    assert str(tmp_path) not in json.dumps([after.extra, after.meta.provenance])
+    assert str(pets3.parent) not in json.dumps([after.extra, after.meta.provenance])
+    # cosine: from lr down to lr/100 over the run, one step per epoch
+    cos = tmp_path / "cos.pth"
+    train(TrainConfig(epochs=2, lr=1e-3, schedule="cosine", init=str(parent), **small), cos)
+    assert [h["lr"] for h in load_checkpoint(cos).extra["history"]] == pytest.approx([5.05e-4, 1e-5])
+    # a checkpoint of the other architecture, or an unknown schedule, is refused before any photo loads
+    torch.save(build_model("segnet").state_dict(), tmp_path / "segnet.pth")
+    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--init", tmp_path / "segnet.pth")
+    assert r.code == 1 and "segnet.pth" in r.err and "--arch segnet" in r.err and "Traceback" not in r.err
+    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--schedule", "linear")
+    assert r.code == 1 and "expected step or cosine" in r.err
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_photos_without_animals_train_as_background_and_never_validate(cli, pets3, tmp_path):
+    from edgeseg import trainset
+    from edgeseg.runtime.masks import BACKGROUND
+
+    free = tmp_path / "empty-room"
+    free.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(free / f"frame{i}.jpg"), np.full((90, 160, 3), 40 * i, np.uint8))
+    ts = trainset.load_no_animal(free, (32, 32), "area")
+    assert ts.images.shape == (3, 3, 32, 32) and (ts.masks == BACKGROUND).all() and ts.negative.all()
+    out = tmp_path / "t.pth"
+    r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "1", "--batch", "3", "--size", "32x32",
+            "--no-animal", free)
+    assert r.code == 0, r.err
+    prov = load_checkpoint(out).meta.provenance
+    assert prov["no_animal_images"] == 3 and prov["train_images"] == 5 and prov["val_images"] == 1
+    # an empty folder is refused before the photos load, naming the folder
+    (tmp_path / "none").mkdir()
+    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--no-animal", tmp_path / "none")
+    assert r.code == 1 and "none" in r.err and "no images" in r.err and not (tmp_path / "x.pth").exists()
 
 
 def test_train_refuses_bad_data_and_sizes(cli, tmp_path, pets3):
@@ -166,6 +233,21 @@ def test_rough_masks_add_pet_and_background_with_an_ignored_outline(pets37):
     assert values == {0, 1, IGNORE}  # no border class: the outline band is ignored instead
     ignored = (masks == IGNORE).mean()
     assert 0.005 < ignored < 0.3
+
+
+def test_gray_turns_about_its_share_of_the_batch_grey_and_leaves_the_rest():
+    import torch
+
+    from edgeseg.train import random_gray
+
+    x = torch.rand(400, 3, 4, 4)
+    y = random_gray(x, 0.25, torch.Generator().manual_seed(0))
+    grey = ((y[:, 0] == y[:, 1]) & (y[:, 1] == y[:, 2])).flatten(1).all(1)
+    untouched = (y == x).flatten(1).all(1)
+    assert (grey | untouched).all() and 70 <= int(grey.sum()) <= 130
+    luma = 0.299 * x[grey, 0] + 0.587 * x[grey, 1] + 0.114 * x[grey, 2]
+    assert torch.allclose(y[grey, 0], luma)
+    assert torch.equal(random_gray(x, 0.0, torch.Generator()), x)
 
 
 def test_random_crop_zooms_in_and_keeps_labels_valid():

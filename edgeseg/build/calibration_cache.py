@@ -10,9 +10,12 @@ ranges file moves freely between the two (``models/segnet_dsc.calib.json`` is on
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
+import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -77,6 +80,12 @@ def quantize_static_cached(ranges: Path, reader, **kwargs) -> None:
     it when it exists, else computed from ``reader`` and written to it."""
     from onnxruntime.quantization import quantize_static
 
+    # ONNX Runtime's histogram calibrators print their progress to stdout, which belongs to --json
+    with contextlib.redirect_stdout(sys.stderr):
+        _quantize_static_cached(quantize_static, ranges, reader, **kwargs)
+
+
+def _quantize_static_cached(quantize_static: Callable, ranges: Path, reader, **kwargs) -> None:
     if native_cache():
         quantize_static(calibration_data_reader=reader, calibration_cache_path=str(ranges), **kwargs)
         return

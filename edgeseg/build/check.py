@@ -2,7 +2,7 @@
 
 ``tensorrt``: rules of the onnx-tensorrt parser shipped with TensorRT 10 (docs/operators.md and the
 Q/DQ importer): supported ops only, MaxPool without an indices output, symmetric int8 Q/DQ (zero
-point 0, no uint8), opset 9..20, static non-batch dimensions.
+point 0, no uint8), no op but DequantizeLinear on 8-bit integers, opset 9..20, static non-batch dimensions.
 ``onnxruntime``: the ONNX checker with shape inference, then a CPU session is created.
 Every problem is listed with its node name.
 """
@@ -107,12 +107,27 @@ def check_tensorrt(m: onnx.ModelProto) -> list[Problem]:
             elif numpy_helper.to_array(zp).any():
                 problems.append(Problem(name, n.op_type, "non-zero zero point; TensorRT supports symmetric "
                                                          "quantization only (quantize with --target tensorrt)"))
+    problems += _integer_compute(m)
     for v in m.graph.input:
         dims = v.type.tensor_type.shape.dim
         for i, d in enumerate(dims):
             if i > 0 and not d.HasField("dim_value"):
                 problems.append(Problem(v.name, "input", f"dimension {i} is dynamic ({d.dim_param or '?'}); only the "
                                                          "batch dimension may be; re-export with a fixed --size"))
+    return problems
+
+
+def _integer_compute(m: onnx.ModelProto) -> list[Problem]:
+    """Nodes other than DequantizeLinear that read 8-bit integer tensors (the integer pools and unpools
+    of an INT8 ``cpu`` file): TensorRT computes on int8 only inside the layers it fuses from Q/DQ."""
+    inferred = onnx.shape_inference.infer_shapes(m)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    eight_bit = {TensorProto.INT8, TensorProto.UINT8}
+    problems = []
+    for n in m.graph.node:
+        if n.op_type != "DequantizeLinear" and any(types.get(i) in eight_bit for i in n.input):
+            problems.append(Problem(n.name or n.output[0], n.op_type, "computes on 8-bit integers, which TensorRT "
+                                    "does only inside Q/DQ-fused layers (quantize with --target tensorrt)"))
     return problems
 
 

@@ -62,8 +62,12 @@ def _outputs(opts: RunOptions) -> list[Path]:
     return [p for p in (opts.output, opts.save_masks, opts.save_video, opts.report) if p is not None]
 
 
-def check_outputs(opts: RunOptions) -> None:
-    """Refuse existing outputs (without --force) and outputs another run is writing, before any frame."""
+def check_outputs(opts: RunOptions, view: str = "overlay") -> None:
+    """Refuse existing outputs (without --force), outputs another run is writing, and a video of a view it
+    cannot hold, before any frame (and before the model loads)."""
+    if view == "cutout" and opts.save_video is not None:
+        raise EdgesegError("--view cutout has a transparent background, which videos cannot hold: write BGRA PNGs "
+                           "with --output DIR, or choose --view blur or overlay for the video", opts.save_video)
     for path in _outputs(opts):
         check_unclaimed(path)
     _check_folder(opts.output, opts.force)
@@ -225,7 +229,7 @@ def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
     and is closed when the loop ends."""
     try:
         with claim(_outputs(opts)):
-            check_outputs(opts)
+            check_outputs(opts, renderer.view)
             return _run_claimed(predictor, source, renderer, opts, status, warn, server)
     finally:
         if server is not None:
@@ -235,9 +239,6 @@ def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
 def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
                  status: Callable[[StageTimer], None] | None, warn: Callable[[str], None], server) -> dict:
     timer = StageTimer(warmup=opts.warmup)
-    if renderer.view == "cutout" and opts.save_video is not None:
-        raise EdgesegError("--view cutout has a transparent background, which videos cannot hold: write BGRA PNGs "
-                           "with --output DIR, or choose --view blur or overlay for the video", opts.save_video)
     sinks = Sinks(opts, getattr(source, "fps", 0.0), warn, renderer.extension, server)
     if server is not None:
         server.set_stats(live_stats(timer, source, predictor, renderer, {}))
