@@ -178,8 +178,12 @@ def test_info_summarizes_a_training_record_in_three_lines(cli):
 
     r = cli("info", REPO / "models" / "segnet_dsc.pth")
     assert r.code == 0, r.err
-    assert "batch 8, lr 0.001, StepLR every 15 epochs x0.5, 128px, seed 0" in r.out
-    assert "60 of 60 planned" in r.out and "57: validation mIoU 0.6695" in r.out
-    assert "'val_miou'" not in r.out and len(r.out.splitlines()) < 30  # no raw per-epoch dicts
+    assert "batch 8, lr 0.0003, cosine down to lr/100, 128px, seed 0" in r.out
+    assert "30 of 30 planned" in r.out and "26: validation mIoU 0.6852" in r.out
+    # the stage it was fine-tuned from, in one line
+    assert "started from" in r.out and "40 epochs, best validation mIoU 0.6779" in r.out
+    assert "'val_miou'" not in r.out and len(r.out.splitlines()) < 32  # no raw per-epoch dicts
     full = json.loads(cli("info", REPO / "models" / "segnet_dsc.pth", "--json").out)
-    assert len(full["extra"]["history"]) == 60
+    assert len(full["extra"]["history"]) == 30
+    first = full["extra"]["init_from"]["init_from"]  # the from-scratch stage, two parents up
+    assert len(first["history"]) == 60 and first["best"]["epoch"] == 57
