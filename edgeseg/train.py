@@ -317,7 +317,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
                     "split": "trainval", "train_images": int((~ts.negative[train_idx]).sum()),
                     "negative_crops": n_negative - n_free, "no_animal_images": n_free, "val_images": int(n_val),
                     "seed": cfg.seed,
-                    "extra_data": cfg.extra_data, "extra_images": n_extra},
+                    "extra_data": recipe["extra_data"], "extra_images": n_extra},
     )
     steps = math.ceil(len(train_idx) / cfg.batch)
     for epoch in range(start_epoch, cfg.epochs + 1):
