@@ -760,7 +760,7 @@ def doctor(
         raise typer.Exit(1)
 
 
-RECIPE = TrainConfig()  # train's defaults: the recipe that trained the bundled model
+RECIPE = TrainConfig()  # train's defaults: the recipe of the bundled model's first stage
 
 
 @app.command()
@@ -822,8 +822,8 @@ def train(
         "bf16. Weights stay FP32 and validation runs in FP32."))] = RECIPE.precision,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
-    """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe that trained the bundled
-    model (models/README.md). Keeps the best epoch by validation mIoU."""
+    """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe of the bundled model's first
+    stage, which --init then fine-tuned twice (models/README.md). Keeps the best epoch by validation mIoU."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edgeseg.train import train as run_training
@@ -833,8 +833,6 @@ def train(
         raise EdgesegError(f"--size {size}: height and width must be multiples of 16 (four 2x2 poolings)")
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
-    if schedule not in ("step", "cosine"):
-        raise EdgesegError(f"--schedule {schedule!r}: expected step or cosine")
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
                       border_weight=border_weight, rotate=rotate, blur=blur, gray=gray,
                       cache=str(cache) if cache else None,

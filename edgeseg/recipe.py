@@ -1,4 +1,5 @@
-"""The training recipe: every option of `edgeseg train`, with the defaults that trained the bundled model.
+"""The training recipe: every option of `edgeseg train`, with the defaults of the bundled model's first
+stage (trained from scratch; models/README.md gives the two fine-tuning stages after it).
 
 Kept apart from edgeseg.train (PyTorch) so that the CLI takes its defaults from here without importing
 PyTorch: one truth for the code, the help and the model card (a test compares them with the bundled
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SCHEDULES = ("step", "cosine")
+
 
 @dataclass
 class TrainConfig:
     data: str | tuple[str, ...] = ()  # Oxford-layout folder(s); their trainval lines only
     arch: str = "segnet-dsc"
     kernel_size: int = 3
-    # the recipe that trained the bundled model (models/README.md): the notebook's batch 8 and Adam 1e-3,
+    # the bundled model's first stage (models/README.md): the notebook's batch 8 and Adam 1e-3,
     # halved every 15 epochs over 60, with zoom, rotation, blur, "no animal" crops and a heavier border
     epochs: int = 60
     batch: int = 8
@@ -35,7 +38,7 @@ class TrainConfig:
     device: str = "auto"
     balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
     no_animal: str | None = None  # a folder of photos without animals, labelled background, drawn among the negatives
-    negatives: float = 0.15  # share of each epoch's draws that are background-only crops of the photos ("no animal")
+    negatives: float = 0.15  # share of each epoch's draws that are "no animal": background crops and no_animal photos
     border_weight: float = 1.5  # cross-entropy weight of the thin border class (pet and background: 1)
     rotate: float = 10.0  # random rotation within +-degrees (0: off, the notebook's recipe)
     blur: float = 0.1  # share of samples given a random Gaussian blur (0: off)

@@ -28,7 +28,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import IGNORE, resize_mask
 from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import atomic_write, check_writable
-from edgeseg.recipe import TrainConfig
+from edgeseg.recipe import SCHEDULES, TrainConfig
 from edgeseg.runtime.images import read_image, resize
 from edgeseg.runtime.meta import ModelMeta
 from edgeseg.runtime.precision import cpu_flags, native_precisions
@@ -161,8 +161,6 @@ def scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_sc
     """The learning-rate schedule, stepped once per epoch."""
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr / 100)
-    if cfg.schedule != "step":
-        raise EdgesegError(f"schedule {cfg.schedule!r}: expected step or cosine")
     return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma) if cfg.step_size else None
 
 
@@ -259,6 +257,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
 
+    if cfg.schedule not in SCHEDULES:  # refused before anything loads
+        raise EdgesegError(f"--schedule {cfg.schedule!r}: expected {' or '.join(SCHEDULES)}")
     model, parent = initial_model(cfg)  # a bad --init is refused before the photos load
     t0 = time.perf_counter()
     free = trainset.load_no_animal(cfg.no_animal, tuple(cfg.size), cfg.interpolation) if cfg.no_animal else None

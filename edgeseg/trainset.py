@@ -71,13 +71,18 @@ def background_square(trimap: np.ndarray) -> tuple[int, int, int] | None:
     return x - half, y - half, side
 
 
+def to_chw_rgb(image_bgr: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """A decoded photo as a training sample stores it: resized like the runtime's preprocess, RGB, CHW uint8."""
+    return resize(image_bgr, size, interpolation)[:, :, ::-1].transpose(2, 0, 1)
+
+
 def load(samples: list[Sample], size: tuple[int, int], interpolation: str, negatives: bool = False,
          on_image: Callable[[int, int], None] | None = None) -> TrainSet:
     """Decode and resize once; with ``negatives``, add one background-only crop per photo that has one."""
     images, masks, names, negative = [], [], [], []
 
     def add(image_bgr: np.ndarray, mask: np.ndarray, name: str, is_negative: bool) -> None:
-        images.append(resize(image_bgr, size, interpolation)[:, :, ::-1].transpose(2, 0, 1))
+        images.append(to_chw_rgb(image_bgr, size, interpolation))
         masks.append(resize_mask(mask, size))
         names.append(name)
         negative.append(is_negative)
@@ -104,15 +109,14 @@ def load_no_animal(folder: str | Path, size: tuple[int, int], interpolation: str
     if not paths:
         raise EdgesegError("no images in this folder (--no-animal takes a folder of photos without animals)", folder)
     images = []
-    for p in paths:
+    for p in paths:  # resized as read: a folder of camera frames need not fit in memory at full size
         try:
-            images.append(read_image(p))
+            images.append(to_chw_rgb(read_image(p), size, interpolation))
         except ImageError as e:
-            raise EdgesegError(f"cannot decode this image ({e}); remove it from the --no-animal folder", p) from None
+            raise EdgesegError(f"{e.message}; remove it from the --no-animal folder", p) from None
     h, w = size
-    return TrainSet(np.stack([resize(im, size, interpolation)[:, :, ::-1].transpose(2, 0, 1) for im in images]),
-                    np.full((len(images), h, w), BACKGROUND, np.uint8), [f"no-animal:{p.name}" for p in paths],
-                    np.ones(len(images), bool))
+    return TrainSet(np.stack(images), np.full((len(images), h, w), BACKGROUND, np.uint8),
+                    [f"no-animal:{p.name}" for p in paths], np.ones(len(images), bool))
 
 
 def sample_weights(names: Sequence[str], balance: str) -> np.ndarray:

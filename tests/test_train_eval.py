@@ -190,7 +190,8 @@ def test_fine_tuning_starts_from_the_checkpoints_weights_and_records_it(cli, pet
     torch.save(build_model("segnet").state_dict(), tmp_path / "segnet.pth")
     r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--init", tmp_path / "segnet.pth")
     assert r.code == 1 and "segnet.pth" in r.err and "--arch segnet" in r.err and "Traceback" not in r.err
-    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--schedule", "linear")
+    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--schedule", "linear", "--limit", "6", "--epochs", "1",
+            "--size", "32x32")  # small: were the check missing, this fails fast instead of training for an hour
     assert r.code == 1 and "expected step or cosine" in r.err
     assert not (tmp_path / "x.pth").exists()
 
@@ -215,6 +216,11 @@ def test_photos_without_animals_train_as_background_and_never_validate(cli, pets
     (tmp_path / "none").mkdir()
     r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--no-animal", tmp_path / "none")
     assert r.code == 1 and "none" in r.err and "no images" in r.err and not (tmp_path / "x.pth").exists()
+    # so is a file that does not decode: named once, with the fix, on one line
+    (free / "frame9.jpg").write_bytes(b"not a jpeg")
+    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--no-animal", free)
+    assert r.code == 1 and r.err.count("frame9.jpg") == 1 and "remove it from the --no-animal folder" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "x.pth").exists()
 
 
 def test_train_refuses_bad_data_and_sizes(cli, tmp_path, pets3):
