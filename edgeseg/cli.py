@@ -135,6 +135,12 @@ def info(
     console.print(_kv_table(f"edgeseg info: {path.name}", rows))
 
 
+def _best_epoch(best: dict) -> str:
+    """"26", or "mean of epochs 21-30" when weight averaging won."""
+    span = best.get("averaged")
+    return f"mean of epochs {span[0]}-{span[1]}" if span else str(best.get("epoch"))
+
+
 def _training_rows(extra: dict) -> list[tuple[str, object]]:
     """A training record in three lines (the recipe, how far it ran, the best epoch); other keys as
     they are when short. The whole record is in ``info --json``."""
@@ -153,8 +159,13 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
         rows.append(("epochs run", f"{extra.get('epochs_run', len(history))}{planned} "
                                    f"({len(history)} in the history; info --json for every epoch)"))
     if best:
-        rows.append(("best epoch", f"{best.get('epoch')}: validation mIoU {best.get('miou', float('nan')):.4f}, "
+        rows.append(("best epoch", f"{_best_epoch(best)}: validation mIoU {best.get('miou', float('nan')):.4f}, "
                                    f"pixel accuracy {best.get('pixel_accuracy', float('nan')):.4f}"))
+    avg = extra.get("average")
+    if avg:
+        kept = "kept" if best.get("averaged") else "not kept: the best epoch validated higher"
+        rows.append(("weight average", f"epochs {avg['epochs'][0]}-{avg['epochs'][1]}: validation mIoU "
+                                       f"{avg['val_miou']:.4f} ({kept})"))
     parent = extra.get("init_from")
     if parent:
         was = parent.get("best") or {}
@@ -162,7 +173,7 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
                                      f"{parent.get('epochs_run', '?')} epochs, best validation mIoU "
                                      f"{was.get('miou', float('nan')):.4f}; info --json for its record)"))
     for k, v in extra.items():
-        if k not in ("recipe", "history", "best", "epochs_run", "init_from"):
+        if k not in ("recipe", "history", "best", "epochs_run", "init_from", "average"):
             rows.append((k, v if not isinstance(v, (list, dict)) or len(str(v)) < 100 else
                          f"{type(v).__name__} of {len(v)} (info --json)"))
     return rows
@@ -526,7 +537,9 @@ def quantize(
     calib_ranges: Annotated[Path | None, typer.Option(help="Stored activation ranges instead of photos.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="INT8 ONNX (default: MODEL.int8.onnx).")] = None,
     target: Annotated[str, typer.Option(help="cpu (ONNX Runtime on x86/ARM) or tensorrt (symmetric int8).")] = "cpu",
-    method: Annotated[str, typer.Option(help="Calibration: minmax, entropy or percentile.")] = "minmax",
+    method: Annotated[str, typer.Option(help=(
+        "Calibration: minmax, entropy, percentile, or auto: minmax for cpu, percentile for tensorrt (measured on "
+        "the bundled model: models/README.md), the stored ranges' own method with --calib-ranges."))] = "auto",
     percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
     num_images: Annotated[int, typer.Option(help="Random subset of the calibration photos (0: all).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of that subset.")] = 0,
@@ -569,7 +582,7 @@ def quantize(
     else:
         c = r.calibration
         rows: list[tuple[str, object]] = [
-            ("target", f"{r.target} ({method} calibration)"),
+            ("target", f"{r.target} ({r.method} calibration)"),
             ("calibration", f"{c['images']} images from {c['source']} ({c['skipped']} unreadable skipped, "
                             f"{c.get('masks_left_out', 0)} in mask folders and {c.get('duplicates_left_out', 0)} "
                             f"duplicates left out) in {c['seconds']:.1f} s"
@@ -807,6 +820,13 @@ def train(
         "background and drawn among --negatives' share; score on other ones with eval --no-animal."))] = None,
     border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")
                              ] = RECIPE.border_weight,
+    average: Annotated[int, typer.Option(min=0, help=(
+        "Also try the mean of the last N epochs' weights (stochastic weight averaging; BatchNorm statistics "
+        "refreshed on one more epoch) and keep it when its validation mIoU beats the best epoch (0: off)."))
+    ] = RECIPE.average,
+    lovasz: Annotated[float, typer.Option(min=0.0, help=(
+        "Weight of the Lovasz-softmax loss (a smooth 1 - IoU per class, the benchmark's own measure) added to "
+        "cross-entropy; best for fine-tuning a trained model (0: off)."))] = RECIPE.lovasz,
     rotate: Annotated[float, typer.Option(min=0.0, max=45.0, help="Random rotation within +-DEG (0: off).")
                       ] = RECIPE.rotate,
     blur: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples blurred at random (0: off).")
@@ -834,7 +854,7 @@ def train(
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
-                      border_weight=border_weight, rotate=rotate, blur=blur, gray=gray,
+                      border_weight=border_weight, lovasz=lovasz, average=average, rotate=rotate, blur=blur, gray=gray,
                       cache=str(cache) if cache else None,
                       epochs=epochs, batch=batch, precision=precision, schedule=schedule,
                       init=str(init) if init else None, no_animal=str(no_animal) if no_animal else None,
@@ -851,6 +871,10 @@ def train(
             elif ev["event"] == "step":
                 bar.update(task, description=f"epoch {ev['epoch']}/{epochs}", completed=ev["step"], total=ev["steps"],
                            status=f"loss {ev['loss']:.4f}")
+            elif ev["event"] == "average":
+                mark = " *best" if ev["improved"] else ""
+                bar.console.print(f"mean of epochs {ev['epochs'][0]}-{ev['epochs'][1]}  val mIoU {ev['val_miou']:.4f}  "
+                                  f"val acc {ev['val_pixel_accuracy']:.4f}{mark}")
             else:
                 mark = " *best" if ev["improved"] else ""
                 bar.console.print(
@@ -859,7 +883,7 @@ def train(
 
         result = run_training(cfg, output, resume=resume, force=force, progress=report)
     b = result["best"]
-    console.print(f"best epoch {b['epoch']}: val mIoU {b['miou']:.4f}; checkpoint written to {result['out']}")
+    console.print(f"best epoch {_best_epoch(b)}: val mIoU {b['miou']:.4f}; checkpoint written to {result['out']}")
 
 
 # What the device-side install (pip install .) leaves out, and how to add it.

@@ -40,6 +40,8 @@ class TrainConfig:
     no_animal: str | None = None  # a folder of photos without animals, labelled background, drawn among the negatives
     negatives: float = 0.15  # share of each epoch's draws that are "no animal": background crops and no_animal photos
     border_weight: float = 1.5  # cross-entropy weight of the thin border class (pet and background: 1)
+    average: int = 0  # also try the mean of the last N epochs' weights (BN refreshed), kept if it validates better
+    lovasz: float = 0.0  # weight of the Lovasz-softmax (IoU) loss added to cross-entropy (edgeseg.losses); 0: off
     rotate: float = 10.0  # random rotation within +-degrees (0: off, the notebook's recipe)
     blur: float = 0.1  # share of samples given a random Gaussian blur (0: off)
     gray: float = 0.0  # share of samples turned grey (0: off)

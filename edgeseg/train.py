@@ -1,8 +1,8 @@
 """Train SegNet / SegNet-DSC on an Oxford-IIIT Pet layout folder with the notebook's recipe.
 
 Recipe (defaults): 128x128 inputs, random horizontal flip, colour jitter, Adam lr 1e-3,
-cross-entropy over pet/background/border, StepLR or cosine schedule, optionally from a checkpoint's
-weights (fine-tuning). Images are decoded and resized once
+cross-entropy over pet/background/border (plus, optionally, the Lovasz-softmax IoU loss), StepLR or cosine
+schedule, optionally from a checkpoint's weights (fine-tuning). Images are decoded and resized once
 (through :func:`edgeseg.runtime.images.preprocess`'s resize) and augmented per batch as tensors, so an epoch
 costs the network's compute, not JPEG decoding. The best epoch by validation mIoU is kept.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
+from torch.optim import swa_utils
 
 from edgeseg import __version__, trainset
 from edgeseg.build.checkpoint import load_checkpoint, save_checkpoint
@@ -28,6 +29,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import IGNORE, resize_mask
 from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import atomic_write, check_writable
+from edgeseg.losses import lovasz_softmax
 from edgeseg.recipe import SCHEDULES, TrainConfig
 from edgeseg.runtime.images import read_image, resize
 from edgeseg.runtime.meta import ModelMeta
@@ -155,6 +157,16 @@ def evaluate_arrays(model: nn.Module, images: np.ndarray, masks: np.ndarray, dev
         pred = model(x).argmax(1).to(torch.uint8).cpu().numpy()
         cm.update(masks[i:i + batch], pred)
     return cm.summary()
+
+
+@torch.no_grad()
+def averaged_weights(average: swa_utils.AveragedModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     va_x: np.ndarray, va_y: np.ndarray, device: torch.device, epochs: tuple[int, int]) -> dict:
+    """Refresh the averaged weights' BatchNorm statistics on one augmented epoch (an average of weights
+    is not the average of their statistics) and score them on the validation photos."""
+    swa_utils.update_bn((x for x, _ in batches), average, device)
+    val = evaluate_arrays(average.module, va_x, va_y, device)
+    return {"epochs": list(epochs), "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
 
 
 def scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -296,6 +308,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     history: list[dict] = []
     best = {"miou": -1.0, "epoch": 0}
     start_epoch = 1
+    # Weight averaging (--average K): the mean of the last K epochs' weights, BatchNorm refreshed after
+    average_from = cfg.epochs - cfg.average + 1 if cfg.average else cfg.epochs + 1
+    average: swa_utils.AveragedModel | None = None
     if resume is not None:
         state = torch.load(resume, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "optimizer" not in state:
@@ -307,6 +322,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
         history, best = list(state["history"]), dict(state["best"])
         start_epoch = int(state["epoch"]) + 1
         gen.set_state(state["generator"])
+        if state.get("average") and start_epoch > average_from:
+            average = swa_utils.AveragedModel(model)
+            average.load_state_dict(state["average"])
 
     recipe = portable(asdict(cfg))
     n_negative = int(ts.negative[train_idx].sum())
@@ -320,11 +338,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
                     "extra_data": recipe["extra_data"], "extra_images": n_extra},
     )
     steps = math.ceil(len(train_idx) / cfg.batch)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
+
+    def epoch_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch's draw, augmented: what the steps train on and what averaged weights refresh BatchNorm on."""
         perm = (torch.multinomial(draw, len(tr_x), replacement=True, generator=gen) if draw is not None
                 else torch.randperm(len(tr_x), generator=gen))
-        t_epoch, running = time.perf_counter(), 0.0
         for step in range(steps):
             idx = perm[step * cfg.batch:(step + 1) * cfg.batch]
             x = tr_x[idx].to(device).float() / 255.0
@@ -335,10 +353,17 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
             x = random_blur(x, cfg.blur, gen)
             if cfg.gray:
                 x = random_gray(x, cfg.gray, gen)
-            x = x.contiguous(memory_format=torch.channels_last)
+            yield x.contiguous(memory_format=torch.channels_last), y
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        t_epoch, running = time.perf_counter(), 0.0
+        for step, (x, y) in enumerate(epoch_batches()):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 scores = model(x)
             loss = loss_fn(scores.float(), y)
+            if cfg.lovasz:
+                loss = loss + cfg.lovasz * lovasz_softmax(scores, y, IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -359,15 +384,30 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
             extra = {"recipe": recipe, "history": history, "best": best, "epochs_run": epoch, **parent}
             save_checkpoint(out, model.cpu(), meta, extra=extra, force=True)
             model.to(device)
+        if epoch >= average_from:
+            if average is None:
+                average = swa_utils.AveragedModel(model)
+            average.update_parameters(model)  # the first call copies, the next ones keep a running mean
         state = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict() if sched else None, "history": history, "best": best,
-                 "epoch": epoch, "generator": gen.get_state()}
+                 "epoch": epoch, "generator": gen.get_state(),
+                 "average": average.state_dict() if average is not None else None}
         atomic_write(last_path, lambda p, state=state: torch.save(state, p), force=True)  # resumable after a crash
         if progress:
             progress({"event": "epoch", **row, "best_epoch": best["epoch"], "improved": improved})
+    averaged = None
+    if average is not None:
+        averaged = averaged_weights(average, epoch_batches(), va_x, va_y, device, (average_from, cfg.epochs))
+        if progress:
+            progress({"event": "average", **averaged, "improved": averaged["val_miou"] > best["miou"]})
+        if averaged["val_miou"] > best["miou"]:
+            best = {"miou": averaged["val_miou"], "pixel_accuracy": averaged["val_pixel_accuracy"],
+                    "epoch": cfg.epochs, "averaged": list(averaged["epochs"])}
+            save_checkpoint(out, average.module.cpu(), meta, extra={"recipe": recipe, **parent}, force=True)
     # The best checkpoint records the whole run's history, not just the epochs up to its own.
     final = load_checkpoint(out)
-    extra = {**final.extra, "history": history, "epochs_run": cfg.epochs}
+    extra = {**final.extra, "history": history, "best": best, "epochs_run": cfg.epochs,
+             **({"average": averaged} if averaged else {})}
     save_checkpoint(out, final.model, final.meta, extra=extra, force=True)
     return {"out": str(out), "best": best, "history": history, "load_seconds": load_s, "device": str(device),
             "precision": precision}

@@ -120,8 +120,7 @@ def test_a_damaged_conv_fails_the_photo_gate_and_the_fallback_keeps_it_in_float(
 
     fp32 = REPO / "models" / "segnet_dsc.onnx"
     ranges = json.loads((REPO / "models" / "segnet_dsc.calib.json").read_text())
-    ranges["data"]["logits"]["lowest"]["data"] = [-0.02]  # the ReLU after uc1.seq.3.pointwise
-    ranges["data"]["logits"]["highest"]["data"] = [0.02]
+    ranges["data"]["logits"].update(lowest=-0.02, highest=0.02)  # the ReLU after uc1.seq.3.pointwise
     # four candidates instead of all 40 convs keep the test fast; the ranking still has to find it
     monkeypatch.setattr(q, "conv_nodes", lambda path: ["dc1.seq.0.depthwise", "uc1.seq.3.pointwise",
                                                        "dc4.seq.3.pointwise", "uc2.seq.0.pointwise"])
@@ -175,29 +174,41 @@ def _weights(path) -> dict:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
-def test_histogram_calibration_keeps_json_output_clean(cli, fp32, tmp_path, pets37):
-    """ONNX Runtime's percentile/entropy calibrators print progress; --json output must stay parseable."""
-    r = cli("quantize", fp32, "--calib", pets37, "--num-images", "16", "--method", "percentile", "--target",
-            "tensorrt", "-o", tmp_path / "p.onnx", "--json")
+def test_tensorrt_calibrates_with_percentile_by_default_and_keeps_json_output_clean(cli, fp32, tmp_path, pets37):
+    """--method auto: percentile for the symmetric `tensorrt` target (MinMax lost more than 0.5 points on the
+    bundled model), the stored method with --calib-ranges. ONNX Runtime's percentile calibrator prints
+    progress: --json output must stay parseable."""
+    ranges = tmp_path / "p.json"
+    r = cli("quantize", fp32, "--calib", pets37, "--num-images", "16", "--target", "tensorrt",
+            "-o", tmp_path / "p.onnx", "--save-ranges", ranges, "--json")
     assert r.code == 0, r.err
-    assert json.loads(r.out)["target"] == "tensorrt" and "Collecting tensor data" in r.err
+    report = json.loads(r.out)
+    assert (report["target"], report["method"]) == ("tensorrt", "percentile") and "Collecting tensor data" in r.err
+    r = cli("quantize", fp32, "--calib-ranges", ranges, "-o", tmp_path / "cpu.onnx")  # for either target
+    assert r.code == 0, r.err
+    assert "cpu (percentile calibration)" in r.out
+    r = cli("quantize", fp32, "--calib-ranges", ranges, "--method", "minmax", "-o", tmp_path / "x.onnx")
+    assert r.code == 1 and "computed with --method percentile" in r.err
 
 
 def test_onnxruntime_before_1_24_quantizes_the_same_from_the_same_ranges(monkeypatch, fp32, calib_ranges, tmp_path):
     """Python 3.10 (JetPack 6) gets ONNX Runtime 1.23 at most, without calibration caching: edgeseg
     feeds the stored ranges to its quantizer itself and writes ranges in the same file layout."""
-    from conftest import PETS37
+    from conftest import PETS37, REPO
 
     import edgeseg.build.calibration_cache as cc
 
-    native = tmp_path / "native.onnx"
-    q.quantize(fp32, native, q.QuantizeOptions(), calib_ranges=calib_ranges)
-    monkeypatch.setattr(cc, "native_cache", lambda: False)
-    legacy = tmp_path / "legacy.onnx"
-    q.quantize(fp32, legacy, q.QuantizeOptions(), calib_ranges=calib_ranges)
-    a, b = _weights(native), _weights(legacy)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # MinMax ranges, and the bundled percentile ones (which ONNX Runtime writes partly as bare numbers)
+    for stored in (calib_ranges, REPO / "models" / "segnet_dsc.calib.json"):
+        native, legacy = tmp_path / "native.onnx", tmp_path / "legacy.onnx"
+        q.quantize(fp32, native, q.QuantizeOptions(), calib_ranges=stored, force=True)
+        monkeypatch.setattr(cc, "native_cache", lambda: False)
+        q.quantize(fp32, legacy, q.QuantizeOptions(), calib_ranges=stored, force=True)
+        monkeypatch.undo()
+        a, b = _weights(native), _weights(legacy)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     # Ranges computed on the legacy path, then used on the native one: same model again.
+    monkeypatch.setattr(cc, "native_cache", lambda: False)
     ranges = tmp_path / "legacy-ranges.json"
     q.quantize(fp32, tmp_path / "l2.onnx", q.QuantizeOptions(num_images=16), calib_dir=PETS37, save_ranges=ranges)
     monkeypatch.undo()

@@ -96,6 +96,66 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     assert json.loads(r.out)["models"][0]["images"] == 3
 
 
+def test_lovasz_loss_is_one_minus_the_benchmarks_iou_on_hard_predictions(cli, pets3, tmp_path):
+    """On 0/1 probabilities the Lovasz-softmax loss is exactly 1 - IoU, averaged over the classes in the
+    labels, with the benchmark's own pixel pooling and ignored pixels; `train --lovasz` adds it and records it."""
+    import torch
+
+    from edgeseg.losses import lovasz_softmax
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, (2, 16, 16))  # pet and background only: border absent from the labels
+    truth[0, :3] = IGNORE
+    pred = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 3, truth.shape)).clip(0, 2)
+    cm = ConfusionMatrix()
+    cm.update(truth, pred)
+    iou = cm.summary()["iou"]
+    expected = 1 - (iou["pet"] + iou["background"]) / 2
+    scores = 50.0 * torch.nn.functional.one_hot(torch.from_numpy(pred), 3).permute(0, 3, 1, 2).float()
+    got = lovasz_softmax(scores, torch.from_numpy(truth), IGNORE).item()
+    assert got == pytest.approx(expected, abs=1e-6)
+
+    losses = {}
+    for weight in ("0", "0.5"):
+        out = tmp_path / f"lovasz{weight}.pth"
+        r = cli("train", "--data", pets3, "-o", out, "--limit", "4", "--epochs", "1", "--batch", "3",
+                "--size", "32x32", "--lovasz", weight)
+        assert r.code == 0, r.err
+        ck = load_checkpoint(out)
+        assert ck.extra["recipe"]["lovasz"] == float(weight)
+        losses[weight] = ck.extra["history"][0]["loss"]
+    assert losses["0.5"] > losses["0"]  # the same draws and weights at the start: the IoU term adds to the loss
+
+
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs_when_it_validates_better(cli, pets3, tmp_path):
+    """--average 2 over 2 epochs: the mean of epoch 1's and epoch 2's weights, its BatchNorm statistics
+    refreshed, scored on the held-out photos and kept (and recorded) when it beats the best epoch."""
+    import torch
+
+    small = ("--data", pets3, "--limit", "8", "--batch", "3", "--size", "32x32")
+    assert cli("train", *small, "--epochs", "1", "-o", tmp_path / "one.pth").code == 0
+    r = cli("train", *small, "--epochs", "2", "--average", "2", "-o", tmp_path / "avg.pth")
+    assert r.code == 0, r.err
+    w1 = torch.load(tmp_path / "one.last.pth", weights_only=True)["state_dict"]  # the same seed: the same epoch 1
+    last = torch.load(tmp_path / "avg.last.pth", weights_only=True)
+    w2, mean = last["state_dict"], last["average"]
+    name = "dc1.seq.0.pointwise.weight"
+    torch.testing.assert_close(mean[f"module.{name}"], (w1[name] + w2[name]) / 2)
+    ck = load_checkpoint(tmp_path / "avg.pth")
+    assert ck.extra["average"]["epochs"] == [1, 2] and "mean of epochs 1-2  val mIoU" in r.out
+    best, history = ck.extra["best"], ck.extra["history"]
+    kept = ck.model.state_dict()
+    if ck.extra["average"]["val_miou"] > max(h["val_miou"] for h in history):
+        assert best["averaged"] == [1, 2] and best["miou"] == ck.extra["average"]["val_miou"]
+        torch.testing.assert_close(kept[name], mean[f"module.{name}"])
+        # refreshed on the training photos, not the running statistics of either epoch
+        assert not torch.equal(kept["bn_input.running_mean"], w2["bn_input.running_mean"])
+    else:
+        assert "averaged" not in best
+    r = cli("info", tmp_path / "avg.pth")
+    assert "epochs 1-2: validation mIoU" in r.out
+
+
 def test_training_computes_in_bf16_where_the_cpu_has_it_and_keeps_fp32_weights(monkeypatch, pets3, tmp_path):
     import torch
 

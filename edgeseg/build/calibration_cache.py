@@ -68,10 +68,14 @@ def read_ranges(path: Path):
     method_name, data = load_ranges_file(path)
     method = {m.name.lower(): m for m in CalibrationMethod}[method_name]
 
-    def value(v):
-        return np.array(v["data"], dtype=v["dtype"]) if isinstance(v, dict) and v.get("CLS") == "numpy.array" else v
+    def value(k: str, v):
+        if isinstance(v, dict) and v.get("CLS") == "numpy.array":
+            return np.array(v["data"], dtype=v["dtype"])
+        # ONNX Runtime writes some ranges as bare numbers (percentile: a lowest of 0.0 after a ReLU); its own
+        # reader takes them, but TensorData wants float arrays for these
+        return np.array(v, dtype=np.float32) if k in ("lowest", "highest", "avg", "std") else v
 
-    return TensorsData(method, {name: TensorData(**{k: value(v) for k, v in attrs.items() if k != "CLS"})
+    return TensorsData(method, {name: TensorData(**{k: value(k, v) for k, v in attrs.items() if k != "CLS"})
                                 for name, attrs in data.items()})
 
 
