@@ -826,7 +826,8 @@ def train(
     ] = RECIPE.average,
     lovasz: Annotated[float, typer.Option(min=0.0, help=(
         "Weight of the Lovasz-softmax loss (a smooth 1 - IoU per class, the benchmark's own measure) added to "
-        "cross-entropy; best for fine-tuning a trained model (0: off)."))] = RECIPE.lovasz,
+        "cross-entropy; its authors fine-tune with it (one such stage did not help the bundled model: "
+        "models/README.md) (0: off)."))] = RECIPE.lovasz,
     rotate: Annotated[float, typer.Option(min=0.0, max=45.0, help="Random rotation within +-DEG (0: off).")
                       ] = RECIPE.rotate,
     blur: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples blurred at random (0: off).")

@@ -395,19 +395,20 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
         atomic_write(last_path, lambda p, state=state: torch.save(state, p), force=True)  # resumable after a crash
         if progress:
             progress({"event": "epoch", **row, "best_epoch": best["epoch"], "improved": improved})
-    averaged = None
+    kept, averaged = None, None
     if average is not None:
-        averaged = averaged_weights(average, epoch_batches(), va_x, va_y, device, (average_from, cfg.epochs))
+        # the epochs it holds (fewer than --average when a run was resumed with it after its first epoch)
+        span = (cfg.epochs - int(average.n_averaged) + 1, cfg.epochs)
+        averaged = averaged_weights(average, epoch_batches(), va_x, va_y, device, span)
         if progress:
             progress({"event": "average", **averaged, "improved": averaged["val_miou"] > best["miou"]})
         if averaged["val_miou"] > best["miou"]:
             best = {"miou": averaged["val_miou"], "pixel_accuracy": averaged["val_pixel_accuracy"],
-                    "epoch": cfg.epochs, "averaged": list(averaged["epochs"])}
-            save_checkpoint(out, average.module.cpu(), meta, extra={"recipe": recipe, **parent}, force=True)
-    # The best checkpoint records the whole run's history, not just the epochs up to its own.
-    final = load_checkpoint(out)
-    extra = {**final.extra, "history": history, "best": best, "epochs_run": cfg.epochs,
+                    "epoch": cfg.epochs, "averaged": list(span)}
+            kept = average.module.cpu()
+    # The kept checkpoint records the whole run's history, not just the epochs up to its own.
+    extra = {"recipe": recipe, "history": history, "best": best, "epochs_run": cfg.epochs, **parent,
              **({"average": averaged} if averaged else {})}
-    save_checkpoint(out, final.model, final.meta, extra=extra, force=True)
+    save_checkpoint(out, kept if kept is not None else load_checkpoint(out).model, meta, extra=extra, force=True)
     return {"out": str(out), "best": best, "history": history, "load_seconds": load_s, "device": str(device),
             "precision": precision}

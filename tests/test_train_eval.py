@@ -154,6 +154,11 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_when_it_validates_be
         assert "averaged" not in best
     r = cli("info", tmp_path / "avg.pth")
     assert "epochs 1-2: validation mIoU" in r.out
+    # --average added when resuming after its first epoch: the record names only the epochs it holds
+    r = cli("train", *small, "--epochs", "2", "--average", "2", "-o", tmp_path / "one.pth",
+            "--resume", tmp_path / "one.last.pth")
+    assert r.code == 0, r.err
+    assert load_checkpoint(tmp_path / "one.pth").extra["average"]["epochs"] == [2, 2]
 
 
 def test_training_computes_in_bf16_where_the_cpu_has_it_and_keeps_fp32_weights(monkeypatch, pets3, tmp_path):
