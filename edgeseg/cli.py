@@ -645,19 +645,23 @@ def bench(
                       batch=batch, data=data, data_limit=data_limit, end_to_end=end_to_end, images=images, peak=peak,
                       progress=lambda i, n: bar.update(task, completed=i))
     env = r["environment"]
-    title = (f"edgeseg bench ({r['mode']}, batch {batch}, {r['input_size'][0]}x{r['input_size'][1]}, {runs} runs "
+    sizes = [f"{m['input_size'][0]}x{m['input_size'][1]}" for m in r["models"]]
+    mixed = len(set(sizes)) > 1  # a larger-input export beside the default: a column says which is which
+    title = (f"edgeseg bench ({r['mode']}, batch {batch}, {'' if mixed else sizes[0] + ', '}{runs} runs "
              f"interleaved) on {env['cpu']}")
     table = Table(title=title, title_justify="left")
-    cols = ["model", "backend", "precision", "thr", "MB", "p50 ms", "p90 ms", "p99 ms", "FPS", "x first", "GMAC/s"]
+    cols = ["model", *(["input"] if mixed else []), "backend", "precision", "thr", "MB", "p50 ms", "p90 ms",
+            "p99 ms", "FPS", "x first", "GMAC/s"]
     if "machine_peak" in r and "fp32_gmacs" in r["machine_peak"]:
         cols.append("% of peak")
     if data is not None:
         cols += ["mIoU", "agree"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("model", "backend", "precision") else "right")
-    for m in r["models"]:
+    for m, size in zip(r["models"], sizes, strict=True):
         lat = m["latency_ms"]
-        row = [Path(m["model"]).name, m["backend"], m["precision"], str(m["threads"]), f"{m['file_mb']:.1f}",
+        row = [Path(m["model"]).name, *([size] if mixed else []), m["backend"], m["precision"], str(m["threads"]),
+               f"{m['file_mb']:.1f}",
                f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{m['fps']:.1f}",
                f"{m['ratio_to_first']:.2f}", f"{m['gmacs']:.1f}"]
         if "% of peak" in cols:

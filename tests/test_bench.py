@@ -70,12 +70,24 @@ def test_bad_inputs(cli, two_models, notebook_ckpt, tmp_path):
     assert r.code == 1 and "unknown backend" in r.err
     r = cli("bench", two_models[0], tmp_path / "missing.onnx", "--runs", "1")
     assert r.code == 1 and "missing.onnx: no such file" in r.err
-    small = tmp_path / "small.onnx"
-    export(load_checkpoint(notebook_ckpt["segnet-dsc"]), small, ExportOptions(size=(32, 32)))
-    r = cli("bench", two_models[0], small, "--runs", "1")
-    assert r.code == 1 and "different input sizes" in r.err
     with pytest.raises(EdgesegError, match="--end-to-end needs photos"):
         bench([two_models[0]], runs=1, end_to_end=True, peak=False)
+
+
+def test_a_larger_input_export_is_timed_beside_the_default(cli, two_models, notebook_ckpt, tmp_path):
+    """`edgeseg export --size` makes a larger-input variant of one checkpoint; bench times both, each on
+    an input of its own size, and says which is which."""
+    small = tmp_path / "small.onnx"
+    export(load_checkpoint(notebook_ckpt["segnet-dsc"]), small, ExportOptions(size=(32, 32)))
+    out = tmp_path / "sizes.json"
+    r = cli("bench", two_models[0], small, "--runs", "2", "--warmup", "0", "--threads", "1", "--no-peak",
+            "--json", out)
+    assert r.code == 0, r.err
+    rows = json.loads(out.read_text())["models"]
+    assert [m["input_size"] for m in rows] == [[64, 64], [32, 32]]
+    macs = [m["gmacs"] * m["latency_ms"]["p50"] / 1000 for m in rows]
+    assert macs[0] / macs[1] == pytest.approx(4.0)  # each row's work at its own size
+    assert "input" in r.out and "64x64" in r.out and "32x32" in r.out
 
 
 def test_model_at_backend_spec():
