@@ -804,6 +804,10 @@ def train(
     scale_aug: Annotated[float, typer.Option(
         help="Random zoom-in crops down to this fraction of the side (1.0: off, the notebook's recipe).",
         min=0.1, max=1.0)] = RECIPE.scale_aug,
+    zoom_out: Annotated[float, typer.Option(
+        help="Random zoom-outs up to this window side (1.25: the photo at 0.8 of the input, in a reflected border "
+             "the loss ignores), drawn with --scale-aug's zoom-ins (1.0: off).", min=1.0, max=2.0)
+    ] = RECIPE.zoom_out,
     limit: Annotated[int, typer.Option(help="Use only the first N trainval images (0: all).")] = RECIPE.limit,
     extra_data: Annotated[Path | None, typer.Option(
         help="Photos with rough-masks/ (1 pet, 2 background) added to training, e.g. oxford-pets-37breeds-photos.")
@@ -864,7 +868,7 @@ def train(
                       epochs=epochs, batch=batch, precision=precision, schedule=schedule,
                       init=str(init) if init else None, no_animal=str(no_animal) if no_animal else None,
                       size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
-                      scale_aug=scale_aug, extra_data=str(extra_data) if extra_data else None)
+                      scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:

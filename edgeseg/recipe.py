@@ -29,6 +29,7 @@ class TrainConfig:
     gamma: float = 0.5
     jitter: float = 0.2  # brightness/contrast/saturation jitter strength
     scale_aug: float = 0.6  # smallest random zoom-in crop (fraction of the side); 1.0 = off (the notebook's recipe)
+    zoom_out: float = 1.0  # largest random zoom window (side, > 1: photo made smaller in a border); 1.0 = off
     val_fraction: float = 0.1  # held out of trainval for choosing the best epoch
     seed: int = 0
     interpolation: str = "area"  # how images are resized, recorded in the checkpoint's metadata

@@ -61,14 +61,15 @@ def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, ba
     return images, masks
 
 
-def random_crop(x: torch.Tensor, y: torch.Tensor, min_scale: float, gen: torch.Generator, degrees: float = 0.0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample random zoom-in (a crop of ``min_scale``..1 of the side, resized back) and rotation
+def random_crop(x: torch.Tensor, y: torch.Tensor, min_scale: float, gen: torch.Generator, degrees: float = 0.0,
+                max_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random zoom (a window of ``min_scale``..``max_scale`` of the side, resized to the
+    input: below 1 a crop, above 1 the whole photo made smaller inside a reflected border) and rotation
     (within +-``degrees``): bilinear for images, nearest for labels; label pixels that come from
-    outside the photo (rotated corners) are ignored by the loss."""
+    outside the photo (rotated corners, the border of a zoom-out) are ignored by the loss."""
     n = x.shape[0]
-    scale = min_scale + (1 - min_scale) * torch.rand(n, generator=gen)
-    shift = (1 - scale)[:, None] * (torch.rand(n, 2, generator=gen) * 2 - 1)
+    scale = min_scale + (max_scale - min_scale) * torch.rand(n, generator=gen)
+    shift = (1 - scale).abs()[:, None] * (torch.rand(n, 2, generator=gen) * 2 - 1)
     angle = torch.deg2rad((torch.rand(n, generator=gen) * 2 - 1) * degrees)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = scale * torch.cos(angle)
@@ -348,8 +349,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
             x = tr_x[idx].to(device).float() / 255.0
             y = tr_y[idx].to(device)
             x, y = augment(x, y, cfg.jitter, gen)
-            if cfg.scale_aug < 1.0 or cfg.rotate:
-                x, y = random_crop(x, y, cfg.scale_aug, gen, cfg.rotate)
+            if cfg.scale_aug < 1.0 or cfg.zoom_out > 1.0 or cfg.rotate:
+                x, y = random_crop(x, y, cfg.scale_aug, gen, cfg.rotate, cfg.zoom_out)
             x = random_blur(x, cfg.blur, gen)
             if cfg.gray:
                 x = random_gray(x, cfg.gray, gen)

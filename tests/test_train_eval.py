@@ -338,6 +338,40 @@ def test_random_crop_zooms_in_and_keeps_labels_valid():
     assert not torch.allclose(zx, x, atol=1e-3)
 
 
+def test_zoom_out_shows_the_whole_photo_smaller_and_ignores_the_border(cli, pets3, tmp_path):
+    """--zoom-out: the window is larger than the photo, so the whole photo lands inside the input at
+    1/scale of its side (labels with it) and the border around it is ignored by the loss."""
+    import torch
+
+    from edgeseg.build.checkpoint import load_checkpoint
+    from edgeseg.train import random_crop
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.zeros(16, 64, 64, dtype=torch.long)
+    y[:, 16:48, 16:48] = 2  # a square "animal" in the middle
+    x = (y.float() / 2)[:, None].repeat(1, 3, 1, 1)
+    zx, zy = random_crop(x, y, 1.5, g, max_scale=2.0)  # windows of 1.5..2 sides: zoom-out only
+    ignored = (zy == IGNORE).float().mean((1, 2))
+    kept = zy != IGNORE
+    for i in range(16):  # the photo keeps 1/scale^2 of the input: between 1/4 and 1/2.25
+        assert 1 - 1 / 2.25 - 0.05 < ignored[i] < 1 - 1 / 4 + 0.05, ignored[i]
+        animal = (zy[i] == 2).float().sum() / kept[i].float().sum()
+        assert abs(animal - 0.25) < 0.05, animal  # the square keeps its share of the photo
+    agree = (zy[kept] == (zx[:, 0][kept] * 2).round().long()).float().mean()
+    assert agree > 0.9, agree  # labels sit on their pixels
+
+    losses = {}
+    for zoom in ("1", "1.5"):  # the option reaches the training steps and the recorded recipe
+        out = tmp_path / f"zoom{zoom}.pth"
+        r = cli("train", "--data", pets3, "-o", out, "--limit", "4", "--epochs", "1", "--batch", "3",
+                "--size", "32x32", "--scale-aug", "1", "--zoom-out", zoom)
+        assert r.code == 0, r.err
+        ck = load_checkpoint(out)
+        assert ck.extra["recipe"]["zoom_out"] == float(zoom)
+        losses[zoom] = ck.extra["history"][0]["loss"]
+    assert losses["1"] != losses["1.5"]
+
+
 def test_eval_reports_what_share_of_animal_free_photos_is_called_pet(cli, tmp_path):
     from conftest import REPO
 

@@ -91,8 +91,9 @@ def quantize_static_cached(ranges: Path, reader, **kwargs) -> None:
 
 # Photos handed to ONNX Runtime's calibrator at a time. Its histogram calibrators (percentile, entropy)
 # keep every activation of every photo they are given before binning them: 200 photos of the bundled
-# model took 21 GB, at 160x160 input they were killed at 24 GB. Given a few at a time, they bin each group into the histograms they keep
-# (MinMax merges its ranges the same way), so memory stays that of CHUNK photos.
+# model took 21 GB, at 160x160 input they were killed at 24 GB. Given a few at a time, they bin each
+# group into the histograms they keep (MinMax merges its ranges the same way), so memory stays that of
+# CHUNK photos.
 CHUNK = 16
 
 
