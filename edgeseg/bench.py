@@ -111,6 +111,7 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
     # random input; the latency column then says what the larger input costs.
     inputs = {size: np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)
               for size in {tuple(p.input_size) for p in preds}}
+    shared_size = list(next(iter(inputs))) if len(inputs) == 1 else None  # None: see each row's input_size
 
     def once(p: Predictor, i: int) -> None:
         if end_to_end:
@@ -147,7 +148,7 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
                        agreement_with_first=a["agreement_with_first"])
         rows.append(row)
     result = {"mode": "end-to-end" if end_to_end else "inference", "runs": runs, "warmup": warmup,
-              "input_size": list(preds[0].input_size), "models": rows, "environment": environment()}
+              "input_size": shared_size, "models": rows, "environment": environment()}
     if peak and importlib.util.find_spec("onnx") is None:
         result["machine_peak_skipped"] = "the matmul model is built with onnx: pip install onnx"
     elif peak:

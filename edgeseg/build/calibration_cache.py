@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import itertools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
 
@@ -97,56 +98,50 @@ def quantize_static_cached(ranges: Path, reader, **kwargs) -> None:
 CHUNK = 16
 
 
-class _Peekable:
-    """A calibration data reader that knows whether another item follows."""
+def list_reader(items: Iterable[dict]):
+    """An ONNX Runtime calibration data reader over ``items`` (input name -> array, one per call)."""
+    from onnxruntime.quantization import CalibrationDataReader
 
-    def __init__(self, reader) -> None:
-        self.reader, self.head = reader, reader.get_next()
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(items)
 
-    def more(self) -> bool:
-        return self.head is not None
+        def get_next(self):
+            return next(self.items, None)
 
-    def get_next(self):
-        item, self.head = self.head, (self.reader.get_next() if self.head is not None else None)
-        return item
-
-
-class _Take:
-    """At most ``n`` items of ``source``: one chunk for one call of a calibrator's ``collect_data``."""
-
-    def __init__(self, source: _Peekable, n: int) -> None:
-        self.source, self.left = source, n
-
-    def get_next(self):
-        if self.left == 0:
-            return None
-        self.left -= 1
-        return self.source.get_next()
+    return Reader()
 
 
 def _chunked(calibrator, chunk: int):
-    """Make ``calibrator.collect_data`` take its reader ``chunk`` photos per call of ONNX Runtime's own."""
+    """Make ``calibrator.collect_data`` hand ONNX Runtime's own ``chunk`` photos per call."""
     collect = calibrator.collect_data
 
     def collect_data(reader) -> None:
-        source = _Peekable(reader)
-        while source.more():
-            collect(_Take(source, chunk))
+        items = iter(reader.get_next, None)
+        while part := list(itertools.islice(items, chunk)):
+            collect(list_reader(part))
 
     calibrator.collect_data = collect_data
     return calibrator
 
 
-def _quantize_static_cached(quantize_static: Callable, ranges: Path, reader, **kwargs) -> None:
+@contextlib.contextmanager
+def _calibrators(make: Callable):
+    """Within the block, ONNX Runtime's quantizer gets its calibrator from ``make(real_factory, *args, **kw)``."""
     # the module, not the ``quantize`` function the package re-exports under the same name
     ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
     real = ort_quantize.create_calibrator
+    ort_quantize.create_calibrator = lambda *args, **kw: make(real, *args, **kw)
+    try:
+        yield
+    finally:
+        ort_quantize.create_calibrator = real
+
+
+def _quantize_static_cached(quantize_static: Callable, ranges: Path, reader, **kwargs) -> None:
     if native_cache():
-        ort_quantize.create_calibrator = lambda *args, **kw: _chunked(real(*args, **kw), CHUNK)
-        try:
+        with _calibrators(lambda real, *args, **kw: _chunked(real(*args, **kw), CHUNK)):
             quantize_static(calibration_data_reader=reader, calibration_cache_path=str(ranges), **kwargs)
-        finally:
-            ort_quantize.create_calibrator = real
         return
     computed = []
     if ranges.is_file():
@@ -159,21 +154,18 @@ def _quantize_static_cached(quantize_static: Callable, ranges: Path, reader, **k
             def compute_data(self):
                 return stored
 
-        def calibrator(*_args, **_kwargs):
+        def calibrator(_real, *_args, **_kwargs):
             return Stored()
 
         reader = reader or iter(())
     else:
-        def calibrator(*args, **kw):
+        def calibrator(real, *args, **kw):
             c = _chunked(real(*args, **kw), CHUNK)
             compute = c.compute_data
             c.compute_data = lambda: computed.append(compute()) or computed[-1]
             return c
 
-    ort_quantize.create_calibrator = calibrator
-    try:
+    with _calibrators(calibrator):
         quantize_static(calibration_data_reader=reader, **kwargs)
-    finally:
-        ort_quantize.create_calibrator = real
     if computed:
         write_ranges(computed[-1], ranges)

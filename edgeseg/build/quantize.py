@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeseg.build.calibration_cache import load_ranges_file, quantize_static_cached
+from edgeseg.build.calibration_cache import list_reader, load_ranges_file, quantize_static_cached
 from edgeseg.build.check import load_onnx
 from edgeseg.build.integer_unpool import integer_pools
 from edgeseg.errors import EdgesegError
@@ -123,8 +123,6 @@ def select_images(folder: Path, num_images: int, seed: int) -> Selection:
 def calibrate(model_path: Path, folder: Path, opts: QuantizeOptions, ranges_out: Path,
               progress: Callable[[int, int], None] | None = None) -> Calibration:
     """Run the FP32 model over the calibration photos and write the activation ranges."""
-    from onnxruntime.quantization import CalibrationDataReader
-
     meta = _meta_of(onnx.load(str(model_path), load_external_data=False), model_path)
     selection = select_images(folder, opts.num_images, opts.seed)
     paths = selection.paths
@@ -146,16 +144,9 @@ def calibrate(model_path: Path, folder: Path, opts: QuantizeOptions, ranges_out:
         raise EdgesegError(f"only {len(batches)} usable image(s) (at least {MIN_CALIBRATION_IMAGES} needed for "
                            "calibration); add photos like the ones the camera will see", folder)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(batches)
-
-        def get_next(self):
-            x = next(self.items, None)
-            return None if x is None else {"input": x}
-
     t0 = time.perf_counter()
-    _quantize(model_path, ranges_out.with_suffix(".probe.onnx"), opts, ranges_out, Reader(), ops=CALIBRATED_OPS)
+    _quantize(model_path, ranges_out.with_suffix(".probe.onnx"), opts, ranges_out,
+              list_reader({"input": x} for x in batches), ops=CALIBRATED_OPS)
     ranges_out.with_suffix(".probe.onnx").unlink(missing_ok=True)
     return Calibration(ranges=ranges_out, images=len(batches), skipped=len(skipped), sha256=digest.hexdigest(),
                        seconds=time.perf_counter() - t0, source=str(folder), masks_left_out=selection.masks,
