@@ -895,6 +895,42 @@ def train(
     console.print(f"best epoch {_best_epoch(b)}: val mIoU {b['miou']:.4f}; checkpoint written to {result['out']}")
 
 
+@app.command()
+def composites(
+    objects: Annotated[list[Path], typer.Argument(help=(
+        "Folders of cut-out objects: PNGs with an alpha channel, none of an animal (e.g. tuxpaint-stamps-default's "
+        "food/, household/, vehicles/)."))],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write (then train --no-animal it).")],
+    count: Annotated[int, typer.Option(min=1, help="Composites to write.")] = 600,
+    scenes: Annotated[Path | None, typer.Option(help=(
+        "Folder of animal-free scene photos: crops of them are backgrounds, and each is also written whole."))
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help=(
+        "A train --cache: its photos' background-only crops are backgrounds too (not the validation hold-out's "
+        "of train's default --seed)."))] = None,
+    skip: Annotated[str, typer.Option(help="Comma-separated words: cut-outs whose file name has one are left out.")
+                    ] = "",
+    size: Annotated[int, typer.Option(min=16, help="Side of the square pictures (train's input side).")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the draws: the same seed, the same pictures.")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Animal-free training pictures: cut-out objects pasted on backgrounds, so that a model learns that an
+    object in the middle of the frame is not necessarily a pet (train --no-animal takes the folder)."""
+    from rich.progress import Progress
+
+    from edgeseg.composites import write_composites
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("composites", total=count)
+        result = write_composites(objects, output, count, scenes=scenes, cache=cache,
+                                  skip=[w for w in skip.split(",") if w], size=size, seed=seed,
+                                  val_seed=RECIPE.seed, val_fraction=RECIPE.val_fraction, force=force,
+                                  progress=lambda done, _: bar.update(task, completed=done))
+    console.print(f"{result['composites']} composites ({result['cutouts']} cut-outs on {result['training_crops']} "
+                  f"training-photo crops, {result['scenes']} scene photos and gradients) and the scene photos whole: "
+                  f"{result['out']}")
+
+
 # What the device-side install (pip install .) leaves out, and how to add it.
 OPTIONAL_MODULES = {
     "torch": "PyTorch (export, train, checkpoints): pip install torch --index-url https://download.pytorch.org/whl/cpu",

@@ -278,12 +278,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     ts = training_set(cfg, progress)
     if free is not None:
         ts = ts + free
-    real = np.flatnonzero(~ts.negative)  # photos in their split order; negatives follow their photo
-    order = np.random.default_rng(cfg.seed).permutation(len(real))
-    # With a single image there is nothing to hold out: it serves as both (quick runs, tests).
-    n_val = max(1, round(len(real) * cfg.val_fraction)) if len(real) > 1 else 0
-    val_idx = real[order[:n_val]] if n_val else real
-    held_out = {ts.names[i] for i in val_idx} if n_val else set()
+    val_idx, held_out = trainset.validation_split(ts, cfg.val_fraction, cfg.seed)
     train_idx = np.array([i for i in range(len(ts)) if ts.names[i] not in held_out], dtype=np.int64)
     tr_images, tr_masks = ts.images[train_idx], ts.masks[train_idx]
     weights = trainset.draw_weights([ts.names[i] for i in train_idx], ts.negative[train_idx], cfg.balance,
@@ -334,7 +329,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
         arch=cfg.arch, kernel_size=cfg.kernel_size, input_size=tuple(cfg.size), interpolation=cfg.interpolation,
         provenance={"trained_with": f"edgeseg {__version__} train", "data": recipe["data"] or recipe["cache"],
                     "split": "trainval", "train_images": int((~ts.negative[train_idx]).sum()),
-                    "negative_crops": n_negative - n_free, "no_animal_images": n_free, "val_images": int(n_val),
+                    "negative_crops": n_negative - n_free, "no_animal_images": n_free, "val_images": len(held_out),
                     "seed": cfg.seed,
                     "extra_data": recipe["extra_data"], "extra_images": n_extra},
     )

@@ -119,6 +119,18 @@ def load_no_animal(folder: str | Path, size: tuple[int, int], interpolation: str
                     [f"no-animal:{p.name}" for p in paths], np.ones(len(images), bool))
 
 
+def validation_split(ts: TrainSet, fraction: float, seed: int) -> tuple[np.ndarray, set[str]]:
+    """Indices of the photos held out for validation and their names (their negatives are held out with them);
+    with a single photo there is nothing to hold out: it serves as both (quick runs, tests)."""
+    real = np.flatnonzero(~ts.negative)  # photos in their split order; negatives follow their photo
+    order = np.random.default_rng(seed).permutation(len(real))
+    n_val = max(1, round(len(real) * fraction)) if len(real) > 1 else 0
+    if not n_val:
+        return real, set()
+    val_idx = real[order[:n_val]]
+    return val_idx, {ts.names[i] for i in val_idx}
+
+
 def sample_weights(names: Sequence[str], balance: str) -> np.ndarray:
     """Per-sample drawing weights that give each breed (or species) the same share of an epoch."""
     if balance not in BALANCE:

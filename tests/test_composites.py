@@ -1,0 +1,83 @@
+"""Animal-free composites: cut-outs pasted on backgrounds, reproducible, written whole, held-out crops left out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg import composites, trainset
+
+
+def cutout(side: int = 40, colour: tuple[int, int, int] = (0, 0, 255)) -> np.ndarray:
+    """A BGRA square of ``colour``, opaque on its left half, transparent on its right half."""
+    img = np.zeros((side, side, 4), np.uint8)
+    img[:, :, :3] = colour
+    img[:, : side // 2, 3] = 255
+    return img
+
+
+def write_cutouts(folder: Path) -> Path:
+    folder.mkdir()
+    cv2.imwrite(str(folder / "cup.png"), cutout())
+    cv2.imwrite(str(folder / "cat.png"), cutout(colour=(0, 255, 0)))  # to be skipped by name
+    cv2.imwrite(str(folder / "flat.png"), np.full((20, 20, 3), 99, np.uint8))  # no alpha: not a cut-out
+    return folder
+
+
+def test_a_pasted_cutout_shows_its_opaque_part_only():
+    canvas = np.zeros((64, 64, 3), np.uint8)
+    trimmed = composites.trim(cutout())
+    assert trimmed.shape == (40, 20, 4) and (trimmed[:, :, 3] == 255).all()  # the transparent half cut away
+    composites.paste(canvas, trimmed, np.random.default_rng(0))
+    red = (canvas[:, :, 2] > 100) & (canvas[:, :, 1] < 20)
+    # its long side 35-100% of the canvas, at most a quarter of it outside
+    ys, xs = np.nonzero(red)
+    assert red.any() and 0.75 * 0.35 * 64 - 2 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 64
+    assert (canvas[~red] < 100).all()  # nothing else painted
+
+
+def test_composites_are_reproducible_and_hold_the_objects(tmp_path):
+    cuts = composites.load_cutouts([write_cutouts(tmp_path / "objects")], skip=["cat"])
+    assert len(cuts) == 1 and cuts[0].shape == (40, 20, 4)  # trimmed to its opaque box; cat and flat left out
+    scene = np.full((90, 120, 3), 30, np.uint8)
+    a = list(composites.composites(cuts, [], [scene], 12, 32, seed=5))
+    b = list(composites.composites(cuts, [], [scene], 12, 32, seed=5))
+    c = list(composites.composites(cuts, [], [scene], 12, 32, seed=6))
+    assert all(x.shape == (32, 32, 3) and x.dtype == np.uint8 for x in a)
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+    assert any((x != y).any() for x, y in zip(a, c, strict=True))
+    assert all((x[:, :, 2] > 150).any() for x in a)  # every picture holds a red object
+
+
+def test_training_crops_leave_out_the_validation_photos(pets3, tmp_path):
+    ts = trainset.load(trainset.trainval_samples([pets3])[:30], (32, 32), "area", negatives=True)
+    cache = tmp_path / "t.npz"
+    trainset.save_cache(ts, cache, {})
+    ts, _ = trainset.load_cache(cache)  # JPEG in the cache: compare with what it holds
+    _, held = trainset.validation_split(ts, 0.2, 0)
+    crops = composites.training_crops(cache, 0.2, 0)
+    expected = [i for i in np.flatnonzero(ts.negative) if ts.names[i] not in held]
+    assert held and len(crops) == len(expected) < ts.negative.sum()
+    assert all((c == ts.images[i].transpose(1, 2, 0)[:, :, ::-1]).all() for c, i in zip(crops, expected, strict=True))
+
+
+def test_cli_writes_a_folder_train_reads_and_refuses_to_overwrite(cli, tmp_path):
+    objects, scenes = write_cutouts(tmp_path / "objects"), tmp_path / "scenes"
+    scenes.mkdir()
+    cv2.imwrite(str(scenes / "room.jpg"), np.full((60, 80, 3), 120, np.uint8))
+    out = tmp_path / "neg"
+    r = cli("composites", objects, "--scenes", scenes, "--skip", "cat", "--count", "5", "--size", "32", "-o", out)
+    assert r.code == 0, r.out + r.err
+    assert sorted(p.name for p in out.iterdir()) == [f"c{i:04d}.png" for i in range(5)] + ["s00.png"]
+    assert not list(tmp_path.glob(".neg*"))  # no temporary folder left
+    free = trainset.load_no_animal(out, (32, 32), "area")
+    assert len(free) == 6 and free.negative.all() and (free.masks == 1).all()
+    r = cli("composites", objects, "--count", "2", "-o", out)
+    assert r.code != 0 and "--force" in r.out + r.err and len(list(out.iterdir())) == 6
+    r = cli("composites", objects, "--count", "2", "-o", out, "--force")
+    assert r.code == 0 and len(list(out.iterdir())) == 2
+    r = cli("composites", scenes, "-o", tmp_path / "none")
+    assert r.code != 0 and "alpha channel" in r.out + r.err and "Traceback" not in r.out + r.err
+    assert not (tmp_path / "none").exists()
