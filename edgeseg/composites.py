@@ -141,12 +141,16 @@ def write_composites(objects: Sequence[str | Path], out: str | Path, count: int,
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a run killed before its rename
     tmp.mkdir()
-    for i, img in enumerate(composites(cutouts, crops, scene_images, count, size, seed)):
-        cv2.imwrite(str(tmp / f"c{i:04d}.png"), img)
-        if progress:
-            progress(i + 1, count)
-    for j, img in enumerate(scene_images):
-        cv2.imwrite(str(tmp / f"s{j:02d}.png"), cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
+    try:
+        for i, img in enumerate(composites(cutouts, crops, scene_images, count, size, seed)):
+            cv2.imwrite(str(tmp / f"c{i:04d}.png"), img)
+            if progress:
+                progress(i + 1, count)
+        for j, img in enumerate(scene_images):
+            cv2.imwrite(str(tmp / f"s{j:02d}.png"), cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
+    except BaseException:  # interrupted or failed: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return {"out": str(out), "composites": count, "scenes": len(scene_images), "cutouts": len(cutouts),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from edgeseg import composites, trainset
 
@@ -81,3 +82,15 @@ def test_cli_writes_a_folder_train_reads_and_refuses_to_overwrite(cli, tmp_path)
     r = cli("composites", scenes, "-o", tmp_path / "none")
     assert r.code != 0 and "alpha channel" in r.out + r.err and "Traceback" not in r.out + r.err
     assert not (tmp_path / "none").exists()
+
+
+def test_an_interrupted_run_leaves_no_folder_behind(tmp_path, monkeypatch):
+    objects = write_cutouts(tmp_path / "objects")
+
+    def stop(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        composites.write_composites([objects], tmp_path / "neg", 5, size=32, progress=stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["objects"]
