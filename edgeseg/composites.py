@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.files import check_folder
 from edgeseg.runtime.images import ImageError, list_images, read_image
 
 ALPHA_MIN = 20  # a cut-out's pixels with less alpha than this are outside its box
@@ -117,6 +118,11 @@ def training_crops(cache: str | Path, val_fraction: float, seed: int) -> list[np
             for i in np.flatnonzero(ts.negative) if ts.names[i] not in held_out]
 
 
+def _write_png(path: Path, img: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), img):  # OpenCV reports a full disk or a lost folder only by returning False
+        raise EdgesegError("could not be written (disk full or folder removed?); free space and run again", path)
+
+
 def write_composites(objects: Sequence[str | Path], out: str | Path, count: int, scenes: str | Path | None = None,
                      cache: str | Path | None = None, skip: Sequence[str] = (), size: int = 128, seed: int = 1,
                      val_fraction: float = 0.1, val_seed: int = 0, force: bool = False,
@@ -124,10 +130,10 @@ def write_composites(objects: Sequence[str | Path], out: str | Path, count: int,
     """Write ``count`` composites as ``cNNNN.png`` and every scene photo whole as ``sNN.png`` to the folder
     ``out`` (filled beside it, then renamed: never half-written)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EdgesegError("exists and is not a folder; choose another -o", out)
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise EdgesegError("already holds files; pass --force to replace them or choose another -o", out)
+    check_folder(out, force)
+    if cache is not None and not Path(cache).is_file():
+        raise EdgesegError("no such training cache; give the file edgeseg train --cache wrote, or leave --cache "
+                           "out", cache)
     if not out.parent.is_dir():
         raise EdgesegError(f"output folder {out.parent} does not exist; create it first", out)
     cutouts = load_cutouts(objects, skip)
@@ -143,11 +149,11 @@ def write_composites(objects: Sequence[str | Path], out: str | Path, count: int,
     tmp.mkdir()
     try:
         for i, img in enumerate(composites(cutouts, crops, scene_images, count, size, seed)):
-            cv2.imwrite(str(tmp / f"c{i:04d}.png"), img)
+            _write_png(tmp / f"c{i:04d}.png", img)
             if progress:
                 progress(i + 1, count)
         for j, img in enumerate(scene_images):
-            cv2.imwrite(str(tmp / f"s{j:02d}.png"), cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
+            _write_png(tmp / f"s{j:02d}.png", cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
     except BaseException:  # interrupted or failed: nothing half-written stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

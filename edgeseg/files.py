@@ -41,6 +41,16 @@ def check_writable(path: str | Path, force: bool = False) -> Path:
     return path
 
 
+def check_folder(folder: Path | None, force: bool = False) -> None:
+    """Refuse an output folder that is something else, or that already holds files, without ``force``."""
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise EdgesegError("exists and is not a folder; choose another output folder", folder)
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise EdgesegError("already holds files; pass --force to write over them or choose another folder", folder)
+
+
 def write_problem(folder: Path) -> str | None:
     """None when files can be created in ``folder`` (made if missing), else why not (the OS's words):
     tried with a real file, since permission bits do not show a read-only or full filesystem."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgeseg import composites, trainset
+from edgeseg.errors import EdgesegError
 
 
 def cutout(side: int = 40, colour: tuple[int, int, int] = (0, 0, 255)) -> np.ndarray:
@@ -82,6 +83,8 @@ def test_cli_writes_a_folder_train_reads_and_refuses_to_overwrite(cli, tmp_path)
     r = cli("composites", scenes, "-o", tmp_path / "none")
     assert r.code != 0 and "alpha channel" in r.out + r.err and "Traceback" not in r.out + r.err
     assert not (tmp_path / "none").exists()
+    r = cli("composites", objects, "--cache", tmp_path / "train.npz", "-o", tmp_path / "none")
+    assert r.code != 0 and "train.npz: no such training cache" in r.err and "Traceback" not in r.err
 
 
 def test_an_interrupted_run_leaves_no_folder_behind(tmp_path, monkeypatch):
@@ -93,4 +96,12 @@ def test_an_interrupted_run_leaves_no_folder_behind(tmp_path, monkeypatch):
 
     with pytest.raises(KeyboardInterrupt):
         composites.write_composites([objects], tmp_path / "neg", 5, size=32, progress=stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["objects"]
+
+
+def test_a_failed_write_is_an_error_not_a_missing_picture(tmp_path, monkeypatch):
+    objects = write_cutouts(tmp_path / "objects")
+    monkeypatch.setattr(composites.cv2, "imwrite", lambda *a: False)  # what OpenCV does on a full disk
+    with pytest.raises(EdgesegError, match="could not be written"):
+        composites.write_composites([objects], tmp_path / "neg", 3, size=32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["objects"]

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_write, check_unclaimed, claim, write_problem
+from edgeseg.files import atomic_write, check_folder, check_unclaimed, claim, write_problem
 from edgeseg.runtime.device import environment
 from edgeseg.runtime.latency import StageTimer
 from edgeseg.runtime.masks import Smoother
@@ -49,15 +49,6 @@ class RunOptions:
     smooth: float | None = None
 
 
-def _check_folder(folder: Path | None, force: bool) -> None:
-    if folder is None:
-        return
-    if folder.exists() and not folder.is_dir():
-        raise EdgesegError("exists and is not a folder", folder)
-    if folder.is_dir() and any(folder.iterdir()) and not force:
-        raise EdgesegError("already holds files; pass --force to write over them or choose another folder", folder)
-
-
 def _outputs(opts: RunOptions) -> list[Path]:
     return [p for p in (opts.output, opts.save_masks, opts.save_video, opts.report) if p is not None]
 
@@ -70,8 +61,8 @@ def check_outputs(opts: RunOptions, view: str = "overlay") -> None:
                            "with --output DIR, or choose --view blur or overlay for the video", opts.save_video)
     for path in _outputs(opts):
         check_unclaimed(path)
-    _check_folder(opts.output, opts.force)
-    _check_folder(opts.save_masks, opts.force)
+    check_folder(opts.output, opts.force)
+    check_folder(opts.save_masks, opts.force)
     for f in (opts.save_video, opts.report):
         if f is not None and f.exists() and not opts.force:
             raise EdgesegError("already exists; pass --force to overwrite it", f)
