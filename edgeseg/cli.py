@@ -141,8 +141,31 @@ def _best_epoch(best: dict) -> str:
     return f"mean of epochs {span[0]}-{span[1]}" if span else str(best.get("epoch"))
 
 
+def _recipe_rows(recipe: dict) -> list[tuple[str, object]]:
+    """Augmentation and the loss's data in a line each (keys an older record lacks are left out)."""
+    g = recipe.get
+    aug = ["flip"]
+    if g("jitter"):
+        aug.append(f"colour jitter {g('jitter')}")
+    if g("scale_aug") is not None:
+        zoom = "whole frames" if g("scale_aug") >= 1 else f"zoom-in crops to {g('scale_aug')} of the side"
+        aug.append(zoom + (f", zoom-out to 1/{g('zoom_out')}" if (g("zoom_out") or 1) > 1 else ""))
+    if g("rotate"):
+        aug.append(f"rotation within {g('rotate'):g} degrees")
+    aug += [f"{label} on {g(k):.0%} of samples" for k, label in (("blur", "blur"), ("gray", "grey")) if g(k)]
+    data = [f"cross-entropy, border class x{g('border_weight', 1)}"]
+    if g("lovasz"):
+        data.append(f"Lovasz x{g('lovasz')}")
+    if g("negatives"):
+        extra = f" and folder {g('no_animal')}" if g("no_animal") else ""
+        data.append(f"'no animal' {g('negatives'):.0%} of draws (background crops{extra})")
+    if g("balance") not in (None, "none"):
+        data.append(f"balanced by {g('balance')}")
+    return [("augmentation", ", ".join(aug)), ("loss and data", "; ".join(data))]
+
+
 def _training_rows(extra: dict) -> list[tuple[str, object]]:
-    """A training record in three lines (the recipe, how far it ran, the best epoch); other keys as
+    """A training record in a few lines (the recipe, how far it ran, the best epoch); other keys as
     they are when short. The whole record is in ``info --json``."""
     rows: list[tuple[str, object]] = []
     recipe, history, best = extra.get("recipe") or {}, extra.get("history") or [], extra.get("best") or {}
@@ -154,6 +177,7 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
                         if recipe.get("step_size") else ", constant LR")
         rows.append(("training", f"batch {recipe.get('batch')}, lr {recipe.get('lr')}{schedule}, "
                                  f"{recipe.get('size', ['?'])[0]}px, seed {recipe.get('seed')}"))
+        rows += _recipe_rows(recipe)
     if history or "epochs_run" in extra:
         planned = f" of {recipe['epochs']} planned" if recipe.get("epochs") else ""
         rows.append(("epochs run", f"{extra.get('epochs_run', len(history))}{planned} "

@@ -163,7 +163,7 @@ def test_a_headless_chromium_shows_the_live_overlay_and_figures(tmp_path):
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1000,600",
                  "--timeout=3000"]  # the stream never ends: stop loading after 3 s, then act
         shots = []
-        for k in range(2):
+        for k in range(3):  # 37 photos loop: two shots can land on the same one by chance (about 1 in 37)
             shot = tmp_path / f"shot{k}.png"
             subprocess.run([browser, *flags, f"--screenshot={shot}", f"http://127.0.0.1:{port}/"],
                            capture_output=True, timeout=60)
@@ -177,7 +177,7 @@ def test_a_headless_chromium_shows_the_live_overlay_and_figures(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["stopped_by"] == "SIGTERM"
     image = [s[8:560, 8:610].astype(np.int16) for s in shots]  # the stream's area, left of the figures
     assert all(i.std() > 20 for i in image), "the stream area is blank"
-    assert np.abs(image[0] - image[1]).mean() > 5, "the stream did not change between screenshots"
+    assert max(np.abs(image[0] - i).mean() for i in image[1:]) > 5, "the stream did not change between screenshots"
     fps = float(dom.split('<span id="fps">')[1].split("<")[0])
     assert fps > 0
     if os.environ.get("EDGESEG_SAVE_SCREENSHOT"):  # README's picture: EDGESEG_SAVE_SCREENSHOT=docs/serve.png
