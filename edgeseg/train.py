@@ -184,14 +184,15 @@ def portable(recipe: dict) -> dict:
     """A recipe as a checkpoint records it: paths by their last part (the dataset folders' names, the
     cache's and the parent checkpoint's file names), so that a shipped checkpoint does not carry the
     trainer's directory layout. Also applied to a parent's recipe recorded by an older edgeseg."""
-    def name(v: object) -> object:
+    def name(key: str, v: object) -> object:
         if isinstance(v, (list, tuple)):
             return ", ".join(Path(str(f)).name for f in v)
-        if isinstance(v, str) and v:
-            return ", ".join(Path(f.strip()).name for f in v.split(","))
+        if isinstance(v, str) and v:  # "data" of an older record: folders already joined with ", "
+            return ", ".join(Path(f).name for f in (v.split(", ") if key == "data" else [v]))
         return v
 
-    return {k: (name(v) if k in PATH_FIELDS else list(v) if isinstance(v, tuple) else v) for k, v in recipe.items()}
+    return {k: (name(k, v) if k in PATH_FIELDS else list(v) if isinstance(v, tuple) else v)
+            for k, v in recipe.items()}
 
 
 def initial_model(cfg: TrainConfig) -> tuple[nn.Module, dict]:

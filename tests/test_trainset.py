@@ -87,3 +87,13 @@ def test_cache_travels_without_the_photos_and_trains(pets3, tmp_path):
               tmp_path / "c.pth")
     with pytest.raises(EdgesegError, match="give --data"):
         train(TrainConfig(data=(), epochs=1, size=(32, 32), cache=str(tmp_path / "missing.npz")), tmp_path / "d.pth")
+
+
+def test_a_recorded_recipe_keeps_file_names_only_and_a_comma_in_one_name():
+    from edgeseg.train import portable
+
+    rec = portable({"data": ("/d/oxford-pets-3breeds", "/d/extra"), "cache": "/x/pets,v2.npz", "init": "/m/a.pth",
+                    "no_animal": None, "lr": 1e-4, "size": (128, 128)})
+    assert rec == {"data": "oxford-pets-3breeds, extra", "cache": "pets,v2.npz", "init": "a.pth", "no_animal": None,
+                   "lr": 1e-4, "size": [128, 128]}
+    assert portable(rec) == rec  # a parent's record, already portable, stays as it is
