@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import check_folder
-from edgeseg.runtime.images import ImageError, list_images, read_image
+from edgeseg.runtime.images import ImageError, decode_image, list_images, read_image
 
 ALPHA_MIN = 20  # a cut-out's pixels with less alpha than this are outside its box
 SECOND_OBJECT = 0.3  # share of pictures with two objects, not one
@@ -41,7 +41,10 @@ def load_cutouts(folders: Sequence[str | Path], skip: Sequence[str] = ()) -> lis
         for path in list_images(folder):
             if any(word in path.name for word in skip):
                 continue
-            img = trim(cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED))
+            try:
+                img = trim(decode_image(path))
+            except ImageError as e:
+                raise EdgesegError(f"{e.message}; remove it from the objects folder", path) from None
             if img is not None:
                 cutouts.append(img)
     if not cutouts:

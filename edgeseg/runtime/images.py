@@ -46,6 +46,11 @@ def to_bgr8(img: np.ndarray) -> np.ndarray:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Decode by content, not extension (the dataset has a GIF and a PNG named .jpg) -> HxWx3 uint8 BGR."""
+    return to_bgr8(decode_image(path))
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """An image file as decoded, channels and depth kept (BGRA stays BGRA), by content, not extension."""
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
@@ -59,7 +64,7 @@ def read_image(path: str | Path) -> np.ndarray:
         img = img if ok else None
     if img is None:
         raise ImageError("not a decodable image (corrupt, truncated or unsupported format)", path)
-    return to_bgr8(img)
+    return img
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
