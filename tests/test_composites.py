@@ -110,7 +110,7 @@ def test_a_failed_write_is_an_error_not_a_missing_picture(tmp_path, monkeypatch)
 def test_a_corrupt_cutout_is_named_not_skipped(tmp_path):
     objects = write_cutouts(tmp_path / "objects")
     (objects / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(EdgesegError, match="not a decodable image.*remove it from the objects folder") as e:
+    with pytest.raises(EdgesegError, match=r"not a decodable image.*remove it from the objects folder") as e:
         composites.write_composites([objects], tmp_path / "neg", 3, size=32)
     assert e.value.path.name == "broken.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["objects"]
