@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 
 from edgeseg.bench import bench
-from edgeseg.build.quantize import QuantizeOptions, quantize
+from edgeseg.compile.quantize import QuantizeOptions, quantize
 from edgeseg.loader import load_predictor
-from edgeseg.runtime.precision import cpu_flags, native_precisions
-from edgeseg.runtime.predictor import Predictor, default_onnx_backend
+from edgeseg.runtime.backends.precision import cpu_flags, native_precisions
+from edgeseg.runtime.backends.predictor import Predictor, default_onnx_backend
 
 # CPU features that decide which precisions run natively (reported with the table; never the CPU's name)
 FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_fp16",

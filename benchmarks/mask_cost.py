@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import read_image
-from edgeseg.runtime.overlay import Renderer
-from edgeseg.runtime.predictor import Predictor
+from edgeseg.runtime.loop.overlay import Renderer
 
 SIZES = ((640, 480), (1280, 720), (1920, 1080))
 

@@ -3,7 +3,7 @@ rewrite on x86), from ONNX Runtime's own profiler.
 
     python benchmarks/ort_profile.py models/segnet_dsc.onnx out/demo/segnet_dsc.int8.onnx
 
-Same session settings as edgeseg's (edgeseg.runtime.onnxruntime); 20 warm-up and 100 timed runs of
+Same session settings as edgeseg's (edgeseg.runtime.backends.onnxruntime); 20 warm-up and 100 timed runs of
 one random 128x128 input each; prints p50 and the ten op types with the largest share of kernel time.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgeseg.runtime.cpu_unpool import lowered_for_onnxruntime
-from edgeseg.runtime.onnxruntime import default_threads
+from edgeseg.runtime.backends.cpu_unpool import lowered_for_onnxruntime
+from edgeseg.runtime.backends.onnxruntime import default_threads
 
 
 def profile(path: Path, threads: int, runs: int = 100) -> tuple[float, dict[str, float]]:

@@ -16,9 +16,9 @@ import json
 
 from edgeseg.evaluation.datasets import oxford_split
 from edgeseg.loader import load_predictor
-from edgeseg.runtime.loop import RunOptions, run_loop
-from edgeseg.runtime.overlay import Renderer
-from edgeseg.runtime.sources import FileSource
+from edgeseg.runtime.loop.overlay import Renderer
+from edgeseg.runtime.loop.runner import RunOptions, run_loop
+from edgeseg.runtime.loop.sources import FileSource
 
 
 def main() -> None:

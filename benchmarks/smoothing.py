@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import list_images, read_image
 from edgeseg.runtime.masks import BACKGROUND, Smoother
-from edgeseg.runtime.predictor import Predictor
 
 SIZE = (1280, 720)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from edgeseg.loader import load_predictor
 from edgeseg.runtime.images import list_images
-from edgeseg.runtime.loop import RunOptions, run_loop
-from edgeseg.runtime.overlay import Renderer
-from edgeseg.runtime.sources import FileSource
+from edgeseg.runtime.loop.overlay import Renderer
+from edgeseg.runtime.loop.runner import RunOptions, run_loop
+from edgeseg.runtime.loop.sources import FileSource
 
 
 def rss_mb() -> float:

@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py [--batch 8] [--rounds 6] [--threads N]
 
-SegNet-DSC at 128x128 on random inputs, the same autocast/channels-last calls as edgeseg.train; the
+SegNet-DSC at 128x128 on random inputs, the same autocast/channels-last calls as edgeseg.training.train; the
 configurations take turns step by step (interleaved, so a noisy neighbour hits all of them), the first
 two rounds are warm-up, and the median of the rest is printed with its ratio to plain FP32.
 """
@@ -16,8 +16,8 @@ import time
 import torch
 from torch import nn
 
-from edgeseg.build.nets import build_model
-from edgeseg.runtime.precision import cpu_flags, native_precisions
+from edgeseg.compile.nets import build_model
+from edgeseg.runtime.backends.precision import cpu_flags, native_precisions
 
 CONFIGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 

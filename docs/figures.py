@@ -21,10 +21,10 @@ import numpy as np
 
 from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap
 from edgeseg.evaluation.metrics import ConfusionMatrix
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import read_image
+from edgeseg.runtime.loop.overlay import Renderer
 from edgeseg.runtime.masks import BACKGROUND, Masks
-from edgeseg.runtime.overlay import Renderer
-from edgeseg.runtime.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SETS = ("oxford-pets-3breeds", "oxford-pets-extra")

@@ -17,17 +17,17 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.loader import load_predictor
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.device import environment
 from edgeseg.runtime.images import list_images, read_image
-from edgeseg.runtime.latency import summarize
+from edgeseg.runtime.loop.latency import summarize
 from edgeseg.runtime.meta import conv_macs
-from edgeseg.runtime.predictor import Predictor
 
 
 def _matmul_session(integer: bool, n: int, threads: int | None):
     from onnx import TensorProto, helper
 
-    from edgeseg.runtime.onnxruntime import create_session
+    from edgeseg.runtime.backends.onnxruntime import create_session
 
     if integer:
         a, b, out = TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32
@@ -72,7 +72,7 @@ def _timed(fn: Callable[[], object]) -> float:
 def split_spec(spec: str | Path, default_backend: str, default_precision: str = "auto") -> tuple[Path, str, str]:
     """``model.onnx@openvino:bf16`` -> (model.onnx, "openvino", "bf16"): a backend (and precision)
     per model on one command line."""
-    from edgeseg.runtime.predictor import BACKENDS
+    from edgeseg.runtime.backends.predictor import BACKENDS
 
     text = str(spec)
     path, _, tail = text.rpartition("@")

@@ -39,9 +39,9 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import is_oxford_layout, oxford_split, read_trimap
 from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import cache_root, write_problem
+from edgeseg.runtime.backends.precision import cpu_flags, native_precisions
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import list_images, read_image
-from edgeseg.runtime.precision import cpu_flags, native_precisions
-from edgeseg.runtime.predictor import Predictor
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # a git checkout holds models/ and calibration/ here
 DEFAULT_MODEL = CHECKOUT / "models" / "segnet_dsc.onnx"
@@ -114,7 +114,7 @@ def facts() -> dict:
         "cpu_native_precisions": ["fp32", *native_precisions(flags)],
     }
     if out["tensorrt"]:
-        from edgeseg.runtime.cuda import gpu_info
+        from edgeseg.runtime.backends.cuda import gpu_info
 
         try:
             out.update(gpu_info())
@@ -199,7 +199,7 @@ def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list
     ranges = model.with_suffix(".calib.json")
 
     def int8_cpu() -> Predictor:
-        from edgeseg.build.quantize import QuantizeOptions, quantize
+        from edgeseg.compile.quantize import QuantizeOptions, quantize
 
         q = workdir / "int8-cpu.onnx"
         quantize(model, q, QuantizeOptions(target="cpu"), calib_ranges=ranges if ranges.exists() else None,
@@ -209,7 +209,7 @@ def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list
     have_onnx = importlib.util.find_spec("onnx") is not None
     out.append(("cpu int8", int8_cpu if have_onnx else "INT8 for the CPU is made here with onnx: pip install onnx"))
     if tensorrt:
-        from edgeseg.build.engine import build_engine
+        from edgeseg.compile.engine import build_engine
 
         def engine(precision: str) -> Loader:
             def make() -> Predictor:

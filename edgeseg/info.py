@@ -13,14 +13,14 @@ def describe(path: str | Path, size: tuple[int, int] | None = None) -> dict:
     if not path.exists():
         raise EdgesegError("no such file; check the path", path)
     if path.suffix.lower() == ".onnx":
-        from edgeseg.build.onnx_info import describe_onnx
+        from edgeseg.compile.onnx_info import describe_onnx
 
         return describe_onnx(path)
     if path.suffix.lower() in (".engine", ".plan", ".trt"):
         from dataclasses import asdict
 
         from edgeseg.files import sha256_file
-        from edgeseg.runtime.engine_meta import EngineMeta
+        from edgeseg.runtime.backends.engine_meta import EngineMeta
 
         return {"path": str(path), "kind": "engine", "file_bytes": path.stat().st_size,
                 "sha256": sha256_file(path), **asdict(EngineMeta.load(path))}
@@ -28,8 +28,8 @@ def describe(path: str | Path, size: tuple[int, int] | None = None) -> dict:
 
 
 def describe_checkpoint(path: Path, size: tuple[int, int] | None = None) -> dict:
-    from edgeseg.build.checkpoint import load_checkpoint
-    from edgeseg.build.nets import model_stats
+    from edgeseg.compile.checkpoint import load_checkpoint
+    from edgeseg.compile.nets import model_stats
 
     ckpt = load_checkpoint(path)
     h, w = size or ckpt.meta.input_size

@@ -1,6 +1,6 @@
-"""Any model file to a :class:`~edgeseg.runtime.predictor.Predictor`, building what the device runtime
+"""Any model file to a :class:`~edgeseg.runtime.backends.predictor.Predictor`, building what the device runtime
 cannot load by itself: a PyTorch checkpoint (the reference, needs PyTorch) or an ONNX file for
-TensorRT (an engine built once and cached, see edgeseg.build.engine.cached_engine).
+TensorRT (an engine built once and cached, see edgeseg.compile.engine.cached_engine).
 
 The CLI and the evaluation tools load through here; code on the device uses ``Predictor.load``.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.backend import inspect_onnx
-from edgeseg.runtime.predictor import Predictor, resolve_backend
+from edgeseg.runtime.backends.base import inspect_onnx
+from edgeseg.runtime.backends.predictor import Predictor, resolve_backend
 
 
 def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None, precision: str = "auto",
@@ -21,14 +21,14 @@ def load_predictor(path: str | Path, backend: str = "auto", threads: int | None 
     path = Path(path)
     kind = resolve_backend(path, backend)
     if kind == "torch":
-        from edgeseg.build.reference import TorchBackend
+        from edgeseg.compile.reference import TorchBackend
 
         if precision not in ("auto", "fp32"):
             raise EdgesegError(f"--precision {precision}: the PyTorch reference runs in fp32 only", path)
         return Predictor(TorchBackend(path, threads), path)
     if kind == "tensorrt" and path.suffix.lower() == ".onnx":
-        from edgeseg.build.engine import cached_engine
-        from edgeseg.runtime.tensorrt import TensorRTBackend
+        from edgeseg.compile.engine import cached_engine
+        from edgeseg.runtime.backends.tensorrt import TensorRTBackend
 
         if precision == "auto":
             quantized = inspect_onnx(path).props.get("precision", "fp32").startswith("int8")

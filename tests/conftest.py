@@ -93,8 +93,8 @@ def notebook_ckpt(notebook_models, tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(notebook_ckpt, tmp_path_factory):
     """{arch: (onnx path, export report)} for both notebook checkpoints at 64x64."""
-    from edgeseg.build.checkpoint import load_checkpoint
-    from edgeseg.build.export import ExportOptions, export
+    from edgeseg.compile.checkpoint import load_checkpoint
+    from edgeseg.compile.export import ExportOptions, export
 
     folder = tmp_path_factory.mktemp("onnx")
     out = {}

@@ -1,6 +1,6 @@
 """The models as the "Efficient Image Segmentation Using PyTorch" notebook writes them.
 
-Kept independent of edgeseg.build.nets on purpose: checkpoints saved from these classes are what users
+Kept independent of edgeseg.compile.nets on purpose: checkpoints saved from these classes are what users
 bring, and the tests prove edgeseg loads them unchanged and computes the same outputs.
 """
 

@@ -53,7 +53,7 @@ def models(tmp_path_factory):
     fp32 = REPO / "models" / "segnet_dsc.onnx"
     ranges = REPO / "models" / "segnet_dsc.calib.json"
     int8 = tmp_path_factory.mktemp("arm") / "segnet_dsc.int8.onnx"
-    from edgeseg.build.quantize import QuantizeOptions, quantize
+    from edgeseg.compile.quantize import QuantizeOptions, quantize
 
     quantize(fp32, int8, QuantizeOptions(target="cpu"), calib_ranges=ranges)
     return {"fp32": fp32, "int8-cpu": int8}
@@ -70,10 +70,10 @@ def test_arm64_masks_equal_x86(precision, arm64_env, models, tmp_path, capsys):
     # an HD camera-sized frame: its preprocessing takes the 2x2 halving path too
     hd = cv2.resize(cv2.imread(str(PETS3 / "images" / f"{IMAGES[0]}.jpg")), (1280, 720), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(src / "hd_frame.png"), hd)
-    from edgeseg.runtime.loop import RunOptions, run_loop
-    from edgeseg.runtime.overlay import Renderer
-    from edgeseg.runtime.predictor import Predictor
-    from edgeseg.runtime.sources import open_source
+    from edgeseg.runtime.backends.predictor import Predictor
+    from edgeseg.runtime.loop.overlay import Renderer
+    from edgeseg.runtime.loop.runner import RunOptions, run_loop
+    from edgeseg.runtime.loop.sources import open_source
 
     x86 = tmp_path / "x86"
     # the same backend on both sides: on x86 `auto` would pick OpenVINO when it is installed

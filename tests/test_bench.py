@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgeseg.bench import bench, machine_peak
-from edgeseg.build.checkpoint import load_checkpoint
-from edgeseg.build.export import ExportOptions, export
+from edgeseg.compile.checkpoint import load_checkpoint
+from edgeseg.compile.export import ExportOptions, export
 from edgeseg.errors import EdgesegError
 
 
@@ -125,7 +125,7 @@ def test_cpu_table_benchmark_lists_every_configuration(tmp_path):
 def test_each_row_is_a_share_of_its_own_precisions_peak(tmp_path):
     from conftest import REPO
 
-    from edgeseg.build.quantize import QuantizeOptions, quantize
+    from edgeseg.compile.quantize import QuantizeOptions, quantize
 
     fp32 = REPO / "models" / "segnet_dsc.onnx"
     int8 = tmp_path / "int8.onnx"

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from conftest import REPO
 
-from edgeseg.build.checkpoint import load_checkpoint
+from edgeseg.compile.checkpoint import load_checkpoint
 from edgeseg.evaluation.evaluate import evaluate, load_split
 from edgeseg.files import sha256_file
 from edgeseg.loader import load_predictor

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from edgeseg.build.checkpoint import load_checkpoint, save_checkpoint
-from edgeseg.build.nets import SegNet, SegNetDSC, build_model, model_stats
+from edgeseg.compile.checkpoint import load_checkpoint, save_checkpoint
+from edgeseg.compile.nets import SegNet, SegNetDSC, build_model, model_stats
 from edgeseg.errors import CheckpointError
 from edgeseg.runtime.meta import ModelMeta
 

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg import composites, trainset
 from edgeseg.errors import EdgesegError
+from edgeseg.training import composites, trainset
 
 
 def cutout(side: int = 40, colour: tuple[int, int, int] = (0, 0, 255)) -> np.ndarray:

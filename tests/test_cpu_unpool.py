@@ -8,10 +8,10 @@ import torch
 from onnx import TensorProto, helper
 from test_export import maxunpool_reference, tie_heavy, unpool_model
 
-import edgeseg.build.quantize as q
-from edgeseg.runtime.cpu_unpool import lower_unpools, nchwc_platform
-from edgeseg.runtime.onnxruntime import create_session
-from edgeseg.runtime.predictor import Predictor
+import edgeseg.compile.quantize as q
+from edgeseg.runtime.backends.cpu_unpool import lower_unpools, nchwc_platform
+from edgeseg.runtime.backends.onnxruntime import create_session
+from edgeseg.runtime.backends.predictor import Predictor
 
 needs_x86 = pytest.mark.skipif(not nchwc_platform(), reason="the rewrite only applies on x86 (NCHWc kernels)")
 

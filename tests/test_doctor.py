@@ -11,7 +11,7 @@ import numpy as np
 from conftest import REPO
 
 import edgeseg.doctor as doc
-from edgeseg.runtime.predictor import Predictor
+from edgeseg.runtime.backends.predictor import Predictor
 
 
 def test_doctor_checks_the_cpu_paths_and_says_tensorrt_is_missing(cli, monkeypatch):

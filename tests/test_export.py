@@ -11,12 +11,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg.build.check import check
-from edgeseg.build.checkpoint import load_checkpoint
-from edgeseg.build.export import ExportOptions, _Graph, _unpool, export
-from edgeseg.build.nets import DeployUnpool, exact_unpool
+from edgeseg.compile.check import check
+from edgeseg.compile.checkpoint import load_checkpoint
+from edgeseg.compile.export import ExportOptions, _Graph, _unpool, export
+from edgeseg.compile.nets import DeployUnpool, exact_unpool
 from edgeseg.files import sha256_file
-from edgeseg.runtime.onnxruntime import create_session
+from edgeseg.runtime.backends.onnxruntime import create_session
 
 
 def tie_heavy(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -150,7 +150,7 @@ def test_check_flags_a_naive_export(cli, tmp_path):
 def test_check_groups_a_problem_shared_by_many_nodes_and_names_the_fix(cli, tmp_path):
     from conftest import REPO
 
-    from edgeseg.build.quantize import QuantizeOptions, quantize
+    from edgeseg.compile.quantize import QuantizeOptions, quantize
 
     cpu = tmp_path / "cpu.onnx"
     quantize(REPO / "models" / "segnet_dsc.onnx", cpu, QuantizeOptions(target="cpu"),
@@ -233,7 +233,7 @@ def test_export_output_rules(cli, notebook_ckpt, tmp_path):
 
 
 def test_a_broken_unpool_fails_verification_and_writes_nothing(monkeypatch, notebook_ckpt, tmp_path):
-    import edgeseg.build.export as ex
+    import edgeseg.compile.export as ex
 
     # b and c swapped: the winner's value lands one row/column off in some windows
     monkeypatch.setattr(ex, "WINDOW_OFFSETS", ((0, 0), (1, 0), (0, 1), (1, 1)))
@@ -245,7 +245,7 @@ def test_a_broken_unpool_fails_verification_and_writes_nothing(monkeypatch, note
 
 
 def test_verification_bounds():
-    from edgeseg.build.export import VerifyReport
+    from edgeseg.compile.export import VerifyReport
 
     ok = VerifyReport(inputs=70, pixels=1_146_880, max_abs_error=0.2, agreement=0.999998, real_images=64,
                       synthetic_flips=3, real_flips=2, real_pixels=1_048_576)

@@ -12,10 +12,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from test_export import maxunpool_reference, tie_heavy, unpool_model
 
-import edgeseg.build.quantize as q
-from edgeseg.build.integer_unpool import integer_pools
-from edgeseg.runtime.onnxruntime import create_session
-from edgeseg.runtime.predictor import Predictor
+import edgeseg.compile.quantize as q
+from edgeseg.compile.integer_unpool import integer_pools
+from edgeseg.runtime.backends.onnxruntime import create_session
+from edgeseg.runtime.backends.predictor import Predictor
 
 S_PRE, S_X = 0.05, 0.02  # the two tensors' quantization scales (zero points 0, as after a ReLU)
 

@@ -25,20 +25,21 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
-# Every device-side module. Left out: edgeseg.runtime.fp16, an ONNX graph rewrite that needs onnx and
+# Every device-side module. Left out: edgeseg.runtime.backends.fp16, an ONNX graph rewrite that needs onnx and
 # runs only for --precision fp16 on ONNX Runtime.
 DEVICE_MODULES = sorted(
-    f"edgeseg.{p.parent.name}.{p.stem}" for folder in ("runtime", "evaluation")
-    for p in (REPO / "edgeseg" / folder).glob("*.py") if p.stem not in ("__init__", "fp16"))
+    ".".join(p.relative_to(REPO).with_suffix("").parts) for folder in ("runtime", "evaluation")
+    for p in (REPO / "edgeseg" / folder).rglob("*.py") if p.stem not in ("__init__", "fp16"))
 # As on an ARM device: no PyTorch, no onnx, no onnxsim (`import x` fails, find_spec says absent).
 BLOCK_BUILD_PACKAGES = "import sys\nfor _m in ('torch', 'onnx', 'onnxsim'):\n    sys.modules[_m] = None\n"
 
 
 def test_device_modules_import_nothing_from_the_build_side():
-    assert "edgeseg.runtime.predictor" in DEVICE_MODULES and "edgeseg.evaluation.evaluate" in DEVICE_MODULES
+    assert {"edgeseg.runtime.backends.predictor", "edgeseg.runtime.loop.runner", "edgeseg.runtime.images",
+            "edgeseg.evaluation.evaluate"} <= set(DEVICE_MODULES)
     r = run_python(
         BLOCK_BUILD_PACKAGES + "".join(f"import {m}\n" for m in DEVICE_MODULES) +
-        "loaded = sorted(m for m in sys.modules if m.startswith('edgeseg.build'))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('edgeseg.compile'))\n"
         "assert not loaded, loaded\n"
     )
     assert r.returncode == 0, r.stderr
@@ -96,16 +97,3 @@ def test_missing_workstation_extras_give_one_line_with_the_fix(tmp_path, module,
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1 and fix in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-
-
-def test_the_flat_layouts_module_names_still_import_with_a_deprecation_naming_the_new_home():
-    r = run_python(
-        "import warnings\nwarnings.simplefilter('error')\n"
-        "try:\n    import edgeseg.quantize\nexcept DeprecationWarning as w:\n    print(w)\n"
-        "warnings.simplefilter('ignore')\n"
-        "import edgeseg.quantize, edgeseg.build.quantize\nassert edgeseg.quantize is edgeseg.build.quantize\n"
-        "from edgeseg.data import oxford_split, preprocess\nfrom edgeseg.tensorrt import EngineMeta, build_engine\n"
-        "from edgeseg.evaluation.datasets import oxford_split as o\nassert oxford_split is o\n"
-    )
-    assert r.returncode == 0, r.stderr
-    assert "edgeseg.quantize moved to edgeseg.build.quantize" in r.stdout

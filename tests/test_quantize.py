@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import edgeseg.build.quantize as q
-from edgeseg.build.check import check
+import edgeseg.compile.quantize as q
+from edgeseg.compile.check import check
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import read_image
-from edgeseg.runtime.predictor import Predictor
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +196,7 @@ def test_onnxruntime_before_1_24_quantizes_the_same_from_the_same_ranges(monkeyp
     feeds the stored ranges to its quantizer itself and writes ranges in the same file layout."""
     from conftest import PETS37, REPO
 
-    import edgeseg.build.calibration_cache as cc
+    import edgeseg.compile.calibration_cache as cc
 
     # MinMax ranges, and the bundled percentile ones (which ONNX Runtime writes partly as bare numbers)
     for stored in (calib_ranges, REPO / "models" / "segnet_dsc.calib.json"):
@@ -250,7 +250,7 @@ def test_calibration_hands_photos_to_onnx_runtime_a_chunk_at_a_time(fp32, tmp_pa
     from conftest import REPO
     from onnxruntime.quantization import calibrate as ort_calibrate
 
-    from edgeseg.build import calibration_cache
+    from edgeseg.compile import calibration_cache
 
     photos = REPO / "calibration"
     calls: dict[str, list[int]] = {"minmax": [], "percentile": []}

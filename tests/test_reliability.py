@@ -64,7 +64,7 @@ def test_signal_handlers_are_restored_after_the_loop_and_ignored_while_finishing
     """In a child process: signalling pytest's own process can crash the native threads it holds."""
     code = textwrap.dedent("""
         import os, signal, time
-        from edgeseg.runtime.loop import Stopped, stop_on_signals
+        from edgeseg.runtime.loop.runner import Stopped, stop_on_signals
         before = signal.getsignal(signal.SIGTERM)
         with stop_on_signals() as disarm:
             disarm()  # the loop has ended: the video is being finalized, the report written
@@ -103,7 +103,7 @@ def test_tiny_and_degenerate_images_are_processed(cli, tmp_path, view):
 
 
 def test_a_video_writer_that_writes_nothing_is_an_error_not_an_empty_file(cli, tmp_path, monkeypatch):
-    import edgeseg.runtime.loop as run
+    import edgeseg.runtime.loop.runner as run
 
     class SilentWriter:  # what OpenCV's writer does on a full disk or with a codec that refuses the size
         def __init__(self, *a) -> None: ...
@@ -158,7 +158,7 @@ def test_force_overwrites_regular_files_only(cli, tmp_path):
 def test_calibration_takes_photos_only_and_each_once(pets37, tmp_path):
     """Oxford-IIIT Pet layout: trimap PNGs decode as images too; the 37-breed folder also keeps its
     photos twice (root and images/) and rough masks."""
-    from edgeseg.build.quantize import select_images
+    from edgeseg.compile.quantize import select_images
 
     sel = select_images(pets37, 0, 0)
     assert (len(sel.paths), sel.masks, sel.duplicates) == (370, 740, 370)
@@ -273,7 +273,7 @@ def test_two_runs_never_write_into_the_same_outputs(cli, long_video, tmp_path):
 
 
 def test_latency_samples_keep_bounded_memory_and_representative_percentiles():
-    from edgeseg.runtime.latency import Samples, summarize
+    from edgeseg.runtime.loop.latency import Samples, summarize
 
     s = Samples(cap=1_000)
     for v in range(10_000):  # a slow drift: keeping only the first or the last values would show
@@ -311,10 +311,10 @@ def test_files_sharing_a_name_keep_their_own_outputs(cli, tmp_path):
 
 
 def test_an_error_on_the_reader_thread_ends_the_loop_instead_of_hanging(tmp_path):
-    from edgeseg.runtime.loop import RunOptions, run_loop
-    from edgeseg.runtime.overlay import Renderer
-    from edgeseg.runtime.predictor import Predictor
-    from edgeseg.runtime.sources import open_source
+    from edgeseg.runtime.backends.predictor import Predictor
+    from edgeseg.runtime.loop.overlay import Renderer
+    from edgeseg.runtime.loop.runner import RunOptions, run_loop
+    from edgeseg.runtime.loop.sources import open_source
 
     predictor = Predictor.load(MODEL, backend="onnxruntime")
     calls = []

@@ -14,11 +14,11 @@ import pytest
 
 from edgeseg.errors import EdgesegError
 from edgeseg.loader import load_predictor
+from edgeseg.runtime.backends.predictor import Predictor, default_onnx_backend
 from edgeseg.runtime.images import read_image
-from edgeseg.runtime.loop import RunOptions, run_loop
-from edgeseg.runtime.overlay import Renderer
-from edgeseg.runtime.predictor import Predictor, default_onnx_backend
-from edgeseg.runtime.sources import FileSource, LiveSource, open_source
+from edgeseg.runtime.loop.overlay import Renderer
+from edgeseg.runtime.loop.runner import RunOptions, run_loop
+from edgeseg.runtime.loop.sources import FileSource, LiveSource, open_source
 
 
 @pytest.fixture(scope="session")
@@ -360,7 +360,7 @@ def test_auto_backend_prefers_openvino_on_x86_only(monkeypatch, machine, install
 
 @pytest.mark.parametrize("classes", [2, 3, 5])
 def test_class_ids_match_argmax_including_ties(classes):
-    from edgeseg.runtime.backend import class_ids
+    from edgeseg.runtime.backends.base import class_ids
 
     logits = np.random.default_rng(classes).standard_normal((2, classes, 16, 16)).astype(np.float32)
     logits[:, -1, :4] = logits[:, 0, :4]  # ties: the first class must win, as with argmax
@@ -390,7 +390,7 @@ def test_openvino_caches_compiled_models_and_runs_without_a_cache(onnx_model, tm
 def test_default_threads_count_physical_cores(tmp_path, monkeypatch):
     import os
 
-    from edgeseg.runtime.onnxruntime import default_threads
+    from edgeseg.runtime.backends.onnxruntime import default_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     for cpu, core in enumerate([0, 1, 0, 1]):  # 2 cores with 2 SMT threads each

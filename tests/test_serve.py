@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.serve import StreamServer, parse_address
+from edgeseg.runtime.loop.serve import StreamServer, parse_address
 
 MODEL = REPO / "models" / "segnet_dsc.onnx"
 
@@ -196,7 +196,7 @@ def test_opening_it_to_the_network_without_a_token_warns_and_loop_repeats_a_vide
     r = cli("run", MODEL, "--source", REPO / "calibration", "--serve", "127.0.0.1:0", "--serve-token", "t",
             "--max-frames", "2")
     assert r.code == 0 and "without authentication" not in r.out and "?token=t" in r.out
-    from edgeseg.runtime.sources import open_source
+    from edgeseg.runtime.loop.sources import open_source
 
     video = tmp_path / "v.avi"
     w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
@@ -214,7 +214,7 @@ def test_opening_it_to_the_network_without_a_token_warns_and_loop_repeats_a_vide
 def test_the_server_is_not_imported_without_serve(tmp_path):
     code = (f"import sys\nsys.argv = ['edgeseg', 'run', {str(MODEL)!r}, '--source', {str(REPO / 'calibration')!r}, "
             "'--max-frames', '1']\nfrom edgeseg.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in sys.modules if m in ('edgeseg.runtime.serve', 'http.server')))\n")
+            "print(sorted(m for m in sys.modules if m in ('edgeseg.runtime.loop.serve', 'http.server')))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"

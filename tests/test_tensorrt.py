@@ -10,16 +10,16 @@ import numpy as np
 import onnx
 import pytest
 
-import edgeseg.build.engine as et
-import edgeseg.runtime.cuda as cuda
+import edgeseg.compile.engine as et
+import edgeseg.runtime.backends.cuda as cuda
 import edgeseg.runtime.device as device
 from edgeseg.errors import EdgesegError
 from edgeseg.files import sha256_file
-from edgeseg.runtime.engine_meta import EngineMeta
-from edgeseg.runtime.fp16 import to_fp16
+from edgeseg.runtime.backends.engine_meta import EngineMeta
+from edgeseg.runtime.backends.fp16 import to_fp16
+from edgeseg.runtime.backends.onnxruntime import create_session
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import list_images, preprocess, read_image
-from edgeseg.runtime.onnxruntime import create_session
-from edgeseg.runtime.predictor import Predictor
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -129,7 +129,7 @@ def test_engine_metadata_round_trip_and_mismatch(tmp_path):
 
 
 def test_loading_an_engine_from_another_system_names_the_rebuild_command(monkeypatch, tmp_path):
-    import edgeseg.runtime.tensorrt as rt
+    import edgeseg.runtime.backends.tensorrt as rt
 
     _engine(tmp_path)
     monkeypatch.setattr(rt, "import_tensorrt", lambda: object())
@@ -193,7 +193,7 @@ def test_jetson_clock_parsing():
 def test_engine_matches_onnxruntime(precision, tmp_path, pets3, pets37):
     from conftest import REPO
 
-    from edgeseg.build.quantize import QuantizeOptions, quantize
+    from edgeseg.compile.quantize import QuantizeOptions, quantize
 
     fp32 = REPO / "models" / "segnet_dsc.onnx"
     src = fp32

@@ -60,10 +60,10 @@ def photos(tmp_path_factory):
 
 def ort_masks(model, photos, tmp_path, upsample: str = "smooth") -> dict[str, np.ndarray]:
     """Masks of the same photos from ONNX Runtime on the CPU, through the same run loop."""
-    from edgeseg.runtime.loop import RunOptions, run_loop
-    from edgeseg.runtime.overlay import Renderer
-    from edgeseg.runtime.predictor import Predictor
-    from edgeseg.runtime.sources import open_source
+    from edgeseg.runtime.backends.predictor import Predictor
+    from edgeseg.runtime.loop.overlay import Renderer
+    from edgeseg.runtime.loop.runner import RunOptions, run_loop
+    from edgeseg.runtime.loop.sources import open_source
 
     out = tmp_path / f"ort-masks-{upsample}"
     predictor = Predictor.load(model, backend="onnxruntime", precision="fp32")
@@ -83,7 +83,7 @@ def agreement(a: dict, b: dict) -> float:
 
 # --- the names edgeseg uses exist in each version ---------------------------------------------------
 
-SOURCES = ["edgeseg/build/engine.py", "edgeseg/runtime/cuda.py", "edgeseg/runtime/tensorrt.py"]
+SOURCES = ["edgeseg/compile/engine.py", "edgeseg/runtime/backends/cuda.py", "edgeseg/runtime/backends/tensorrt.py"]
 
 
 def _chains(roots: set[str]) -> set[str]:
@@ -153,7 +153,7 @@ def test_build_sets_the_right_flags_per_version(trt, tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory):
-    from edgeseg.build.quantize import QuantizeOptions, quantize
+    from edgeseg.compile.quantize import QuantizeOptions, quantize
 
     out = tmp_path_factory.mktemp("q") / "segnet_dsc.int8-trt.onnx"
     quantize(MODEL, out, QuantizeOptions(target="tensorrt"), calib_ranges=REPO / "models" / "segnet_dsc.calib.json")
@@ -255,8 +255,8 @@ def test_engines_run_end_to_end_beside_onnxruntime(trt, tmp_path, photos):
 
 
 def test_dynamic_batch_profile_and_argmax_head(trt, tmp_path, photos, tmp_path_factory):
-    from edgeseg.build.checkpoint import load_checkpoint
-    from edgeseg.build.export import ExportOptions, export
+    from edgeseg.compile.checkpoint import load_checkpoint
+    from edgeseg.compile.export import ExportOptions, export
 
     model = tmp_path_factory.getbasetemp() / "dyn-argmax.onnx"
     if not model.exists():
@@ -277,7 +277,7 @@ def test_dynamic_batch_profile_and_argmax_head(trt, tmp_path, photos, tmp_path_f
 
 def test_fp16_inputs_and_outputs(trt, tmp_path, photos):
     """An engine whose I/O tensors are FP16: buffers are sized and filled by the engine's dtypes."""
-    from edgeseg.runtime.fp16 import to_fp16
+    from edgeseg.runtime.backends.fp16 import to_fp16
 
     half = to_fp16(onnx.load(str(MODEL)))
     g = half.graph

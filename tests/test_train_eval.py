@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.build.checkpoint import load_checkpoint
+from edgeseg.compile.checkpoint import load_checkpoint
 from edgeseg.evaluation.datasets import IGNORE, oxford_split, read_trimap
 from edgeseg.evaluation.evaluate import evaluate
 from edgeseg.evaluation.metrics import ConfusionMatrix
@@ -101,7 +101,7 @@ def test_lovasz_loss_is_one_minus_the_benchmarks_iou_on_hard_predictions(cli, pe
     labels, with the benchmark's own pixel pooling and ignored pixels; `train --lovasz` adds it and records it."""
     import torch
 
-    from edgeseg.losses import lovasz_softmax
+    from edgeseg.training.losses import lovasz_softmax
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 2, (2, 16, 16))  # pet and background only: border absent from the labels
@@ -164,8 +164,8 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_when_it_validates_be
 def test_training_computes_in_bf16_where_the_cpu_has_it_and_keeps_fp32_weights(monkeypatch, pets3, tmp_path):
     import torch
 
-    from edgeseg import train as tr
     from edgeseg.errors import EdgesegError
+    from edgeseg.training import train as tr
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(tr, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
@@ -198,7 +198,7 @@ def test_training_computes_in_bf16_where_the_cpu_has_it_and_keeps_fp32_weights(m
 def test_training_reports_loading_before_the_first_step_and_defaults_match_the_model_card(pets3, tmp_path):
     from conftest import REPO
 
-    from edgeseg.train import TrainConfig, train
+    from edgeseg.training.train import TrainConfig, train
 
     events = []
     train(TrainConfig(data=str(pets3), epochs=1, batch=3, size=(32, 32), limit=6), tmp_path / "t.pth",
@@ -222,9 +222,9 @@ def test_training_reports_loading_before_the_first_step_and_defaults_match_the_m
 def test_fine_tuning_starts_from_the_checkpoints_weights_and_records_it(cli, pets3, tmp_path):
     import torch
 
-    from edgeseg.build.checkpoint import save_checkpoint
-    from edgeseg.build.nets import build_model
-    from edgeseg.train import TrainConfig, train
+    from edgeseg.compile.checkpoint import save_checkpoint
+    from edgeseg.compile.nets import build_model
+    from edgeseg.training.train import TrainConfig, train
 
     small = {"data": str(pets3), "batch": 3, "size": (32, 32), "limit": 6}
     parent = tmp_path / "parent.pth"
@@ -262,8 +262,8 @@ def test_fine_tuning_starts_from_the_checkpoints_weights_and_records_it(cli, pet
 
 
 def test_photos_without_animals_train_as_background_and_never_validate(cli, pets3, tmp_path):
-    from edgeseg import trainset
     from edgeseg.runtime.masks import BACKGROUND
+    from edgeseg.training import trainset
 
     free = tmp_path / "empty-room"
     free.mkdir()
@@ -296,7 +296,7 @@ def test_train_refuses_bad_data_and_sizes(cli, tmp_path, pets3):
 
 
 def test_rough_masks_add_pet_and_background_with_an_ignored_outline(pets37):
-    from edgeseg.train import load_rough
+    from edgeseg.training.trainset import load_rough
 
     images, masks = load_rough(pets37, (64, 64), "area", band=4, skip={"Abyssinian_101"})
     assert len(images) == 369 and images.shape[1:] == (3, 64, 64)
@@ -309,7 +309,7 @@ def test_rough_masks_add_pet_and_background_with_an_ignored_outline(pets37):
 def test_gray_turns_about_its_share_of_the_batch_grey_and_leaves_the_rest():
     import torch
 
-    from edgeseg.train import random_gray
+    from edgeseg.training.augment import random_gray
 
     x = torch.rand(400, 3, 4, 4)
     y = random_gray(x, 0.25, torch.Generator().manual_seed(0))
@@ -324,7 +324,7 @@ def test_gray_turns_about_its_share_of_the_batch_grey_and_leaves_the_rest():
 def test_random_crop_zooms_in_and_keeps_labels_valid():
     import torch
 
-    from edgeseg.train import random_crop
+    from edgeseg.training.augment import random_crop
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 32, 32)
@@ -343,8 +343,8 @@ def test_zoom_out_shows_the_whole_photo_smaller_and_ignores_the_border(cli, pets
     1/scale of its side (labels with it) and the border around it is ignored by the loss."""
     import torch
 
-    from edgeseg.build.checkpoint import load_checkpoint
-    from edgeseg.train import random_crop
+    from edgeseg.compile.checkpoint import load_checkpoint
+    from edgeseg.training.augment import random_crop
 
     g = torch.Generator().manual_seed(0)
     y = torch.zeros(16, 64, 64, dtype=torch.long)
@@ -375,8 +375,8 @@ def test_zoom_out_shows_the_whole_photo_smaller_and_ignores_the_border(cli, pets
 def test_eval_reports_what_share_of_animal_free_photos_is_called_pet(cli, tmp_path):
     from conftest import REPO
 
+    from edgeseg.runtime.backends.predictor import Predictor
     from edgeseg.runtime.images import read_image
-    from edgeseg.runtime.predictor import Predictor
 
     folder = tmp_path / "empty-rooms"
     folder.mkdir()
@@ -400,7 +400,7 @@ def test_eval_reports_what_share_of_animal_free_photos_is_called_pet(cli, tmp_pa
 def test_rotation_moves_labels_with_the_image_and_ignores_what_came_from_outside():
     import torch
 
-    from edgeseg.train import random_blur, random_crop
+    from edgeseg.training.augment import random_blur, random_crop
 
     g = torch.Generator().manual_seed(1)
     y = torch.zeros(8, 48, 48, dtype=torch.long)

@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edgeseg import trainset
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import breed, read_trimap
-from edgeseg.train import TrainConfig, train
+from edgeseg.training import trainset
+from edgeseg.training.train import TrainConfig, train
 
 
 def test_several_folders_give_their_trainval_lines_once(pets3, pets37):
@@ -78,7 +78,7 @@ def test_cache_travels_without_the_photos_and_trains(pets3, tmp_path):
     assert again["history"][0]["loss"] > 0 and first["history"][0]["loss"] > 0
     four = train(TrainConfig(data=(), epochs=1, batch=4, size=(32, 32), negatives=0.2, cache=str(cache), limit=4),
                  tmp_path / "e.pth")
-    from edgeseg.build.checkpoint import load_checkpoint
+    from edgeseg.compile.checkpoint import load_checkpoint
 
     prov = load_checkpoint(tmp_path / "e.pth").meta.provenance
     assert four["history"] and prov["train_images"] + prov["val_images"] == 4  # --limit on the cache alone
@@ -90,7 +90,7 @@ def test_cache_travels_without_the_photos_and_trains(pets3, tmp_path):
 
 
 def test_a_recorded_recipe_keeps_file_names_only_and_a_comma_in_one_name():
-    from edgeseg.train import portable
+    from edgeseg.training.train import portable
 
     rec = portable({"data": ("/d/oxford-pets-3breeds", "/d/extra"), "cache": "/x/pets,v2.npz", "init": "/m/a.pth",
                     "no_animal": None, "lr": 1e-4, "size": (128, 128)})

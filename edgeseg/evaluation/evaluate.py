@@ -16,8 +16,8 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import Sample, breed, oxford_split, read_trimap
 from edgeseg.evaluation.metrics import ConfusionMatrix
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import read_image
-from edgeseg.runtime.predictor import Predictor
 
 
 def evaluate(predictors: Sequence[Predictor], samples: Sequence[Sample],

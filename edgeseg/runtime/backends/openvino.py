@@ -4,7 +4,7 @@
 ONNX Runtime stays the portable default elsewhere, ARM included, and ``--backend onnxruntime``
 forces it. The arithmetic precision is edgeseg's choice, never OpenVINO's silent default (bf16 on
 CPUs with AMX): ``precision`` fp32/bf16/fp16 sets INFERENCE_PRECISION_HINT, and ``auto`` measures
-and verifies the candidates once per model and CPU (see edgeseg.runtime.precision).
+and verifies the candidates once per model and CPU (see edgeseg.runtime.backends.precision).
 The model's edgeseg metadata is read with ONNX Runtime's light model-meta API, so preprocessing is
 identical whichever backend runs the graph.
 """
@@ -36,9 +36,9 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 class OpenVINOBackend:
     def __init__(self, path: Path, threads: int | None, precision: str = "auto", facts=None) -> None:
-        from edgeseg.runtime import precision as prec
-        from edgeseg.runtime.backend import BackendInfo, class_ids, inspect_onnx, meta_from_props
-        from edgeseg.runtime.onnxruntime import default_threads
+        from edgeseg.runtime.backends import precision as prec
+        from edgeseg.runtime.backends.base import BackendInfo, class_ids, inspect_onnx, meta_from_props
+        from edgeseg.runtime.backends.onnxruntime import default_threads
 
         try:
             import openvino as ov

@@ -28,14 +28,14 @@ def _io(values) -> list[dict]:
 def describe_onnx(path: Path) -> dict:
     d: dict = {"path": str(path), "kind": "onnx", "file_bytes": path.stat().st_size, "sha256": sha256_file(path)}
     if importlib.util.find_spec("onnx") is None:  # device side: ONNX Runtime only
-        from edgeseg.runtime.onnxruntime import create_session
+        from edgeseg.runtime.backends.onnxruntime import create_session
 
         sess = create_session(path, threads=1)
         d["metadata"] = dict(sess.get_modelmeta().custom_metadata_map)
         d["inputs"] = [{"name": i.name, "shape": i.shape, "dtype": i.type} for i in sess.get_inputs()]
         d["outputs"] = [{"name": o.name, "shape": o.shape, "dtype": o.type} for o in sess.get_outputs()]
         return d
-    from edgeseg.build.check import load_onnx
+    from edgeseg.compile.check import load_onnx
 
     m = load_onnx(path)
     d["metadata"] = {p.key: p.value for p in m.metadata_props}

@@ -113,7 +113,7 @@ def composites(cutouts: Sequence[np.ndarray], crops: Sequence[np.ndarray], scene
 def training_crops(cache: str | Path, val_fraction: float, seed: int) -> list[np.ndarray]:
     """The background-only crops (BGR) of a training cache's photos, less the validation hold-out's that
     `edgeseg train` with the same ``val_fraction`` and ``seed`` makes."""
-    from edgeseg import trainset
+    from edgeseg.training import trainset
 
     ts, _ = trainset.load_cache(Path(cache))
     _, held_out = trainset.validation_split(ts, val_fraction, seed)

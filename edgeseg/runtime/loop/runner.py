@@ -25,11 +25,11 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_folder, check_unclaimed, claim, write_problem
+from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.device import environment
-from edgeseg.runtime.latency import StageTimer
+from edgeseg.runtime.loop.latency import StageTimer
+from edgeseg.runtime.loop.overlay import Renderer
 from edgeseg.runtime.masks import Smoother
-from edgeseg.runtime.overlay import Renderer
-from edgeseg.runtime.predictor import Predictor
 
 
 @dataclass
@@ -216,7 +216,7 @@ def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
     """Process ``source`` until it ends, ``max_frames``/``duration`` is reached, Ctrl-C, SIGTERM or
     SIGHUP; return the report. In each of those cases the video is finalized and the report written;
     an error (a full disk, a bad frame source) raises instead and keeps no partial video. ``server``
-    (an :class:`edgeseg.runtime.serve.StreamServer`) gets every rendered frame and the live figures,
+    (an :class:`edgeseg.runtime.loop.serve.StreamServer`) gets every rendered frame and the live figures,
     and is closed when the loop ends."""
     try:
         with claim(_outputs(opts)):

@@ -9,7 +9,7 @@ BatchNorms after convs are folded into the convs (in float64); the input BatchNo
 BatchNormalization node because folding it into a zero-padded conv would change the borders.
 
 Unpooling (TensorRT has no MaxUnpool and rejects MaxPool's indices) is written as in
-:func:`edgeseg.build.nets.exact_unpool`: a tournament of comparisons inside each 2x2 window of the
+:func:`edgeseg.compile.nets.exact_unpool`: a tournament of comparisons inside each 2x2 window of the
 pooled activation, with ops TensorRT, ONNX Runtime and OpenVINO all support::
 
     a, b, c, d = pre[..., 0::2, 0::2], pre[..., 0::2, 1::2], pre[..., 1::2, 0::2], pre[..., 1::2, 1::2]
@@ -41,8 +41,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg import __version__
-from edgeseg.build.checkpoint import LoadedCheckpoint
-from edgeseg.build.nets import DepthwiseSeparableConv2d
+from edgeseg.compile.checkpoint import LoadedCheckpoint
+from edgeseg.compile.nets import DepthwiseSeparableConv2d
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_writable
 from edgeseg.runtime.meta import ModelMeta
@@ -300,7 +300,7 @@ def verify(onnx_bytes: bytes, ckpt: LoadedCheckpoint, size: tuple[int, int], ima
     """Compare ONNX Runtime with PyTorch (notebook model, MaxUnpool path) on synthetic and real inputs,
     and, given ``reference_bytes`` (the same network with MaxUnpool, see :func:`build_graph`), the
     unpool rewrite with MaxUnpool in ONNX Runtime, which must match exactly."""
-    from edgeseg.runtime.onnxruntime import create_session
+    from edgeseg.runtime.backends.onnxruntime import create_session
 
     sess = create_session(onnx_bytes, threads=threads)
     ref_sess = create_session(reference_bytes, threads=threads) if reference_bytes is not None else None

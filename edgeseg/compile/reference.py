@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.build.checkpoint import load_checkpoint
-from edgeseg.runtime.backend import BackendInfo
+from edgeseg.compile.checkpoint import load_checkpoint
+from edgeseg.runtime.backends.base import BackendInfo
 
 
 class TorchBackend:
@@ -19,7 +19,7 @@ class TorchBackend:
 
         if threads:
             torch.set_num_threads(threads)
-        # As ONNX Runtime's sessions do (edgeseg.runtime.onnxruntime): trained weights make denormal
+        # As ONNX Runtime's sessions do (edgeseg.runtime.backends.onnxruntime): trained weights make denormal
         # activations, which some CPUs compute through slow microcode assists. Process-wide; False on
         # CPUs without the control, where nothing changes.
         flushed = torch.set_flush_denormal(True)

@@ -48,7 +48,7 @@ def inspect_onnx(path: Path) -> OnnxFacts:
     """Read ``path`` and check it is a segmentation model of edgeseg's shape before any runtime compiles
     it: one image input N x 3 x H x W and one output of logits (N x C x H x W) or class ids (N x H x W).
     Anything else is one line naming the file (a runtime would fail later, with a dump or a crash)."""
-    from edgeseg.runtime.onnxruntime import create_session
+    from edgeseg.runtime.backends.onnxruntime import create_session
 
     sess = create_session(path, threads=1)
     ins, outs = sess.get_inputs(), sess.get_outputs()

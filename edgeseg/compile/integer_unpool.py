@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeseg.runtime.cpu_unpool import find_unpools
+from edgeseg.runtime.backends.cpu_unpool import find_unpools
 
 _ONNX_TYPE = {np.dtype(np.uint8): onnx.TensorProto.UINT8, np.dtype(np.int8): onnx.TensorProto.INT8}
 

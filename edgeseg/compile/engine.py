@@ -1,14 +1,14 @@
 """TensorRT engines: build (FP32/FP16/INT8) with the metadata beside the engine, and a cache that knows
-staleness. Loading and running an engine is the device runtime's (edgeseg.runtime.tensorrt).
+staleness. Loading and running an engine is the device runtime's (edgeseg.runtime.backends.tensorrt).
 
 Written against the TensorRT 10 and 11 Python APIs (see ../shared/notes/tensorrt-api.md):
 - TensorRT 10: weakly typed network with the FP16 / INT8 builder flags (INT8 from Q/DQ nodes);
 - TensorRT 11: no precision flags and no calibrator: a strongly typed network, FP16 from an
-  FP16-converted ONNX (edgeseg.runtime.fp16, checked with ONNX Runtime first), INT8 from Q/DQ nodes.
+  FP16-converted ONNX (edgeseg.runtime.backends.fp16, checked with ONNX Runtime first), INT8 from Q/DQ nodes.
 ``tensorrt`` and ``cuda-python`` are imported lazily: everything else here runs without a GPU.
 
 No layer precision constraints are set: a weakly typed build may run any layer in FP16 or INT8,
-and the exported unpool (a comparison tournament per 2x2 window, see edgeseg.build.export) keeps
+and the exported unpool (a comparison tournament per 2x2 window, see edgeseg.compile.export) keeps
 exactly one winner per window whatever precision TensorRT picks for its comparisons.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, cache_root, check_writable, sha256_file
-from edgeseg.runtime.cuda import import_tensorrt, system_key
+from edgeseg.runtime.backends.cuda import import_tensorrt, system_key
+from edgeseg.runtime.backends.engine_meta import EngineMeta
 from edgeseg.runtime.device import l4t_release
-from edgeseg.runtime.engine_meta import EngineMeta
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -67,7 +67,7 @@ def _onnx_props(path: Path) -> dict:
 
 def validate_for_build(onnx_path: Path, precision: str, calib_dir: Path | None) -> None:
     """The check gate and the precision/model pairing, with no TensorRT needed."""
-    from edgeseg.build.check import check
+    from edgeseg.compile.check import check
 
     problems = check(onnx_path, "tensorrt")
     if problems:
@@ -92,14 +92,14 @@ def prepare_onnx(onnx_path: Path, precision: str, strongly_typed: bool, workdir:
     quantized = props.get("precision", "fp32").startswith("int8")
     calib_sha = json.loads(props["quantization"]).get("calibration_sha256") if "quantization" in props else None
     if precision == "int8" and not quantized:
-        from edgeseg.build.quantize import QuantizeOptions, quantize
+        from edgeseg.compile.quantize import QuantizeOptions, quantize
 
         q = workdir / "int8-tensorrt.onnx"
         rep = quantize(onnx_path, q, QuantizeOptions(target="tensorrt"), calib_dir=calib_dir)
         onnx_path, calib_sha = q, rep.calibration["sha256"]
         validate_for_build(onnx_path, precision, None)
     if precision == "fp16" and strongly_typed:
-        from edgeseg.runtime.fp16 import to_fp16
+        from edgeseg.runtime.backends.fp16 import to_fp16
 
         half = workdir / "fp16.onnx"
         onnx.save(to_fp16(onnx.load(str(onnx_path))), str(half))

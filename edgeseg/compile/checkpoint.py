@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from edgeseg.build.nets import build_model
+from edgeseg.compile.nets import build_model
 from edgeseg.errors import CheckpointError
 from edgeseg.files import atomic_write, sha256_file
 from edgeseg.runtime.meta import ModelMeta

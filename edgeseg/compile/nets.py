@@ -132,7 +132,7 @@ def exact_unpool(pre_pool: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ``pre_pool`` is the encoder activation that was pooled. Each 2x2 window's winner is found by a
     tournament of comparisons in PyTorch's row-major scan order (the first maximum wins ties), so
     every window gets exactly one winner whatever precision the comparisons run at. The ONNX export
-    writes the same formula with Slice/GreaterOrEqual/Max/Where/DepthToSpace (see edgeseg.build.export).
+    writes the same formula with Slice/GreaterOrEqual/Max/Where/DepthToSpace (see edgeseg.compile.export).
     """
     a, b, c, d = (pre_pool[..., i::2, j::2] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
     top, bottom = a >= b, c >= d

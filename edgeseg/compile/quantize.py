@@ -10,7 +10,7 @@ Targets (ONNX Runtime static quantization, QDQ format, per-channel weights):
   tensorrt``.
 
 The unpool (see export.py) compares values sliced from one tensor. For ``cpu`` the pools and
-unpools are then moved onto the quantized integers (edgeseg.build.integer_unpool: the same winners,
+unpools are then moved onto the quantized integers (edgeseg.compile.integer_unpool: the same winners,
 no float island left); for ``tensorrt`` MaxPool and the unpool stay in float, and every window keeps
 exactly one winner whatever precision TensorRT runs them in.
 
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeseg.build.calibration_cache import list_reader, load_ranges_file, quantize_static_cached
-from edgeseg.build.check import load_onnx
-from edgeseg.build.integer_unpool import integer_pools
+from edgeseg.compile.calibration_cache import list_reader, load_ranges_file, quantize_static_cached
+from edgeseg.compile.check import load_onnx
+from edgeseg.compile.integer_unpool import integer_pools
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import is_oxford_layout, oxford_split
 from edgeseg.files import atomic_write, check_writable, sha256_file
@@ -275,7 +275,7 @@ def gate(fp32_path: Path, int8: bytes, val: Path, limit: int = 0, threads: int |
          progress: Callable[[int, int], None] | None = None) -> GateResult:
     """FP32 vs INT8 side by side on ``val``: an Oxford-layout folder (scores) or plain photos (agreement)."""
     from edgeseg.evaluation.evaluate import evaluate
-    from edgeseg.runtime.predictor import Predictor
+    from edgeseg.runtime.backends.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-gate-") as tmp:
         q = Path(tmp) / "int8.onnx"

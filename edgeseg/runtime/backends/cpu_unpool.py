@@ -1,6 +1,6 @@
 """Rewrite the exported unpool into ops that ONNX Runtime's x86 NCHWc kernels run (load-time only).
 
-The exported unpool (see :mod:`edgeseg.build.export`) slices each 2x2 window, compares with
+The exported unpool (see :mod:`edgeseg.compile.export`) slices each 2x2 window, compares with
 GreaterOrEqual/Max, selects with Where and interleaves with DepthToSpace: a form whose every window
 keeps exactly one winner whatever precision a runtime picks, which TensorRT and OpenVINO run as
 is. ONNX Runtime's x86 CPU path keeps convolutions, pools, nearest Resize, Add, Mul and Relu in its
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _BIG = np.float32(2.0**127)
-WINDOW_OFFSETS = ([0, 0], [0, 1], [1, 0], [1, 1])  # a, b, c, d of a 2x2 window, as edgeseg.build.export writes them
+WINDOW_OFFSETS = ([0, 0], [0, 1], [1, 0], [1, 1])  # a, b, c, d of a 2x2 window, as edgeseg.compile.export writes them
 
 
 @dataclass
@@ -53,7 +53,7 @@ def nchwc_platform() -> bool:
 
 
 def find_unpools(graph) -> list[Unpool]:
-    """Every unpool written by edgeseg.build.export (matched by structure, not by name) whose
+    """Every unpool written by edgeseg.compile.export (matched by structure, not by name) whose
     intermediates nothing else reads."""
     from onnx import numpy_helper
 

@@ -136,7 +136,7 @@ def check_onnxruntime(m: onnx.ModelProto) -> list[Problem]:
         onnx.checker.check_model(m, full_check=True)
     except Exception as e:
         return [Problem("", "", f"ONNX checker: {str(e).strip().splitlines()[0]}")]
-    from edgeseg.runtime.onnxruntime import create_session
+    from edgeseg.runtime.backends.onnxruntime import create_session
 
     try:
         create_session(m.SerializeToString(), threads=1)

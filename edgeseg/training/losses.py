@@ -9,7 +9,11 @@ cross-entropy; edgeseg adds it to cross-entropy with a weight (``edgeseg train -
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from edgeseg.evaluation.datasets import IGNORE
 
 
 def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
@@ -42,3 +46,16 @@ def lovasz_softmax(scores: torch.Tensor, target: torch.Tensor, ignore_index: int
     if not losses:
         return scores.sum() * 0.0
     return torch.stack(losses).mean()
+
+
+def training_loss(border_weight: float, lovasz: float, device: torch.device
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """edgeseg train's loss of a batch's scores: cross-entropy with the border class weighted (computed in FP32
+    whatever the step's autocast), plus ``lovasz`` times the Lovasz-softmax loss; IGNORE pixels left out."""
+    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 1.0, border_weight], device=device), ignore_index=IGNORE)
+
+    def loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        value = ce(scores.float(), labels)
+        return value + lovasz * lovasz_softmax(scores, labels, IGNORE) if lovasz else value
+
+    return loss

@@ -1,7 +1,7 @@
 """The training recipe: every option of `edgeseg train`, with the defaults of the bundled model's first
 stage (trained from scratch; models/README.md gives the two fine-tuning stages after it).
 
-Kept apart from edgeseg.train (PyTorch) so that the CLI takes its defaults from here without importing
+Kept apart from edgeseg.training.train (PyTorch) so that the CLI takes its defaults from here without importing
 PyTorch: one truth for the code, the help and the model card (a test compares them with the bundled
 checkpoint's stored recipe).
 """
@@ -42,7 +42,7 @@ class TrainConfig:
     negatives: float = 0.15  # share of each epoch's draws that are "no animal": background crops and no_animal photos
     border_weight: float = 1.5  # cross-entropy weight of the thin border class (pet and background: 1)
     average: int = 0  # also try the mean of the last N epochs' weights (BN refreshed), kept if it validates better
-    lovasz: float = 0.0  # weight of the Lovasz-softmax (IoU) loss added to cross-entropy (edgeseg.losses); 0: off
+    lovasz: float = 0.0  # weight of the Lovasz-softmax (IoU) loss added to cross-entropy (training.losses); 0: off
     rotate: float = 10.0  # random rotation within +-degrees (0: off, the notebook's recipe)
     blur: float = 0.1  # share of samples given a random Gaussian blur (0: off)
     gray: float = 0.0  # share of samples turned grey (0: off)

@@ -6,7 +6,7 @@
 
 ``predict`` returns class ids (uint8) at the frame's resolution: the model's input size, resize and
 colour conventions come from the model's own metadata, so every command preprocesses identically.
-This is the device runtime: it never imports PyTorch or the build side (edgeseg.build);
+This is the device runtime: it never imports PyTorch or the build side (edgeseg.compile);
 edgeseg.loader adds PyTorch checkpoints and engines built on demand on top of it.
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import sha256_file
-from edgeseg.runtime.backend import BackendInfo, OnnxFacts, class_ids, inspect_onnx, meta_from_props
-from edgeseg.runtime.engine_meta import EngineMeta
+from edgeseg.runtime.backends.base import BackendInfo, OnnxFacts, class_ids, inspect_onnx, meta_from_props
+from edgeseg.runtime.backends.engine_meta import EngineMeta
 from edgeseg.runtime.images import preprocess
 from edgeseg.runtime.masks import Masks, Smoother
 from edgeseg.runtime.meta import ModelMeta
@@ -35,14 +35,14 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 class _OnnxRuntimeBackend:
     """ONNX Runtime's CPU provider. ``precision`` fp16 runs an FP16 conversion of an FP32 file
     (FP32 inputs and outputs); ``auto`` considers it only where the CPU has FP16 arithmetic and
-    keeps it only when measured faster and in agreement (edgeseg.runtime.precision)."""
+    keeps it only when measured faster and in agreement (edgeseg.runtime.backends.precision)."""
 
     def __init__(self, path: Path, threads: int | None, lower_unpool: bool = True, precision: str = "auto",
                  facts: OnnxFacts | None = None) -> None:
         import onnxruntime
 
-        from edgeseg.runtime import precision as prec
-        from edgeseg.runtime.onnxruntime import create_session, default_threads, session_settings
+        from edgeseg.runtime.backends import precision as prec
+        from edgeseg.runtime.backends.onnxruntime import create_session, default_threads, session_settings
 
         candidates = prec.resolve(precision, "ONNX Runtime", ("fp16",))
         threads = threads or default_threads()
@@ -95,16 +95,16 @@ def _fp16_bytes(path: Path) -> bytes:
     """The FP16 conversion of an FP32 ONNX file (FP32 inputs and outputs kept)."""
     import onnx
 
-    from edgeseg.runtime.fp16 import to_fp16
+    from edgeseg.runtime.backends.fp16 import to_fp16
 
     return to_fp16(onnx.load(str(path))).SerializeToString()
 
 
 def _lowered_unpools(path: Path) -> tuple[bytes, int] | None:
     """The model with its unpools rewritten for ONNX Runtime's x86 kernels (see
-    edgeseg.runtime.cpu_unpool), or None where that does not apply or the file cannot be parsed
+    edgeseg.runtime.backends.cpu_unpool), or None where that does not apply or the file cannot be parsed
     (ONNX Runtime then reports the problem with the file itself)."""
-    from edgeseg.runtime.cpu_unpool import lowered_for_onnxruntime
+    from edgeseg.runtime.backends.cpu_unpool import lowered_for_onnxruntime
 
     try:
         data, n = lowered_for_onnxruntime(path.read_bytes())
@@ -164,9 +164,9 @@ class Predictor:
 
         ``precision``: for ONNX Runtime and OpenVINO the arithmetic of the float layers (fp32,
         bf16, fp16, or auto: the fastest this CPU runs natively that agrees with fp32, see
-        edgeseg.runtime.precision). ``lower_unpool=False`` runs an ONNX file in ONNX Runtime
+        edgeseg.runtime.backends.precision). ``lower_unpool=False`` runs an ONNX file in ONNX Runtime
         exactly as written (for comparisons; the results are identical for finite activations that
-        are zero or above 2^-102, see edgeseg.runtime.cpu_unpool).
+        are zero or above 2^-102, see edgeseg.runtime.backends.cpu_unpool).
 
         PyTorch checkpoints and TensorRT engines built on demand from an ONNX file need the build
         side: :func:`edgeseg.loader.load_predictor` takes those too.
@@ -183,13 +183,13 @@ class Predictor:
             if precision != "auto" and (built := EngineMeta.load(path).precision) != precision:
                 raise EdgesegError(f"--precision {precision}: this engine was built for {built}; build "
                                    f"another with edgeseg build --precision {precision}", path)
-            from edgeseg.runtime.tensorrt import TensorRTBackend
+            from edgeseg.runtime.backends.tensorrt import TensorRTBackend
 
             return cls(TensorRTBackend(path), path)
         facts = inspect_onnx(path)
         if backend == "onnxruntime":
             return cls(_OnnxRuntimeBackend(path, threads, lower_unpool, precision, facts), path)
-        from edgeseg.runtime.openvino import OpenVINOBackend
+        from edgeseg.runtime.backends.openvino import OpenVINOBackend
 
         return cls(OpenVINOBackend(path, threads, precision, facts), path)
 

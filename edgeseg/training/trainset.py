@@ -119,6 +119,31 @@ def load_no_animal(folder: str | Path, size: tuple[int, int], interpolation: str
                     [f"no-animal:{p.name}" for p in paths], np.ones(len(images), bool))
 
 
+def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, band: int,
+               skip: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Photos with rough polygon masks (no border class): pet/background, with a band of ``band``
+    pixels around the outline ignored, since the true border and the polygon's error both live there."""
+    folder = Path(folder)
+    mask_dir = folder / "rough-masks"
+    if not mask_dir.is_dir():
+        raise EdgesegError("no rough-masks/ folder beside the photos (expected <name>.png, 1 pet, 2 background)",
+                           folder)
+    pairs = [(p, mask_dir / f"{p.stem}.png") for p in sorted(folder.glob("*.jpg")) if p.stem not in skip]
+    pairs = [(p, m) for p, m in pairs if m.exists()]
+    images = np.empty((len(pairs), 3, *size), dtype=np.uint8)
+    masks = np.empty((len(pairs), *size), dtype=np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    for i, (p, m) in enumerate(pairs):
+        images[i] = to_chw_rgb(read_image(p), size, interpolation)
+        raw = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE)
+        ids = np.full(raw.shape, IGNORE, np.uint8)
+        ids[raw == 1], ids[raw == 2] = 0, 1
+        if band:
+            ids[cv2.morphologyEx((raw == 1).astype(np.uint8), cv2.MORPH_GRADIENT, kernel) > 0] = IGNORE
+        masks[i] = resize_mask(ids, size)
+    return images, masks
+
+
 def validation_split(ts: TrainSet, fraction: float, seed: int) -> tuple[np.ndarray, set[str]]:
     """Indices of the photos held out for validation and their names (their negatives are held out with them);
     with a single photo there is nothing to hold out: it serves as both (quick runs, tests)."""

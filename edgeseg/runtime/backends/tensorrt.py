@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.backend import BackendInfo
-from edgeseg.runtime.cuda import ck, cudart, import_tensorrt, system_key
-from edgeseg.runtime.engine_meta import EngineMeta
+from edgeseg.runtime.backends.base import BackendInfo
+from edgeseg.runtime.backends.cuda import ck, cudart, import_tensorrt, system_key
+from edgeseg.runtime.backends.engine_meta import EngineMeta
 from edgeseg.runtime.meta import ModelMeta
 
 

@@ -1,0 +1,59 @@
+"""What every command group shares: the console, help texts, value parsers and the two ways a result is
+printed (a two-column table, JSON)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeseg.errors import EdgesegError
+
+UPSAMPLE_HELP = ("How masks reach the frame's size: smooth (class scores upsampled, then decided: edges on "
+                 "any pixel) or nearest (the model's class ids blown up: exactly the ids it computed).")
+PRECISION_HELP = ("auto (CPU: the fastest precision this CPU runs natively that agrees with fp32, measured "
+                  "once per model and cached; TensorRT: fp16, or int8 for a quantized file), fp32, bf16 or "
+                  "fp16; TensorRT with an ONNX also int8 (the engine is built once, then cached).")
+# Tables stay readable when piped to a file or CI log (rich would otherwise wrap at 80 columns).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def check_upsample(text: str) -> str:
+    from edgeseg.runtime.masks import UPSAMPLING
+
+    if text not in UPSAMPLING:
+        raise EdgesegError(f"--upsample {text!r}: choose {' or '.join(UPSAMPLING)}")
+    return text
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"128x160"`` or ``"128"`` -> (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        if len(parts) == 1:
+            h = w = int(parts[0])
+        elif len(parts) == 2:
+            h, w = int(parts[0]), int(parts[1])
+        else:
+            raise ValueError
+    except ValueError:
+        raise EdgesegError(f"--size {text!r} is not HxW (for example 128x128)") from None
+    if h <= 0 or w <= 0:
+        raise EdgesegError(f"--size {text!r} must be positive")
+    return h, w
+
+
+def print_json(data: dict) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, str(v))
+    return table
+

@@ -1,0 +1,118 @@
+"""edgeseg info: what a checkpoint, ONNX file or engine is, and how it was trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeseg.cli.common import console, kv_table, parse_size, print_json
+
+
+def info(
+    path: Annotated[Path, typer.Argument(help="Checkpoint (.pth/.pt) or ONNX model.")],
+    size: Annotated[str | None, typer.Option(help="Input HxW for the MAC count (default: the model's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Describe a model: architecture, parameters, MACs, classes, preprocessing, provenance."""
+    from edgeseg.info import describe
+
+    d = describe(path, parse_size(size) if size else None)
+    if as_json:
+        print_json(d)
+        return
+    rows: list[tuple[str, object]] = [
+        ("file", f"{d['path']} ({d['file_bytes'] / 1e6:.2f} MB)"),
+        ("sha256", d["sha256"]),
+    ]
+    if d["kind"] == "checkpoint":
+        meta = d["meta"]
+        rows += [
+            ("stored as", d["stored_as"]),
+            ("arch", f"{d['arch']} (kernel size {d['kernel_size']})"),
+            ("parameters", f"{d['parameters']:,}"),
+            ("conv MACs", f"{d['macs']:,} at {d['macs_at'][0]}x{d['macs_at'][1]} ({d['macs'] / 1e9:.3f} GMAC)"),
+            ("classes", ", ".join(f"{i} {n}" for i, n in enumerate(d["classes"]))),
+            ("input", f"{meta['color']} {meta['layout']} {meta['input_size'][0]}x{meta['input_size'][1]}, "
+                      f"values {meta['value_range'][0]:g}..{meta['value_range'][1]:g}, "
+                      f"resize {meta['interpolation']}"),
+        ]
+        rows += [(f"provenance.{k}", v) for k, v in meta.get("provenance", {}).items()]
+        rows += _training_rows(d["extra"])
+    elif d["kind"] == "engine":
+        rows += [(k, v) for k, v in d.items() if k not in ("path", "kind", "file_bytes", "sha256", "model_meta")]
+    else:
+        from edgeseg.compile.onnx_info import onnx_rows
+
+        rows += onnx_rows(d)
+    console.print(kv_table(f"edgeseg info: {path.name}", rows))
+
+
+def best_epoch(best: dict) -> str:
+    """"26", or "mean of epochs 21-30" when weight averaging won."""
+    span = best.get("averaged")
+    return f"mean of epochs {span[0]}-{span[1]}" if span else str(best.get("epoch"))
+
+
+def _recipe_rows(recipe: dict) -> list[tuple[str, object]]:
+    """Augmentation and the loss's data in a line each (keys an older record lacks are left out)."""
+    g = recipe.get
+    aug = ["flip"]
+    if g("jitter"):
+        aug.append(f"colour jitter {g('jitter')}")
+    if g("scale_aug") is not None:
+        zoom = "whole frames" if g("scale_aug") >= 1 else f"zoom-in crops to {g('scale_aug')} of the side"
+        aug.append(zoom + (f", zoom-out to 1/{g('zoom_out')}" if (g("zoom_out") or 1) > 1 else ""))
+    if g("rotate"):
+        aug.append(f"rotation within {g('rotate'):g} degrees")
+    aug += [f"{label} on {g(k):.0%} of samples" for k, label in (("blur", "blur"), ("gray", "grey")) if g(k)]
+    data = [f"cross-entropy, border class x{g('border_weight', 1)}"]
+    if g("lovasz"):
+        data.append(f"Lovasz x{g('lovasz')}")
+    if g("negatives"):
+        extra = f" and folder {g('no_animal')}" if g("no_animal") else ""
+        data.append(f"'no animal' {g('negatives'):.0%} of draws (background crops{extra})")
+    if g("balance") not in (None, "none"):
+        data.append(f"balanced by {g('balance')}")
+    return [("augmentation", ", ".join(aug)), ("loss and data", "; ".join(data))]
+
+
+def _training_rows(extra: dict) -> list[tuple[str, object]]:
+    """A training record in a few lines (the recipe, how far it ran, the best epoch); other keys as
+    they are when short. The whole record is in ``info --json``."""
+    rows: list[tuple[str, object]] = []
+    recipe, history, best = extra.get("recipe") or {}, extra.get("history") or [], extra.get("best") or {}
+    if recipe:
+        if recipe.get("schedule") == "cosine":
+            schedule = ", cosine down to lr/100"
+        else:
+            schedule = (f", StepLR every {recipe['step_size']} epochs x{recipe['gamma']}"
+                        if recipe.get("step_size") else ", constant LR")
+        rows.append(("training", f"batch {recipe.get('batch')}, lr {recipe.get('lr')}{schedule}, "
+                                 f"{recipe.get('size', ['?'])[0]}px, seed {recipe.get('seed')}"))
+        rows += _recipe_rows(recipe)
+    if history or "epochs_run" in extra:
+        planned = f" of {recipe['epochs']} planned" if recipe.get("epochs") else ""
+        rows.append(("epochs run", f"{extra.get('epochs_run', len(history))}{planned} "
+                                   f"({len(history)} in the history; info --json for every epoch)"))
+    if best:
+        rows.append(("best epoch", f"{best_epoch(best)}: validation mIoU {best.get('miou', float('nan')):.4f}, "
+                                   f"pixel accuracy {best.get('pixel_accuracy', float('nan')):.4f}"))
+    avg = extra.get("average")
+    if avg:
+        kept = "kept" if best.get("averaged") else "not kept: the best epoch validated higher"
+        rows.append(("weight average", f"epochs {avg['epochs'][0]}-{avg['epochs'][1]}: validation mIoU "
+                                       f"{avg['val_miou']:.4f} ({kept})"))
+    parent = extra.get("init_from")
+    if parent:
+        was = parent.get("best") or {}
+        rows.append(("started from", f"{parent.get('file')} (sha256 {str(parent.get('sha256'))[:12]}, "
+                                     f"{parent.get('epochs_run', '?')} epochs, best validation mIoU "
+                                     f"{was.get('miou', float('nan')):.4f}; info --json for its record)"))
+    for k, v in extra.items():
+        if k not in ("recipe", "history", "best", "epochs_run", "init_from", "average"):
+            rows.append((k, v if not isinstance(v, (list, dict)) or len(str(v)) < 100 else
+                         f"{type(v).__name__} of {len(v)} (info --json)"))
+    return rows
+

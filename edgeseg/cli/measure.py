@@ -1,0 +1,239 @@
+"""What users measure: eval (accuracy on labelled data), bench (latency) and doctor (a new device)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgeseg.cli.common import PRECISION_HELP, UPSAMPLE_HELP, check_upsample, console, kv_table, print_json
+from edgeseg.errors import EdgesegError
+
+
+def eval_(
+    models: Annotated[list[Path], typer.Argument(help="Checkpoints and/or ONNX models, compared side by side.")],
+    data: Annotated[Path | None, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")] = None,
+    no_animal: Annotated[Path | None, typer.Option(help=(
+        "Folder of photos without any animal: the share of pixels each model calls pet (all wrong)."))] = None,
+    split: Annotated[str, typer.Option(help="Split file in annotations/: test, trainval or list.")] = "test",
+    limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
+    backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime, openvino, tensorrt or torch.")
+                       ] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
+    by_breed: Annotated[int, typer.Option(min=0, help=(
+        "Also score each breed (from the Oxford file names) that has at least this many images (0: off; JSON "
+        "holds every breed)."))] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution; with --no-animal,
+    how much of animal-free photos each model calls pet."""
+    from rich.progress import Progress
+
+    from edgeseg.evaluation.evaluate import animal_free, evaluate, load_split
+    from edgeseg.loader import load_predictor
+    from edgeseg.runtime.images import list_images
+
+    if data is None and no_animal is None:
+        raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder) and/or --no-animal (photos without animals)")
+    samples = load_split(data, split, limit) if data is not None else []
+    free = list_images(no_animal) if no_animal is not None else []
+    if no_animal is not None and not free:
+        raise EdgesegError("no images in this folder", no_animal)
+    predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
+    for p in predictors:
+        p.upsample = check_upsample(upsample)
+    out: dict = {"upsample": upsample}
+    with Progress(console=console, transient=True, disable=as_json) as bar:
+        if samples:
+            task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
+            results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i),
+                               by_breed=by_breed > 0)
+            out.update(data=str(data), split=split, images=len(samples), models=results)
+        if free:
+            task = bar.add_task(f"{len(free)} photos without animals", total=len(free))
+            out["no_animal"] = {"folder": str(no_animal), "models": animal_free(
+                predictors, free, progress=lambda i, n: bar.update(task, completed=i))}
+    if as_json:
+        print_json(out)
+        return
+    if samples:
+        _accuracy_table(out, predictors)
+        if by_breed:
+            _breed_table(out, by_breed)
+    if free:
+        table = Table(title=f"{no_animal}: {len(free)} photos without animals ({upsample} upsampling)",
+                      title_justify="left")
+        for col in ("model", "backend", "precision", "pet % (mean)", "pet+border % (mean)", "worst photo pet %"):
+            table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
+        for r in out["no_animal"]["models"]:
+            table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{100 * r['pet_share']:.1f}",
+                          f"{100 * r['animal_share']:.1f}",
+                          f"{100 * r['worst_pet_share']:.1f} ({Path(r['worst_image']).name})")
+        console.print(table)
+
+
+def _accuracy_table(out: dict, predictors: list) -> None:
+    table = Table(title=f"{out['data']} / {out['split']}: {out['images']} images, scored at original resolution "
+                        f"({out['upsample']} upsampling)",
+                  title_justify="left")
+    names = list(predictors[0].meta.class_names)
+    for col in ["model", "backend", "precision", "pixel acc", "mIoU", *[f"IoU {n}" for n in names],
+                "IoU animal (pet+border)", "agree w/ 1st", "ms/img"]:
+        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
+    for r in out["models"]:
+        table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{r['pixel_accuracy']:.4f}",
+                      f"{r['miou']:.4f}", *[f"{r['iou'][n]:.4f}" for n in names], f"{r['pet_iou']:.4f}",
+                      f"{r['agreement_with_first']:.4f}", f"{r['ms_per_image']:.1f}")
+    console.print(table)
+
+
+def _breed_table(out: dict, min_images: int) -> None:
+    """mIoU and animal IoU per breed with at least ``min_images`` images, one column pair per model."""
+    models = out["models"]
+    breeds = {b: r["images"] for b, r in models[0]["breeds"].items()}
+    shown = sorted((b for b, n in breeds.items() if n >= min_images), key=lambda b: models[0]["breeds"][b]["miou"])
+    left = len(breeds) - len(shown)
+    table = Table(title=f"per breed, breeds with at least {min_images} images (worst first)"
+                        + (f"; {left} breed(s) with fewer not shown" if left else ""), title_justify="left")
+    table.add_column("breed")
+    table.add_column("images", justify="right")
+    for r in models:
+        table.add_column(f"mIoU {Path(r['model']).name}", justify="right")
+        table.add_column("IoU animal", justify="right")
+    for b in shown:
+        table.add_row(b, str(breeds[b]), *[f"{r['breeds'][b][k]:.4f}" for r in models for k in ("miou", "pet_iou")])
+    console.print(table)
+
+def bench(
+    models: Annotated[list[str], typer.Argument(
+        help="Checkpoints (PyTorch reference), FP32/INT8 ONNX, engines; MODEL@BACKEND or MODEL@BACKEND:PRECISION "
+             "sets them per model (m.onnx@openvino:bf16).")],
+    backend: Annotated[str, typer.Option(help="Default backend: auto (from each file), onnxruntime, openvino, "
+                                              "tensorrt or torch.")] = "auto",
+    precision: Annotated[str, typer.Option(help="Default precision. " + PRECISION_HELP)] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 10,
+    batch: Annotated[int, typer.Option(help="Images per inference.")] = 1,
+    data: Annotated[Path | None, typer.Option(help="Oxford-layout folder: add mIoU and agreement.")] = None,
+    data_limit: Annotated[int, typer.Option(help="Only the first N test images for accuracy (0: all).")] = 0,
+    end_to_end: Annotated[bool, typer.Option(help="Time preprocess + inference + postprocess on photos.")] = False,
+    images: Annotated[Path | None, typer.Option(help="Photos for --end-to-end (default: DATA/images).")] = None,
+    peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Measure the machine's matmul peak.")] = True,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --json file.")] = False,
+) -> None:
+    """Latency table across models, backends and precisions, interleaved, with the machine's own limit."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from edgeseg.bench import bench as run_bench
+    from edgeseg.files import atomic_write, check_writable
+
+    if json_file is not None:
+        check_writable(json_file, force)
+    with Progress(TextColumn("timing {task.total} interleaved runs"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("bench", total=runs)
+        r = run_bench(models, backend=backend, precision=precision, threads=threads, runs=runs, warmup=warmup,
+                      batch=batch, data=data, data_limit=data_limit, end_to_end=end_to_end, images=images, peak=peak,
+                      progress=lambda i, n: bar.update(task, completed=i))
+    env = r["environment"]
+    sizes = [f"{m['input_size'][0]}x{m['input_size'][1]}" for m in r["models"]]
+    mixed = len(set(sizes)) > 1  # a larger-input export beside the default: a column says which is which
+    title = (f"edgeseg bench ({r['mode']}, batch {batch}, {'' if mixed else sizes[0] + ', '}{runs} runs "
+             f"interleaved) on {env['cpu']}")
+    table = Table(title=title, title_justify="left")
+    cols = ["model", *(["input"] if mixed else []), "backend", "precision", "thr", "MB", "p50 ms", "p90 ms",
+            "p99 ms", "FPS", "x first", "GMAC/s"]
+    if "machine_peak" in r and "fp32_gmacs" in r["machine_peak"]:
+        cols.append("% of peak")
+    if data is not None:
+        cols += ["mIoU", "agree"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("model", "backend", "precision") else "right")
+    for m, size in zip(r["models"], sizes, strict=True):
+        lat = m["latency_ms"]
+        row = [Path(m["model"]).name, *([size] if mixed else []), m["backend"], m["precision"], str(m["threads"]),
+               f"{m['file_mb']:.1f}",
+               f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{m['fps']:.1f}",
+               f"{m['ratio_to_first']:.2f}", f"{m['gmacs']:.1f}"]
+        if "% of peak" in cols:
+            row.append(f"{100 * m['share_of_own_peak']:.0f}% {m['peak_kind']}" if "peak_kind" in m else "")
+        if data is not None:
+            row += [f"{m['miou']:.4f}", f"{m['agreement_with_first']:.4f}"]
+        table.add_row(*row)
+    console.print(table)
+    if "machine_peak" in r:
+        console.print("machine peak (ONNX Runtime 1024^3 matmul): " + ", ".join(
+            f"{k.replace('_gmacs', '')} {v:.1f} GMAC/s" for k, v in r["machine_peak"].items()))
+    if "machine_peak_skipped" in r:
+        console.print(f"machine peak: skipped ({r['machine_peak_skipped']})")
+    if json_file is not None:
+        atomic_write(json_file, lambda p: p.write_text(json.dumps(r, indent=2)), force=force)
+        console.print(f"results: {json_file}")
+
+def doctor(
+    model: Annotated[Path | None, typer.Argument(help="ONNX to check (default: the bundled models/segnet_dsc.onnx).")
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="Photos to compare masks on (default: calibration/).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Oxford-layout folder with trimaps: also score mIoU on its test split (first 37 images).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (what to attach to a bug report).")] = False,
+) -> None:
+    """First run on a new device: versions, GPU, L4T, cameras, and every precision checked against the CPU."""
+    from edgeseg.doctor import doctor as run_doctor
+
+    if as_json:
+        report = run_doctor(model, images, data)
+        print_json(report)
+    else:
+        with console.status("checking...") as status:
+            report = run_doctor(model, images, data, progress=lambda name: status.update(f"checking {name}..."))
+        f = report["facts"]
+
+        def have(key: str) -> str:
+            return f[key] or "not installed"
+
+        gpu = (f"{f['gpu']} (compute {f['compute_capability']})" if f.get("gpu")
+               else f.get("gpu_problem", "none (no TensorRT)"))
+        cams = ", ".join(f"{c['device']} {c['frame'] or 'opens, no frame' if c['opens'] else 'does not open'}"
+                         for c in f["cameras"]) or "none found (/dev/video*)"
+        rows: list[tuple[str, object]] = [
+            ("edgeseg", f"{f['edgeseg']} on Python {f['python']} ({f['machine']})"),
+            ("CPU", f"{f['cpu']}, {f['cpu_count']} cores, native {'/'.join(f['cpu_native_precisions'])}"),
+            ("ONNX Runtime", have("onnxruntime")), ("OpenVINO", have("openvino")), ("onnx", have("onnx")),
+            ("TensorRT", have("tensorrt")), ("cuda-python", have("cuda_python")), ("GPU", gpu),
+            ("OpenCV", f"{f['opencv']}, GStreamer {'yes' if f['gstreamer'] else 'no'}"), ("cameras", cams),
+            ("cache", f"{f['cache']} ({f['cache_problem'] or 'writable'})"),
+        ]
+        rows += [(k, f[k]) for k in ("l4t", "power_mode", "jetson_clocks", "tegrastats") if k in f]
+        console.print(kv_table("edgeseg doctor", rows))
+        scored = report["photos"]["trimaps"]
+        table = Table(title=f"masks on {report['photos']['count']} photos of {report['photos']['source']} beside "
+                            "ONNX Runtime FP32 (CPU)", title_justify="left")
+        for col in ("check", "result", "agree %", "mIoU vs ref", *(("mIoU", "Δ mIoU") if scored else ()),
+                    "ms/image", "detail"):
+            table.add_column(col, justify="left" if col in ("check", "result", "detail") else "right")
+
+        def num(v: float | None, fmt: str) -> str:
+            return "" if v is None else format(v, fmt)
+
+        for c in report["checks"]:
+            style = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow"}[c["status"]]
+            table.add_row(c["name"], f"[{style}]{c['status']}[/]", num(c["agreement"] and 100 * c["agreement"], ".2f"),
+                          num(c["miou_vs_reference"], ".4f"),
+                          *((num(c["miou"], ".4f"), num(c["miou_delta"], "+.4f")) if scored else ()),
+                          num(c["ms_per_image"], ".1f"), c["detail"])
+        console.print(table)
+        if not report["ok"]:
+            console.print("[bold red]Something failed.[/] Send back the output of [bold]edgeseg doctor --json[/] "
+                          "(and of [bold]edgeseg --debug doctor[/] if a check shows an internal error) with your "
+                          "bug report.")
+    if not report["ok"]:
+        raise typer.Exit(1)
+

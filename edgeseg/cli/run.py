@@ -1,0 +1,162 @@
+"""edgeseg run: the live loop from the command line, and its latency table."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgeseg.cli.common import PRECISION_HELP, UPSAMPLE_HELP, check_upsample, console, print_json
+from edgeseg.errors import EdgesegError
+
+PERCENTILE_MIN_FRAMES = {"p50": 1, "p90": 10, "p99": 100}
+
+
+def latency_table(report: dict, title: str) -> Table:
+    """Per-stage p50/p90/p99/max table from a run report."""
+    lat = report["latency"]
+    table = Table(title=title, title_justify="left")
+    for col in ("stage", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    rows = [*lat["stages_ms"].items(), ("end to end", lat["end_to_end_ms"])]
+    notes = []
+    for name, st in rows:
+        if st.get("count"):
+            # a percentile from fewer frames than it needs is the maximum, not a tail: left blank
+            cells = [f"{st[k]:.2f}" if st["count"] >= PERCENTILE_MIN_FRAMES[k] else "" for k in ("p50", "p90", "p99")]
+            table.add_row(name, *cells, f"{st['max']:.2f}", f"{st['mean']:.2f}")
+    frames = lat["end_to_end_ms"].get("count", 0)
+    if frames < PERCENTILE_MIN_FRAMES["p99"]:
+        notes.append(f"p90/p99 need {PERCENTILE_MIN_FRAMES['p90']}/{PERCENTILE_MIN_FRAMES['p99']} frames "
+                     f"(measured {frames})")
+    if any("(reader thread)" in name for name, _ in rows):
+        notes.append("the reader thread's row overlaps inference: not part of end to end")
+    table.caption = "; ".join(notes) or None
+    return table
+
+
+def run(
+    model: Annotated[Path, typer.Argument(help="ONNX model (or a checkpoint, run with PyTorch as a reference).")],
+    camera: Annotated[int | None, typer.Option(help="Camera index (V4L2 /dev/videoN on Linux).")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="Folder, glob, image, video file, /dev/videoN, rtsp:// or http:// URL, csi://N, GStreamer pipeline.")
+    ] = None,
+    recursive: Annotated[bool, typer.Option(help="Include images in subfolders of a folder source.")] = False,
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
+    view: Annotated[str, typer.Option(help=(
+        "overlay, mask, side-by-side, cutout (BGRA PNGs, the background transparent) or blur (the "
+        "background blurred, the animal sharp)."))] = "overlay",
+    alpha: Annotated[float, typer.Option(help="Overlay opacity 0..1.")] = 0.5,
+    pet_color: Annotated[str, typer.Option(help="Pet colour, #rrggbb or r,g,b.")] = "#ffc800",
+    border: Annotated[str, typer.Option(help=(
+        "pet: the border class drawn as part of the animal, with a soft edge; outline: the pet class "
+        "tinted and the border class painted as an outline."))] = "pet",
+    upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
+    smooth: Annotated[float | None, typer.Option(min=0.0, max=0.95, help=(
+        "Temporal smoothing of videos and cameras: the weight of the past frames (0: off; default 0.3). "
+        "Never applied across the photos of a folder."))] = None,
+    show: Annotated[bool, typer.Option(help="Show a window (continues headless when there is no display).")] = False,
+    output: Annotated[Path | None, typer.Option(help=(
+        "Folder: one rendered frame per input, same base name (JPEG; PNG for --view cutout)."))] = None,
+    save_video: Annotated[Path | None, typer.Option(help="Write the rendered frames to a video (.mp4/.avi).")] = None,
+    save_masks: Annotated[Path | None, typer.Option(help="Folder: class-id PNG masks (0 pet, 1 bg, 2 border).")] = None,
+    max_frames: Annotated[int, typer.Option(help="Stop after N frames (0: no limit).")] = 0,
+    duration: Annotated[float, typer.Option(help="Stop after S seconds (0: no limit).")] = 0.0,
+    warmup: Annotated[int, typer.Option(help="Frames left out of the latency statistics.")] = 5,
+    report: Annotated[Path | None, typer.Option(help="Write the latency report (JSON) here.")] = None,
+    reconnect: Annotated[float, typer.Option(help="Seconds to keep reopening a live source that dropped.")] = 10.0,
+    width: Annotated[int | None, typer.Option(help="Camera capture width (csi:// default 1280).")] = None,
+    height: Annotated[int | None, typer.Option(help="Camera capture height (csi:// default 720).")] = None,
+    fps: Annotated[int | None, typer.Option(help="Camera frame rate (csi:// default 30).")] = None,
+    flip: Annotated[int, typer.Option(help="csi:// flip-method (0..7).")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    loop: Annotated[bool, typer.Option(help=(
+        "Start a folder, image or video again when it ends (demos, --serve); stop with Ctrl-C, --max-frames "
+        "or --duration."))] = False,
+    serve: Annotated[str | None, typer.Option(help=(
+        "[HOST:]PORT: stream the rendered frames and live figures to browsers (MJPEG). Host 127.0.0.1 "
+        "unless given; 0.0.0.0 opens it to the network."))] = None,
+    serve_token: Annotated[str | None, typer.Option(help=(
+        "A token the page and stream require (?token=... or Authorization: Bearer)."))] = None,
+    serve_quality: Annotated[int, typer.Option(help="JPEG quality of the stream (10..100).")] = 80,
+    serve_width: Annotated[int, typer.Option(min=16, help="Streamed frames are scaled down to this width.")] = 640,
+    serve_fps: Annotated[float, typer.Option(help="Most frames per second encoded for viewers.")] = 15.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Segment pets live from a camera, stream, video or folder; per-stage latency report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from edgeseg.loader import load_predictor
+    from edgeseg.runtime.loop.overlay import Renderer, parse_color
+    from edgeseg.runtime.loop.runner import RunOptions, check_outputs, run_loop
+    from edgeseg.runtime.loop.sources import open_source
+
+    if (camera is None) == (source is None):
+        raise EdgesegError("give exactly one of --camera N or --source X")
+    try:
+        renderer = Renderer(view=view, alpha=alpha, pet_color=parse_color(pet_color), border=border)
+    except ValueError as e:
+        raise EdgesegError(str(e)) from None
+    opts = RunOptions(output=output, save_video=save_video, save_masks=save_masks, report=report, show=show,
+                      max_frames=max_frames, duration=duration, warmup=warmup, force=force, smooth=smooth)
+    check_outputs(opts, renderer.view)
+    predictor = load_predictor(model, backend=backend, threads=threads, precision=precision)
+    predictor.upsample = check_upsample(upsample)
+    src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
+                      width=width, height=height, fps=fps, flip=flip, loop=loop)
+    server = None
+    if serve is not None:  # the server module is imported only when it is used
+        from edgeseg.runtime.loop.serve import LOOPBACK, StreamServer, parse_address
+
+        host, port = parse_address(serve)
+        server = StreamServer(host, port, token=serve_token, quality=serve_quality, max_width=serve_width,
+                              fps=serve_fps, title=f"edgeseg: {Path(model).name} on {src.label}")
+        if host not in LOOPBACK and serve_token is None:
+            console.print(f"[yellow]warning:[/] serving on {host}:{server.port} without authentication: anyone who "
+                          "can reach this port sees the camera; add --serve-token")
+        console.print(f"serving on {server.url}")
+    total = len(src.paths) if hasattr(src, "paths") else None
+    if loop:
+        total = max_frames or None
+    elif max_frames and total:
+        total = min(total, max_frames)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[fps]:.1f} FPS, inference p50 {task.fields[p50]:.1f} ms"))
+    with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
+        task = bar.add_task(src.label if len(src.label) < 40 else "..." + src.label[-37:], total=total,
+                            fps=0.0, p50=float("nan"))
+        last = [0.0]
+
+        def status(timer) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.25:
+                last[0] = now
+                bar.update(task, completed=timer.frames, fps=timer.fps(), p50=timer.live_p50())
+
+        result = run_loop(predictor, src, renderer, opts, status=status,
+                          warn=lambda m: console.print(f"[yellow]warning:[/] {m}"), server=server)
+    if as_json:
+        print_json(result)
+    else:
+        lat, st = result["latency"], result["source_stats"]
+        info = result["model"]
+        console.print(latency_table(result, f"edgeseg run: {Path(info['model']).name} on {src.label} "
+                                            f"({info['backend']} {info['precision']}, {info['threads']} threads)"))
+        console.print(f"{lat['measured_frames']} frames measured (+{lat['warmup_frames']} warm-up): "
+                      f"{lat['fps']:.1f} FPS end to end; skipped {st['skipped_unreadable']} unreadable, "
+                      f"dropped {st['dropped_stale']} stale, {st['reconnects']} reconnects "
+                      f"({st['gap_seconds']:.1f} s without frames)")
+        for kind, where in result["outputs"].items():
+            console.print(f"{kind}: {where}")
+        if report:
+            console.print(f"report: {report}")
+    if result.get("error"):
+        raise EdgesegError(result["error"])
+    if result["interrupted"]:  # outputs and report are complete; the code says what stopped the loop
+        raise typer.Exit(128 + {"SIGINT": 2, "SIGHUP": 1, "SIGTERM": 15}[result["stopped_by"]])
+

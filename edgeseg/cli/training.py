@@ -1,0 +1,166 @@
+"""edgeseg train and edgeseg composites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeseg.cli.common import console, parse_size
+from edgeseg.cli.info import best_epoch
+from edgeseg.errors import EdgesegError
+from edgeseg.training.recipe import TrainConfig
+
+RECIPE = TrainConfig()  # train's defaults: the recipe of the bundled model's first stage
+
+
+def train(
+    data: Annotated[list[Path] | None, typer.Option(help=(
+        "Oxford-IIIT Pet layout folder (images/, annotations/); repeat it to train on several: their trainval "
+        "lines only."))] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help=(
+        "The best epoch's checkpoint is written here; the latest epoch's training state beside it as "
+        "NAME.last.pth, for --resume."))] = Path("segnet_dsc.pth"),
+    arch: Annotated[str, typer.Option(help="segnet-dsc or segnet.")] = RECIPE.arch,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs to run (the best one by validation mIoU is kept).")
+                      ] = RECIPE.epochs,
+    batch: Annotated[int, typer.Option(min=1, help="Images per training step.")] = RECIPE.batch,
+    size: Annotated[str, typer.Option(help="Input HxW (multiples of 16).")] = "x".join(map(str, RECIPE.size)),
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = RECIPE.lr,
+    schedule: Annotated[str, typer.Option(help=(
+        "Learning-rate schedule: step (halve every --step-size epochs by --gamma) or cosine (from --lr down to "
+        "--lr/100 over --epochs)."))] = RECIPE.schedule,
+    step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = RECIPE.step_size,
+    gamma: Annotated[float, typer.Option(help="StepLR factor.")] = RECIPE.gamma,
+    seed: Annotated[int, typer.Option(help="Seed of the validation hold-out, shuffling and augmentation.")
+                    ] = RECIPE.seed,
+    scale_aug: Annotated[float, typer.Option(
+        help="Random zoom-in crops down to this fraction of the side (1.0: off, the notebook's recipe).",
+        min=0.1, max=1.0)] = RECIPE.scale_aug,
+    zoom_out: Annotated[float, typer.Option(
+        help="Random zoom-outs up to this window side (1.25: the photo at 0.8 of the input, in a reflected border "
+             "the loss ignores), drawn with --scale-aug's zoom-ins (1.0: off).", min=1.0, max=2.0)
+    ] = RECIPE.zoom_out,
+    limit: Annotated[int, typer.Option(help="Use only the first N trainval images (0: all).")] = RECIPE.limit,
+    extra_data: Annotated[Path | None, typer.Option(
+        help="Photos with rough-masks/ (1 pet, 2 background) added to training, e.g. oxford-pets-37breeds-photos.")
+    ] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from a *.last.pth training state.")] = None,
+    init: Annotated[Path | None, typer.Option(help=(
+        "Start from this checkpoint's weights (fine-tune: an edgeseg or notebook checkpoint) instead of a "
+        "random init; a fresh optimizer and schedule."))] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = RECIPE.device,
+    balance: Annotated[str, typer.Option(help=(
+        "Draw each epoch so every breed (or species) gets the same share: none, breed or species."))
+    ] = RECIPE.balance,
+    negatives: Annotated[float, typer.Option(min=0.0, max=0.9, help=(
+        "Share of each epoch drawn from 'no animal' examples, labelled background: background-only crops of "
+        "the training photos, and the --no-animal photos (0: no crops)."))] = RECIPE.negatives,
+    no_animal: Annotated[Path | None, typer.Option(help=(
+        "A folder of photos without animals (the empty scene your camera will watch, say), labelled "
+        "background and drawn among --negatives' share; score on other ones with eval --no-animal."))] = None,
+    border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")
+                             ] = RECIPE.border_weight,
+    average: Annotated[int, typer.Option(min=0, help=(
+        "Also try the mean of the last N epochs' weights (stochastic weight averaging; BatchNorm statistics "
+        "refreshed on one more epoch) and keep it when its validation mIoU beats the best epoch (0: off)."))
+    ] = RECIPE.average,
+    lovasz: Annotated[float, typer.Option(min=0.0, help=(
+        "Weight of the Lovasz-softmax loss (a smooth 1 - IoU per class, the benchmark's own measure) added to "
+        "cross-entropy; its authors fine-tune with it (one such stage did not help the bundled model: "
+        "models/README.md) (0: off)."))] = RECIPE.lovasz,
+    rotate: Annotated[float, typer.Option(min=0.0, max=45.0, help="Random rotation within +-DEG (0: off).")
+                      ] = RECIPE.rotate,
+    blur: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of samples blurred at random (0: off).")
+                    ] = RECIPE.blur,
+    gray: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "Share of samples turned grey at random, for monochrome and night-vision cameras (0: off)."))
+    ] = RECIPE.gray,
+    cache: Annotated[Path | None, typer.Option(help=(
+        "Training-set cache (.npz, about 8 KB a photo): written from --data when missing, read when present; "
+        "with no --data it trains from the cache alone (a GPU machine without the photos)."))] = None,
+    precision: Annotated[str, typer.Option(help=(
+        "Training compute: auto (bf16 autocast where the CPU or GPU has bf16 arithmetic, else fp32), fp32 or "
+        "bf16. Weights stay FP32 and validation runs in FP32."))] = RECIPE.precision,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
+) -> None:
+    """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe of the bundled model's first
+    stage, which --init then fine-tuned twice (models/README.md). Keeps the best epoch by validation mIoU."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from edgeseg.training.train import train as run_training
+
+    h, w = parse_size(size)
+    if h % 16 or w % 16:
+        raise EdgesegError(f"--size {size}: height and width must be multiples of 16 (four 2x2 poolings)")
+    if arch not in ("segnet-dsc", "segnet"):
+        raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
+    cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
+                      border_weight=border_weight, lovasz=lovasz, average=average, rotate=rotate, blur=blur, gray=gray,
+                      cache=str(cache) if cache else None,
+                      epochs=epochs, batch=batch, precision=precision, schedule=schedule,
+                      init=str(init) if init else None, no_animal=str(no_animal) if no_animal else None,
+                      size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
+                      scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("reading the split", total=None, status="")
+
+        def report(ev: dict) -> None:
+            if ev["event"] == "loading":
+                bar.update(task, description=f"loading {ev['total']} photos", completed=ev["done"], total=ev["total"])
+            elif ev["event"] == "step":
+                bar.update(task, description=f"epoch {ev['epoch']}/{epochs}", completed=ev["step"], total=ev["steps"],
+                           status=f"loss {ev['loss']:.4f}")
+            elif ev["event"] == "average":
+                mark = " *best" if ev["improved"] else ""
+                bar.console.print(f"mean of epochs {ev['epochs'][0]}-{ev['epochs'][1]}  val mIoU {ev['val_miou']:.4f}  "
+                                  f"val acc {ev['val_pixel_accuracy']:.4f}{mark}")
+            else:
+                mark = " *best" if ev["improved"] else ""
+                bar.console.print(
+                    f"epoch {ev['epoch']:3d}  loss {ev['loss']:.4f}  val mIoU {ev['val_miou']:.4f}  "
+                    f"val acc {ev['val_pixel_accuracy']:.4f}  {ev['seconds']:.0f}s {ev['precision']}{mark}")
+
+        result = run_training(cfg, output, resume=resume, force=force, progress=report)
+    b = result["best"]
+    console.print(f"best epoch {best_epoch(b)}: val mIoU {b['miou']:.4f}; checkpoint written to {result['out']}")
+
+
+def composites(
+    objects: Annotated[list[Path], typer.Argument(help=(
+        "Folders of cut-out objects: PNGs with an alpha channel, none of an animal (e.g. tuxpaint-stamps-default's "
+        "food/, household/, vehicles/)."))],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write (then train --no-animal it).")],
+    count: Annotated[int, typer.Option(min=1, help="Composites to write.")] = 600,
+    scenes: Annotated[Path | None, typer.Option(help=(
+        "Folder of animal-free scene photos: crops of them are backgrounds, and each is also written whole."))
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help=(
+        "A train --cache: its photos' background-only crops are backgrounds too (not the validation hold-out's "
+        "of train's default --seed)."))] = None,
+    skip: Annotated[str, typer.Option(help="Comma-separated words: cut-outs whose file name has one are left out.")
+                    ] = "",
+    size: Annotated[int, typer.Option(min=16, help="Side of the square pictures (train's input side).")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the draws: the same seed, the same pictures.")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Animal-free training pictures: cut-out objects pasted on backgrounds, so that a model learns that an
+    object in the middle of the frame is not necessarily a pet (train --no-animal takes the folder)."""
+    from rich.progress import Progress
+
+    from edgeseg.training.composites import write_composites
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("composites", total=count)
+        result = write_composites(objects, output, count, scenes=scenes, cache=cache,
+                                  skip=[w for w in skip.split(",") if w], size=size, seed=seed,
+                                  val_seed=RECIPE.seed, val_fraction=RECIPE.val_fraction, force=force,
+                                  progress=lambda done, _: bar.update(task, completed=done))
+    console.print(f"{result['composites']} composites ({result['cutouts']} cut-outs on {result['training_crops']} "
+                  f"training-photo crops, {result['scenes']} scene photos and gradients) and the scene photos whole: "
+                  f"{result['out']}")
+
+
