@@ -11,11 +11,15 @@ PETS3 := $(SHARED)/oxford-pets-3breeds
 
 .PHONY: demo test lint clean
 
+# PYTHONWARNINGS=ignore on the editable install: setuptools' boxed notice about folders named like the package
 $(BIN)/.installed: pyproject.toml
+	@echo "==> setting up $(VENV) with $(PYTHON) (once; about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@echo "==> installing $(TORCH_SPEC) (CPU build: the largest step)"
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[export,dev]"
+	@echo "==> installing edgeseg with its export and dev extras (onnx, onnxsim, OpenVINO, pytest, ruff)"
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e ".[export,dev]"
 	touch $@
 
 # Export the bundled checkpoint, quantize it for the CPU (stored calibration ranges, so no photos
@@ -34,12 +38,13 @@ demo: $(BIN)/.installed
 		$(BIN)/edgeseg quantize $(OUT)/segnet_dsc.onnx --calib-ranges models/segnet_dsc.calib.json \
 			-o $(OUT)/segnet_dsc.int8.onnx; \
 	fi
-	$(BIN)/edgeseg run $(OUT)/segnet_dsc.int8.onnx --source calibration --warmup 1 --view side-by-side \
+	$(BIN)/edgeseg run $(OUT)/segnet_dsc.int8.onnx --source calibration --view side-by-side \
 		--output $(OUT)/overlays --save-masks $(OUT)/masks --report $(OUT)/report.json
 	@echo
 	@echo "demo outputs in $(OUT)/: segnet_dsc.onnx (FP32), segnet_dsc.int8.onnx (INT8 cpu),"
 	@echo "  overlays/ (photo | overlay, one per breed), masks/ (class-id PNGs: 0 pet, 1 background, 2 border),"
 	@echo "  report.json (per-stage latency, backend, precision, machine)"
+	@echo "the edgeseg command: . $(VENV)/bin/activate (then edgeseg --help)"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check edgeseg tests benchmarks docs

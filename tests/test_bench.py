@@ -136,3 +136,12 @@ def test_each_row_is_a_share_of_its_own_precisions_peak(tmp_path):
     assert (a["peak_kind"], b["peak_kind"]) == ("fp32", "int8")
     assert a["share_of_own_peak"] == pytest.approx(a["gmacs"] / peak["fp32_gmacs"])
     assert b["share_of_own_peak"] == pytest.approx(b["gmacs"] / peak["int8_gmacs"])
+
+
+def test_a_model_computed_in_bf16_or_fp16_is_not_a_share_of_the_fp32_peak():
+    from edgeseg.bench import peak_kind
+
+    assert peak_kind({"precision": "fp32", "file_precision": "fp32", "compute_precision": "fp32"}) == "fp32"
+    assert peak_kind({"precision": "fp32 as bf16", "file_precision": "fp32", "compute_precision": "bf16"}) == "bf16"
+    assert peak_kind({"precision": "int8-cpu + bf16", "file_precision": "int8-cpu", "compute_precision": "bf16"}) \
+        == "int8"

@@ -66,12 +66,14 @@ def test_readme_python_example_runs():
 
 
 @pytest.mark.slow
-def test_readme_examples_run_on_a_fresh_clone(tmp_path):
-    """The README block that promises to run on a fresh clone, run in a copy holding only what git would clone."""
+def test_readme_examples_run_on_a_fresh_clone_twice_and_write_only_under_out(tmp_path):
+    """The README block that promises to run on a fresh clone, run twice in a copy holding only what git would
+    clone: the second run must not stop at "already exists", and nothing may land outside out/ (ignored)."""
     text = (REPO / "README.md").read_text()
-    block = text.split("A few examples, each running on a fresh clone:", 1)[1].split("\n\n")[1]
+    block = text.split("A few examples, each running on a fresh clone", 1)[1].split("\n\n")[1]
     commands = [shlex.split(line) for line in block.strip().splitlines()]
-    assert len(commands) >= 5 and all(c[0] == "edgeseg" for c in commands)
+    assert commands[0] == ["mkdir", "-p", "out"] and len(commands) >= 6
+    assert all(c[0] == "edgeseg" for c in commands[1:])
     clone = tmp_path / "clone"  # what a clone of this working tree holds: files git tracks or would add
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split("\0")
@@ -79,11 +81,18 @@ def test_readme_examples_run_on_a_fresh_clone(tmp_path):
         if (REPO / name).is_file():
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, clone / name)
+    before = {p for p in clone.rglob("*") if p.is_file()}
     edgeseg = [sys.executable, "-m", "edgeseg"]
-    for c in commands:
-        r = subprocess.run([*edgeseg, *c[1:]], cwd=clone, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
-    assert len(list((clone / "overlays").glob("*.jpg"))) == 37
+    for _ in range(2):
+        for c in commands:
+            r = subprocess.run([*edgeseg, *c[1:]] if c[0] == "edgeseg" else c, cwd=clone, capture_output=True,
+                               text=True, timeout=300)
+            assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
+    assert len(list((clone / "out" / "overlays").glob("*.jpg"))) == 37
+    added = {p for p in clone.rglob("*") if p.is_file()} - before
+    assert added and all(p.relative_to(clone).parts[0] == "out" or "__pycache__" in p.parts for p in added), \
+        sorted(str(p.relative_to(clone)) for p in added if p.relative_to(clone).parts[0] != "out")[:5]
+    assert (REPO / ".gitignore").read_text().splitlines().count("/out/") == 1
 
 
 def test_help_names_values_plainly_and_explains_every_option(cli):

@@ -282,3 +282,13 @@ def test_calibration_hands_photos_to_onnx_runtime_a_chunk_at_a_time(fp32, tmp_pa
         assert np.array_equal(ranges["minmax", 6][k][0], lo) and np.array_equal(ranges["minmax", 6][k][1], hi), k
     for k, (_lo, hi) in ranges["percentile", 1000].items():
         np.testing.assert_allclose(ranges["percentile", 6][k][1], hi, rtol=0.02, atol=1e-3, err_msg=k)
+
+
+def test_the_table_says_why_this_method_and_when_accuracy_was_not_checked(cli, fp32, calib_ranges, tmp_path):
+    r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "-o", tmp_path / "q.onnx")
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert "calibration: the stored ranges' method)" in text
+    assert "│ accuracy" in text and "not checked: add --val DIR" in text
+    r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "--method", "minmax", "-o", tmp_path / "m.onnx")
+    assert r.code == 0 and "(minmax calibration)" in " ".join(r.out.split()), r.out

@@ -416,3 +416,56 @@ def test_the_latency_table_leaves_out_percentiles_it_cannot_know(cli):
     end_to_end = next(line for line in r.out.splitlines() if "end to end" in line and "│" in line)
     cells = [c.strip() for c in end_to_end.split("│")[1:-1]]
     assert cells[1] and not cells[2] and not cells[3] and cells[4]  # p50 and max shown, p90 and p99 blank
+
+
+def test_every_frame_of_a_small_folder_is_measured_by_one_percentile_rule(cli, tmp_path):
+    """8 photos: 8 frames measured (the model is warmed up on the first frame, untimed); the report leaves out
+    the percentiles the table leaves blank; the output starts with the table's title on one line."""
+    from conftest import REPO
+
+    photos = tmp_path / "eight"
+    photos.mkdir()
+    for p in sorted((REPO / "calibration").glob("*.jpg"))[:8]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    r = cli("run", REPO / "models" / "segnet_dsc.onnx", "--backend", "onnxruntime", "--source", photos,
+            "--report", tmp_path / "r.json")
+    assert r.code == 0, r.err
+    assert "8 frames measured:" in r.out and "warm-up" not in r.out
+    lat = json.loads((tmp_path / "r.json").read_text())["latency"]
+    assert (lat["frames"], lat["measured_frames"], lat["warmup_frames"], lat["untimed_warmup_passes"]) == (8, 8, 0, 2)
+    e2e = lat["end_to_end_ms"]
+    assert e2e["count"] == 8 and e2e["p50"] > 0 and e2e["p90"] is None and e2e["p99"] is None
+    first = r.out.splitlines()[0]
+    assert first.startswith("edgeseg run: segnet_dsc.onnx on ") and first.rstrip().endswith("threads)")
+    r = cli("run", REPO / "models" / "segnet_dsc.onnx", "--backend", "onnxruntime", "--source", photos,
+            "--warmup", "3")
+    assert r.code == 0 and "5 frames measured (+3 left out as warm-up)" in r.out, r.out
+
+
+def test_percentiles_need_enough_items():
+    from edgeseg.runtime.loop.latency import Samples, summarize
+
+    assert summarize([5.0] * 9)["p90"] is None and summarize([5.0] * 10)["p90"] == 5.0
+    assert summarize([1.0] * 99)["p99"] is None and summarize([1.0] * 100)["p99"] == 1.0
+    s = Samples()
+    for v in range(100):
+        s.append(float(v))
+    assert summarize(s)["p99"] is not None and summarize(Samples()) == {"count": 0}
+
+
+def test_the_model_is_warmed_up_on_the_first_frame_and_every_frame_is_timed(onnx_model, tmp_path, monkeypatch):
+    from conftest import REPO
+
+    from edgeseg.runtime.loop.runner import WARMUP_PASSES
+
+    photos = tmp_path / "three"
+    photos.mkdir()
+    for path in sorted((REPO / "calibration").glob("*.jpg"))[:3]:
+        (photos / path.name).write_bytes(path.read_bytes())
+    p = Predictor.load(onnx_model, backend="onnxruntime", threads=1)
+    calls = []
+    scores = p.scores
+    monkeypatch.setattr(p, "scores", lambda x: calls.append(1) or scores(x))
+    report = run_loop(p, open_source(str(photos)), Renderer(), RunOptions(output=tmp_path / "out"))
+    assert len(calls) == 3 + WARMUP_PASSES  # the warm-up passes ran, untimed
+    assert report["latency"]["measured_frames"] == 3 and report["latency"]["stages_ms"]["inference"]["count"] == 3

@@ -180,7 +180,7 @@ def test_a_headless_chromium_shows_the_live_overlay_and_figures(tmp_path):
     assert max(np.abs(image[0] - i).mean() for i in image[1:]) > 5, "the stream did not change between screenshots"
     fps = float(dom.split('<span id="fps">')[1].split("<")[0])
     assert fps > 0
-    if os.environ.get("EDGESEG_SAVE_SCREENSHOT"):  # README's picture: EDGESEG_SAVE_SCREENSHOT=docs/serve.png
+    if os.environ.get("EDGESEG_SAVE_SCREENSHOT"):  # docs/run.md's picture: EDGESEG_SAVE_SCREENSHOT=docs/serve.png
         small = cv2.resize(shots[1], (600, 360), interpolation=cv2.INTER_AREA)
         pixels = small.reshape(-1, 3).astype(np.float32)  # 48 colours: a PNG of about 100 KB
         criteria = (cv2.TERM_CRITERIA_MAX_ITER + cv2.TERM_CRITERIA_EPS, 20, 1.0)

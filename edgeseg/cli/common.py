@@ -1,5 +1,5 @@
-"""What every command group shares: the console, help texts, value parsers and the two ways a result is
-printed (a two-column table, JSON)."""
+"""What every command group shares: the console, help texts, value parsers, progress displays and the ways
+a result is printed (tables, JSON)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import sys
 
 from rich.console import Console
+from rich.progress import Progress, ProgressColumn
 from rich.table import Table
+from rich.text import Text
 
 from edgeseg.errors import EdgesegError
 
@@ -57,3 +59,18 @@ def kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
         table.add_row(k, str(v))
     return table
 
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` with its title on a line of its own: rich wraps a title to the table's width, which
+    cuts it mid-phrase when the table is narrower than the title."""
+    title, table.title = table.title, None
+    if title:
+        console.print(Text(str(title), style="bold"))
+    console.print(table)
+
+
+def progress(*columns: str | ProgressColumn, quiet: bool = False) -> Progress:
+    """A transient progress display; off with ``quiet`` (JSON on stdout) and when stdout is not a terminal,
+    where it would leave a blank line before the result in a log or a pipe."""
+    return Progress(*columns, console=console, transient=True, disable=quiet or not console.is_terminal)

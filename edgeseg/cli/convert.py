@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, kv_table, parse_size, print_json
+from edgeseg.cli.common import console, kv_table, parse_size, print_json, print_table, progress
 from edgeseg.errors import EdgesegError
 
 
@@ -61,15 +61,16 @@ def export(
         print_json(asdict(r))
         return
     v = r.verification
-    console.print(kv_table(f"edgeseg export: {output}", [
+    print_table(kv_table(f"edgeseg export: {output}", [
         ("model", f"{ckpt.meta.arch} {size_hw[0]}x{size_hw[1]}, batch {opts.batch or 'dynamic'}, opset {opset}"),
         ("nodes", f"{r.nodes_before} -> {r.nodes_after}" + (" (onnxsim)" if r.simplified else " (not simplified)")),
         ("ops", ", ".join(f"{k} {n}" for k, n in r.op_histogram.items())),
-        ("verified", f"{v.inputs} inputs ({v.real_images} real photos), {v.pixels:,} pixels: "
-                     f"{v.agreement:.4%} argmax agreement with PyTorch ({v.synthetic_flips} near-tie flips on "
-                     f"synthetic inputs, {v.real_flips} on photos), max abs error {v.max_abs_error:.2e}"),
-        ("unpool", f"identical to MaxPool indices + MaxUnpool in ONNX Runtime ({v.unpool_flips} flips, max abs "
-                   f"difference {v.unpool_max_abs_diff:g})"),
+        ("unpool", f"bit-exact: identical to MaxPool indices + MaxUnpool in ONNX Runtime ({v.unpool_flips} flips, "
+                   f"max abs difference {v.unpool_max_abs_diff:g})"),
+        ("vs PyTorch", f"{v.inputs} inputs ({v.real_images} real photos), {v.pixels:,} pixels: {v.agreement:.4%} "
+                       f"argmax agreement ({v.synthetic_flips} near-tie flips on synthetic inputs, {v.real_flips} on "
+                       f"photos); logits differ by at most {v.max_abs_error:.2e} (ONNX Runtime's convolutions sum "
+                       "in another order than PyTorch's: float rounding, not the unpool)"),
         ("file", f"{r.file_bytes / 1e6:.2f} MB, written in {r.seconds:.1f} s"),
     ]))
 
@@ -140,31 +141,32 @@ def quantize(
     """INT8 Q/DQ for ONNX Runtime (cpu) or TensorRT, with a measured accuracy gate (--val)."""
     from dataclasses import asdict
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from edgeseg.compile.quantize import QuantizeOptions
     from edgeseg.compile.quantize import quantize as run_quantize
 
     output = output or model.with_name(model.stem + (".int8.onnx" if target == "cpu" else f".int8-{target}.onnx"))
     opts = QuantizeOptions(target=target, method=method, percentile=percentile, num_images=num_images, seed=seed)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True, disable=as_json) as bar:
+    with progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), quiet=as_json) as bar:
         tasks: dict[str, int] = {}
 
-        def progress(stage: str, i: int, n: int) -> None:
+        def stage_done(stage: str, i: int, n: int) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=n)
             bar.update(tasks[stage], completed=i)
 
         r = run_quantize(model, output, opts, calib_dir=calib, calib_ranges=calib_ranges, val=val,
                          max_drop=max_drop, val_limit=val_limit, save_ranges=save_ranges, force=force,
-                         threads=threads, progress=progress, min_agreement=min_agreement)
+                         threads=threads, progress=stage_done, min_agreement=min_agreement)
     if as_json:
         print_json(asdict(r))
     else:
         c = r.calibration
+        why = ("" if method != "auto" else
+               ": the stored ranges' method" if calib_ranges else f": --method auto's choice for {r.target}")
         rows: list[tuple[str, object]] = [
-            ("target", f"{r.target} ({r.method} calibration)"),
+            ("target", f"{r.target} ({r.method} calibration{why})"),
             ("calibration", f"{c['images']} images from {c['source']} ({c['skipped']} unreadable skipped, "
                             f"{c.get('masks_left_out', 0)} in mask folders and {c.get('duplicates_left_out', 0)} "
                             f"duplicates left out) in {c['seconds']:.1f} s"
@@ -179,10 +181,13 @@ def quantize(
                           f"{g['fp32']['pixel_accuracy']:.4f} -> {g['int8']['pixel_accuracy']:.4f}")]
             rows.append(("agreement with fp32", f"{g['agreement']:.4f}" + (
                 f" (gate {g['min_agreement']:g})" if g["drop_points"] is None else "")))
+        else:
+            rows.append(("accuracy", "not checked: add --val DIR (an Oxford-layout folder: mIoU against FP32 with a "
+                                     "gate; a folder of photos: agreement with FP32)"))
         if r.float_nodes:
             rows.append(("kept in float", ", ".join(r.float_nodes)))
         rows.append(("result", f"{r.path} in {r.seconds:.1f} s" if r.passed else "gate failed: nothing written"))
-        console.print(kv_table(f"edgeseg quantize: {model.name}", rows))
+        print_table(kv_table(f"edgeseg quantize: {model.name}", rows))
     if not r.passed:
         g = r.gate
         lost = (f"loses {g['drop_points']:.2f} mIoU points" if g["drop_points"] is not None else
@@ -217,7 +222,7 @@ def build(
         meta = build_engine(model, output, precision, workspace_gb=workspace, timing_cache=timing_cache,
                             dla_core=dla_core, opt_level=opt_level, max_batch=max_batch, calib_dir=calib,
                             force=force, verbose=verbose)
-    console.print(kv_table(f"edgeseg build: {output}", [
+    print_table(kv_table(f"edgeseg build: {output}", [
         ("precision", meta.precision), ("TensorRT", meta.tensorrt),
         ("GPU", f"{meta.gpu} (compute {meta.compute_capability})" + (f", L4T {meta.l4t}" if meta.l4t else "")),
         ("input", "x".join(map(str, meta.input_shape))), ("metadata", f"{output}.json"),

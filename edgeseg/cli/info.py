@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, kv_table, parse_size, print_json
+from edgeseg.cli.common import kv_table, parse_size, print_json, print_table
 
 
 def info(
@@ -46,7 +46,7 @@ def info(
         from edgeseg.compile.onnx_info import onnx_rows
 
         rows += onnx_rows(d)
-    console.print(kv_table(f"edgeseg info: {path.name}", rows))
+    print_table(kv_table(f"edgeseg info: {path.name}", rows))
 
 
 def best_epoch(best: dict) -> str:

@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeseg.cli.common import PRECISION_HELP, UPSAMPLE_HELP, check_upsample, console, kv_table, print_json
+from edgeseg.cli.common import (
+    PRECISION_HELP,
+    UPSAMPLE_HELP,
+    check_upsample,
+    console,
+    kv_table,
+    print_json,
+    print_table,
+    progress,
+)
 from edgeseg.errors import EdgesegError
 
 
@@ -32,7 +41,6 @@ def eval_(
 ) -> None:
     """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution; with --no-animal,
     how much of animal-free photos each model calls pet."""
-    from rich.progress import Progress
 
     from edgeseg.evaluation.evaluate import animal_free, evaluate, load_split
     from edgeseg.loader import load_predictor
@@ -48,7 +56,7 @@ def eval_(
     for p in predictors:
         p.upsample = check_upsample(upsample)
     out: dict = {"upsample": upsample}
-    with Progress(console=console, transient=True, disable=as_json) as bar:
+    with progress(quiet=as_json) as bar:
         if samples:
             task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
             results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i),
@@ -74,7 +82,7 @@ def eval_(
             table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{100 * r['pet_share']:.1f}",
                           f"{100 * r['animal_share']:.1f}",
                           f"{100 * r['worst_pet_share']:.1f} ({Path(r['worst_image']).name})")
-        console.print(table)
+        print_table(table)
 
 
 def _accuracy_table(out: dict, predictors: list) -> None:
@@ -89,7 +97,7 @@ def _accuracy_table(out: dict, predictors: list) -> None:
         table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{r['pixel_accuracy']:.4f}",
                       f"{r['miou']:.4f}", *[f"{r['iou'][n]:.4f}" for n in names], f"{r['pet_iou']:.4f}",
                       f"{r['agreement_with_first']:.4f}", f"{r['ms_per_image']:.1f}")
-    console.print(table)
+    print_table(table)
 
 
 def _breed_table(out: dict, min_images: int) -> None:
@@ -107,7 +115,7 @@ def _breed_table(out: dict, min_images: int) -> None:
         table.add_column("IoU animal", justify="right")
     for b in shown:
         table.add_row(b, str(breeds[b]), *[f"{r['breeds'][b][k]:.4f}" for r in models for k in ("miou", "pet_iou")])
-    console.print(table)
+    print_table(table)
 
 def bench(
     models: Annotated[list[str], typer.Argument(
@@ -129,15 +137,14 @@ def bench(
     force: Annotated[bool, typer.Option(help="Overwrite an existing --json file.")] = False,
 ) -> None:
     """Latency table across models, backends and precisions, interleaved, with the machine's own limit."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from edgeseg.bench import bench as run_bench
     from edgeseg.files import atomic_write, check_writable
 
     if json_file is not None:
         check_writable(json_file, force)
-    with Progress(TextColumn("timing {task.total} interleaved runs"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=True) as bar:
+    with progress(TextColumn("timing {task.total} interleaved runs"), BarColumn(), MofNCompleteColumn()) as bar:
         task = bar.add_task("bench", total=runs)
         r = run_bench(models, backend=backend, precision=precision, threads=threads, runs=runs, warmup=warmup,
                       batch=batch, data=data, data_limit=data_limit, end_to_end=end_to_end, images=images, peak=peak,
@@ -160,14 +167,15 @@ def bench(
         lat = m["latency_ms"]
         row = [Path(m["model"]).name, *([size] if mixed else []), m["backend"], m["precision"], str(m["threads"]),
                f"{m['file_mb']:.1f}",
-               f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{m['fps']:.1f}",
+               *("" if lat[k] is None else f"{lat[k]:.2f}" for k in ("p50", "p90", "p99")), f"{m['fps']:.1f}",
                f"{m['ratio_to_first']:.2f}", f"{m['gmacs']:.1f}"]
         if "% of peak" in cols:
-            row.append(f"{100 * m['share_of_own_peak']:.0f}% {m['peak_kind']}" if "peak_kind" in m else "")
+            row.append(f"{100 * m['share_of_own_peak']:.0f}% {m['peak_kind']}" if "peak_kind" in m else
+                       f"n/a ({m['peak_kind_missing']})" if "peak_kind_missing" in m else "")
         if data is not None:
             row += [f"{m['miou']:.4f}", f"{m['agreement_with_first']:.4f}"]
         table.add_row(*row)
-    console.print(table)
+    print_table(table)
     if "machine_peak" in r:
         console.print("machine peak (ONNX Runtime 1024^3 matmul): " + ", ".join(
             f"{k.replace('_gmacs', '')} {v:.1f} GMAC/s" for k, v in r["machine_peak"].items()))
@@ -212,7 +220,7 @@ def doctor(
             ("cache", f"{f['cache']} ({f['cache_problem'] or 'writable'})"),
         ]
         rows += [(k, f[k]) for k in ("l4t", "power_mode", "jetson_clocks", "tegrastats") if k in f]
-        console.print(kv_table("edgeseg doctor", rows))
+        print_table(kv_table("edgeseg doctor", rows))
         scored = report["photos"]["trimaps"]
         table = Table(title=f"masks on {report['photos']['count']} photos of {report['photos']['source']} beside "
                             "ONNX Runtime FP32 (CPU)", title_justify="left")
@@ -229,7 +237,7 @@ def doctor(
                           num(c["miou_vs_reference"], ".4f"),
                           *((num(c["miou"], ".4f"), num(c["miou_delta"], "+.4f")) if scored else ()),
                           num(c["ms_per_image"], ".1f"), c["detail"])
-        console.print(table)
+        print_table(table)
         if not report["ok"]:
             console.print("[bold red]Something failed.[/] Send back the output of [bold]edgeseg doctor --json[/] "
                           "(and of [bold]edgeseg --debug doctor[/] if a check shows an internal error) with your "

@@ -9,14 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeseg.cli.common import PRECISION_HELP, UPSAMPLE_HELP, check_upsample, console, print_json
+from edgeseg.cli.common import PRECISION_HELP, UPSAMPLE_HELP, check_upsample, console, print_json, print_table, progress
 from edgeseg.errors import EdgesegError
-
-PERCENTILE_MIN_FRAMES = {"p50": 1, "p90": 10, "p99": 100}
+from edgeseg.runtime.loop.latency import MIN_COUNT
 
 
 def latency_table(report: dict, title: str) -> Table:
-    """Per-stage p50/p90/p99/max table from a run report."""
+    """Per-stage p50/p90/p99/max table from a run report; a percentile the report leaves out (too few
+    frames for it: edgeseg.runtime.loop.latency.MIN_COUNT) is blank here too."""
     lat = report["latency"]
     table = Table(title=title, title_justify="left")
     for col in ("stage", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"):
@@ -25,13 +25,11 @@ def latency_table(report: dict, title: str) -> Table:
     notes = []
     for name, st in rows:
         if st.get("count"):
-            # a percentile from fewer frames than it needs is the maximum, not a tail: left blank
-            cells = [f"{st[k]:.2f}" if st["count"] >= PERCENTILE_MIN_FRAMES[k] else "" for k in ("p50", "p90", "p99")]
+            cells = ["" if st[k] is None else f"{st[k]:.2f}" for k in ("p50", "p90", "p99")]
             table.add_row(name, *cells, f"{st['max']:.2f}", f"{st['mean']:.2f}")
     frames = lat["end_to_end_ms"].get("count", 0)
-    if frames < PERCENTILE_MIN_FRAMES["p99"]:
-        notes.append(f"p90/p99 need {PERCENTILE_MIN_FRAMES['p90']}/{PERCENTILE_MIN_FRAMES['p99']} frames "
-                     f"(measured {frames})")
+    if frames < MIN_COUNT[99]:
+        notes.append(f"p90/p99 need {MIN_COUNT[90]}/{MIN_COUNT[99]} frames (measured {frames})")
     if any("(reader thread)" in name for name, _ in rows):
         notes.append("the reader thread's row overlaps inference: not part of end to end")
     table.caption = "; ".join(notes) or None
@@ -67,7 +65,9 @@ def run(
     save_masks: Annotated[Path | None, typer.Option(help="Folder: class-id PNG masks (0 pet, 1 bg, 2 border).")] = None,
     max_frames: Annotated[int, typer.Option(help="Stop after N frames (0: no limit).")] = 0,
     duration: Annotated[float, typer.Option(help="Stop after S seconds (0: no limit).")] = 0.0,
-    warmup: Annotated[int, typer.Option(help="Frames left out of the latency statistics.")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help=(
+        "Frames left out of the latency statistics (0: every frame measured; the model is warmed up on the first "
+        "frame, untimed, either way). For long camera runs whose first frames carry the camera's start-up."))] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the latency report (JSON) here.")] = None,
     reconnect: Annotated[float, typer.Option(help="Seconds to keep reopening a live source that dropped.")] = 10.0,
     width: Annotated[int | None, typer.Option(help="Camera capture width (csi:// default 1280).")] = None,
@@ -89,7 +89,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Segment pets live from a camera, stream, video or folder; per-stage latency report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from edgeseg.loader import load_predictor
     from edgeseg.runtime.loop.overlay import Renderer, parse_color
@@ -119,7 +119,7 @@ def run(
         if host not in LOOPBACK and serve_token is None:
             console.print(f"[yellow]warning:[/] serving on {host}:{server.port} without authentication: anyone who "
                           "can reach this port sees the camera; add --serve-token")
-        console.print(f"serving on {server.url}")
+        console.print(f"serving on {server.url} (Ctrl-C stops it)")
     total = len(src.paths) if hasattr(src, "paths") else None
     if loop:
         total = max_frames or None
@@ -127,7 +127,7 @@ def run(
         total = min(total, max_frames)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[fps]:.1f} FPS, inference p50 {task.fields[p50]:.1f} ms"))
-    with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
+    with progress(*columns, quiet=as_json) as bar:
         task = bar.add_task(src.label if len(src.label) < 40 else "..." + src.label[-37:], total=total,
                             fps=0.0, p50=float("nan"))
         last = [0.0]
@@ -145,9 +145,10 @@ def run(
     else:
         lat, st = result["latency"], result["source_stats"]
         info = result["model"]
-        console.print(latency_table(result, f"edgeseg run: {Path(info['model']).name} on {src.label} "
-                                            f"({info['backend']} {info['precision']}, {info['threads']} threads)"))
-        console.print(f"{lat['measured_frames']} frames measured (+{lat['warmup_frames']} warm-up): "
+        print_table(latency_table(result, f"edgeseg run: {Path(info['model']).name} on {src.label} "
+                                   f"({info['backend']} {info['precision']}, {info['threads']} threads)"))
+        left_out = f" (+{lat['warmup_frames']} left out as warm-up)" if lat["warmup_frames"] else ""
+        console.print(f"{lat['measured_frames']} frames measured{left_out}: "
                       f"{lat['fps']:.1f} FPS end to end; skipped {st['skipped_unreadable']} unreadable, "
                       f"dropped {st['dropped_stale']} stale, {st['reconnects']} reconnects "
                       f"({st['gap_seconds']:.1f} s without frames)")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, parse_size
+from edgeseg.cli.common import console, parse_size, progress
 from edgeseg.cli.info import best_epoch
 from edgeseg.errors import EdgesegError
 from edgeseg.training.recipe import TrainConfig
@@ -87,7 +87,7 @@ def train(
 ) -> None:
     """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe of the bundled model's first
     stage, which --init then fine-tuned twice (models/README.md). Keeps the best epoch by validation mIoU."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from edgeseg.training.train import train as run_training
 
@@ -105,7 +105,7 @@ def train(
                       scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress(*columns) as bar:
         task = bar.add_task("reading the split", total=None, status="")
 
         def report(ev: dict) -> None:
@@ -149,11 +149,10 @@ def composites(
 ) -> None:
     """Animal-free training pictures: cut-out objects pasted on backgrounds, so that a model learns that an
     object in the middle of the frame is not necessarily a pet (train --no-animal takes the folder)."""
-    from rich.progress import Progress
 
     from edgeseg.training.composites import write_composites
 
-    with Progress(console=console, transient=True) as bar:
+    with progress() as bar:
         task = bar.add_task("composites", total=count)
         result = write_composites(objects, output, count, scenes=scenes, cache=cache,
                                   skip=[w for w in skip.split(",") if w], size=size, seed=seed,

@@ -1,2 +1,2 @@
 """Accuracy on labelled data (Oxford-IIIT Pet layout folders): confusion matrices, mIoU and pet IoU
-for any Predictor. Runs on the device too: no PyTorch, nothing from the build side."""
+for any Predictor. Runs on the device too: no PyTorch, nothing from the compile side."""

@@ -6,7 +6,7 @@
 
 ``predict`` returns class ids (uint8) at the frame's resolution: the model's input size, resize and
 colour conventions come from the model's own metadata, so every command preprocesses identically.
-This is the device runtime: it never imports PyTorch or the build side (edgeseg.compile);
+This is the device runtime: it never imports PyTorch or the compile side (edgeseg.compile);
 edgeseg.loader adds PyTorch checkpoints and engines built on demand on top of it.
 """
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import numpy as np
 
 PERCENTILES = (50, 90, 99)
+MIN_COUNT = {50: 1, 90: 10, 99: 100}  # items a percentile needs before it says more than the maximum
 RESERVOIR = 100_000  # per stage: every frame of the first ~55 min at 30 FPS, a uniform sample after
 
 
@@ -45,18 +46,19 @@ class Samples:
 
 
 def summarize(ms: list[float] | np.ndarray | Samples) -> dict:
-    """p50/p90/p99/max/mean in milliseconds of per-item times."""
+    """p50/p90/p99/max/mean in milliseconds of per-item times. A percentile from fewer items than
+    MIN_COUNT asks is None (null in JSON, blank in tables): p99 of 36 frames would be their maximum, not
+    a tail. The one rule for run reports, their tables, the live page and bench."""
     if isinstance(ms, Samples):
-        if not ms.count:
-            return {"count": 0}
-        out = {f"p{p}": float(np.percentile(np.frombuffer(ms.values), p)) for p in PERCENTILES}
-        out.update(mean=ms.sum / ms.count, max=ms.max, count=ms.count)
-        return out
-    a = np.asarray(ms, dtype=np.float64)
-    if a.size == 0:
+        count, values, mean, top = ms.count, np.frombuffer(ms.values), (ms.sum / ms.count if ms.count else 0.0), ms.max
+    else:
+        values = np.asarray(ms, dtype=np.float64)
+        count = int(values.size)
+        mean, top = (float(values.mean()), float(values.max())) if count else (0.0, 0.0)
+    if not count:
         return {"count": 0}
-    out = {f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES}
-    out.update(mean=float(a.mean()), max=float(a.max()), count=int(a.size))
+    out: dict = {f"p{p}": float(np.percentile(values, p)) if count >= MIN_COUNT[p] else None for p in PERCENTILES}
+    out.update(mean=mean, max=top, count=count)
     return out
 
 

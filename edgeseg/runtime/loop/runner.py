@@ -41,7 +41,7 @@ class RunOptions:
     show: bool = False
     max_frames: int = 0
     duration: float = 0.0
-    warmup: int = 5
+    warmup: int = 0  # frames left out of the statistics (after the untimed warm-up passes; see warm_up)
     force: bool = False
     video_fps: float = 0.0  # 0: the source's rate, else 15
     # weight of the past in the temporal smoothing of videos and cameras (edgeseg.runtime.masks.Smoother);
@@ -252,7 +252,7 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
         report = {
             "source": source.label, "live": source.live, "interrupted": interrupted, "stopped_by": stopped_by,
             "error": getattr(source, "error", None),
-            "latency": timer.report(),
+            "latency": {**timer.report(), "untimed_warmup_passes": WARMUP_PASSES},
             "source_stats": {"frames": stats.frames, "skipped_unreadable": stats.skipped,
                              "dropped_stale": stats.dropped, "reconnects": stats.reconnects,
                              "gap_seconds": round(stats.gap_seconds, 3),
@@ -292,12 +292,27 @@ def smoothing(opts: RunOptions, source) -> float:
     return SMOOTH_DEFAULT if opts.smooth is None else opts.smooth
 
 
+WARMUP_PASSES = 2  # untimed passes over the first frame: lazy initialisation and first allocations are in the first
+
+
+def warm_up(predictor: Predictor, renderer: Renderer | None, image: np.ndarray) -> None:
+    """Run ``image`` through preprocess, inference, postprocess (and render) WARMUP_PASSES times, untimed and
+    with no state kept (no smoothing, nothing written), so that the first input frame is measured like the
+    others instead of being left out: a folder of 8 photos reports 8 frames."""
+    for _ in range(WARMUP_PASSES):
+        masks = predictor.masks(predictor.scores(predictor.preprocess(image))[0], image.shape)
+        if renderer is not None:
+            renderer.render(image, masks)
+
+
 def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, timer: StageTimer, sinks: Sinks,
           started: float, status: Callable[[StageTimer], None] | None, server=None) -> None:
     keep = smoothing(opts, source)
     smoother = Smoother(keep) if keep else None
     facts, published = environment() if server is not None else {}, 0.0
     for frame in source:
+        if not timer.frames:  # before the first frame's timing starts (its capture wait is its own)
+            warm_up(predictor, renderer if sinks.needs_render else None, frame.image)
         timer.add("capture", frame.wait_ms)
         if frame.tensor is not None:  # prepared on the reader thread, overlapping the last inference
             timer.add("preprocess (reader thread)", frame.prepare_ms, overlapped=True)

@@ -257,11 +257,14 @@ const q = "{query}";
 function row(cells, numeric) {
   return "<tr>" + cells.map((c, i) => `<td class="${i && numeric ? "n" : ""}">${c}</td>`).join("") + "</tr>";
 }
+function ms(v) {  // null: too few frames for that percentile yet (the run report's rule)
+  return v == null ? "" : v.toFixed(2);
+}
 function show(s) {
     document.getElementById("fps").textContent = (s.fps || 0).toFixed(1);
     let t = row(["stage", "p50 ms", "p90 ms"], true);
     for (const [name, st] of Object.entries(s.stages_ms || {}))
-      t += row([name, (st.p50 ?? 0).toFixed(2), (st.p90 ?? 0).toFixed(2)], true);
+      t += row([name, ms(st.p50), ms(st.p90)], true);
     document.getElementById("stages").innerHTML = t;
     let i = "";
     for (const [k, v] of Object.entries(s.info || {})) i += row([k, String(v)], false);
