@@ -103,7 +103,7 @@ def test_tiny_and_degenerate_images_are_processed(cli, tmp_path, view):
 
 
 def test_a_video_writer_that_writes_nothing_is_an_error_not_an_empty_file(cli, tmp_path, monkeypatch):
-    import edgeseg.runtime.loop.runner as run
+    import edgeseg.runtime.loop.sinks as run
 
     class SilentWriter:  # what OpenCV's writer does on a full disk or with a codec that refuses the size
         def __init__(self, *a) -> None: ...

@@ -16,9 +16,10 @@ from edgeseg.errors import EdgesegError
 from edgeseg.loader import load_predictor
 from edgeseg.runtime.backends.predictor import Predictor, default_onnx_backend
 from edgeseg.runtime.images import read_image
+from edgeseg.runtime.loop.live import LiveSource
 from edgeseg.runtime.loop.overlay import Renderer
 from edgeseg.runtime.loop.runner import RunOptions, run_loop
-from edgeseg.runtime.loop.sources import FileSource, LiveSource, open_source
+from edgeseg.runtime.loop.sources import FileSource, open_source
 
 
 @pytest.fixture(scope="session")
@@ -469,3 +470,119 @@ def test_the_model_is_warmed_up_on_the_first_frame_and_every_frame_is_timed(onnx
     report = run_loop(p, open_source(str(photos)), Renderer(), RunOptions(output=tmp_path / "out"))
     assert len(calls) == 3 + WARMUP_PASSES  # the warm-up passes ran, untimed
     assert report["latency"]["measured_frames"] == 3 and report["latency"]["stages_ms"]["inference"]["count"] == 3
+
+
+class StubLive:
+    """A live source of ``frames`` copies of one photo, each captured ``age`` s before the loop gets it."""
+
+    live, sequence, label, fps = True, True, "stub camera", 30.0
+
+    def __init__(self, frames: int, age: float = 0.0, fail_after: int | None = None) -> None:
+        from edgeseg.runtime.loop.frames import SourceStats
+
+        self.frames, self.age, self.fail_after, self.closed = frames, age, fail_after, False
+        self.stats = SourceStats()
+
+    def __iter__(self):
+        from edgeseg.runtime.loop.frames import Frame
+
+        for i in range(self.frames):
+            if self.fail_after is not None and i == self.fail_after:
+                raise EdgesegError("stub camera: unplugged")
+            self.stats.frames += 1
+            image = np.full((48, 64, 3), 90, np.uint8)
+            yield Frame(image, f"frame_{i:06d}", i, captured=time.perf_counter() - self.age)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_live_frames_latency_counts_from_its_capture(onnx_model):
+    p = Predictor.load(onnx_model, backend="onnxruntime", threads=1)
+    live = run_loop(p, StubLive(4, age=0.5), Renderer(), RunOptions())["latency"]["end_to_end_ms"]
+    assert live["p50"] >= 500  # capture to output, not the loop's own period (review #39 item 25)
+
+
+def test_a_live_recording_plays_at_the_speed_it_was_recorded(onnx_model, tmp_path, monkeypatch):
+    """A 30 FPS camera and a model at about 10 FPS: 2 s of camera time must become about 2 s of video, not one
+    video frame per processed frame (review #39 item 2)."""
+    cams = iter([FakeCamera(60, period=1 / 30)])
+    src = LiveSource(lambda: next(cams, FakeCamera(0, opened=False)), "fake camera", reconnect=0.2)
+    p = Predictor.load(onnx_model, backend="onnxruntime", threads=1)
+    scores = p.scores
+    monkeypatch.setattr(p, "scores", lambda x: time.sleep(0.1) or scores(x))
+    video = tmp_path / "v.avi"
+    report = run_loop(p, src, Renderer(), RunOptions(save_video=video))
+    assert "did not come back" in report["error"]  # the camera's end
+    processed = report["latency"]["frames"]
+    cap = cv2.VideoCapture(str(video))
+    written = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    assert cap.get(cv2.CAP_PROP_FPS) == 30 and processed < 35 and 45 <= written <= 66, (processed, written)
+    assert report["outputs"]["video"] == str(video)
+
+
+def test_an_error_mid_run_keeps_the_recording_and_writes_the_report(onnx_model, tmp_path):
+    """A camera unplugged after 3 frames: the 3 frames' video is kept, the report says why the run ended, the
+    error is raised, the source is closed (review #39 items 3 and 4)."""
+    src = StubLive(10, fail_after=3)
+    video, report = tmp_path / "v.avi", tmp_path / "r.json"
+    with pytest.raises(EdgesegError, match="unplugged"):
+        run_loop(Predictor.load(onnx_model, threads=1), src, Renderer(), RunOptions(save_video=video, report=report))
+    r = json.loads(report.read_text())
+    assert r["error"] == "stub camera: unplugged" and r["latency"]["frames"] == 3 and r["outputs"]["video"]
+    assert cv2.VideoCapture(str(video)).read()[0] and src.closed
+
+
+def test_a_failing_video_close_still_closes_the_source(onnx_model, tmp_path, monkeypatch):
+    import edgeseg.runtime.loop.sinks as sinks
+
+    class SilentWriter:  # writes nothing: Sinks.close() raises
+        def __init__(self, *a) -> None: ...
+        def isOpened(self) -> bool: return True
+        def write(self, frame) -> None: ...
+        def release(self) -> None: ...
+
+    monkeypatch.setattr(sinks.cv2, "VideoWriter", SilentWriter)
+    src = StubLive(3)
+    with pytest.raises(EdgesegError, match="could not write the whole video"):
+        run_loop(Predictor.load(onnx_model, threads=1), src, Renderer(),
+                 RunOptions(save_video=tmp_path / "v.avi", report=tmp_path / "r.json"))
+    assert src.closed and "video" not in json.loads((tmp_path / "r.json").read_text())["outputs"]
+
+
+def test_no_frame_no_video_and_the_report_does_not_name_one(onnx_model, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not a jpeg")
+    warnings = []
+    with pytest.warns(UserWarning, match="not a decodable image"):
+        r = run_loop(Predictor.load(onnx_model, threads=1), open_source(str(folder)), Renderer(),
+                     RunOptions(save_video=tmp_path / "v.mp4"), warn=warnings.append)
+    assert "video" not in r["outputs"] and not (tmp_path / "v.mp4").exists()
+    assert any("no frame was processed, so no video was written" in w for w in warnings)
+
+
+def test_a_second_ctrl_c_cannot_cut_the_finalisation():
+    import os
+    import signal
+
+    from edgeseg.runtime.loop.runner import Stopped, stop_on_signals
+
+    with pytest.raises(Stopped, match="SIGINT"), stop_on_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    with stop_on_signals() as disarm:
+        disarm()  # the loop has ended: the video and report are being written
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # ignored: no KeyboardInterrupt, no Stopped
+
+
+def test_a_model_with_an_argmax_head_reports_no_smoothing():
+    from types import SimpleNamespace
+
+    from edgeseg.runtime.loop.runner import RunOptions as Opts
+    from edgeseg.runtime.loop.runner import smoothing
+
+    classes, logits = (SimpleNamespace(info=SimpleNamespace(output=o)) for o in ("classes", "logits"))
+    camera = SimpleNamespace(sequence=True)
+    assert smoothing(Opts(), camera, classes) == 0.0 and smoothing(Opts(), camera, logits) == 0.3

@@ -218,3 +218,60 @@ def test_the_server_is_not_imported_without_serve(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_an_empty_token_is_refused_not_taken_for_no_authentication(cli, token):
+    """`--serve-token "$TOKEN"` with TOKEN unset: "" == "" would let every request in (review #39 item 1)."""
+    with pytest.raises(EdgesegError, match="--serve-token is empty or blank"):
+        StreamServer("127.0.0.1", 0, token=token)
+    r = cli("run", MODEL, "--source", REPO / "calibration", "--serve", "127.0.0.1:0", "--serve-token", token)
+    assert r.code == 1 and "--serve-token is empty or blank" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_an_ipv6_address_is_served():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        s = StreamServer(*parse_address("[::1]:0"))
+    except EdgesegError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        s.set_stats({"fps": 1.0})
+        c = http.client.HTTPConnection("::1", s.port, timeout=10)
+        c.request("GET", "/stats.json")
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["fps"] == 1.0
+        assert s.url.startswith("http://[::1]:")
+    finally:
+        s.close()
+
+
+def test_a_frame_jpeg_cannot_hold_is_not_served_as_an_empty_jpeg():
+    s = StreamServer("127.0.0.1", 0)
+    try:
+        assert s._encode(np.zeros((65_501, 2, 3), np.uint8)) is None  # taller than JPEG's 65,500 px
+        s.publish(np.zeros((65_501, 2, 3), np.uint8))
+        status, body, ctype = get(s.port, "/snapshot.jpg")
+        assert status == 503 and ctype.startswith("text/plain"), (status, ctype, len(body))
+        s.publish(np.zeros((48, 64, 3), np.uint8))
+        status, body, ctype = get(s.port, "/snapshot.jpg")
+        assert status == 200 and ctype == "image/jpeg" and body.startswith(b"\xff\xd8")
+    finally:
+        s.close()
+
+
+def test_live_figures_use_the_recent_frames_not_the_whole_reservoir():
+    """Computed on the loop's thread twice a second: over full 100,000-value reservoirs the report's percentiles
+    took 29 ms a call (review #39 item 11); the live view reads only each stage's last 100 frames."""
+    from edgeseg.runtime.loop.latency import StageTimer
+
+    t = StageTimer()
+    for i in range(300):
+        t.add("inference", float(i % 7))
+        t.end_frame()
+    for s in (*t.stages.values(), t.total):
+        s.values = None  # the reservoir: never read by the live figures
+    live = t.live()
+    assert live["frames"] == 300 and set(live["stages_ms"]) == {"inference", "end to end"}
+    assert live["stages_ms"]["inference"]["p50"] == float(np.median([i % 7 for i in range(200, 300)]))

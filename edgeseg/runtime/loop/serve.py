@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import socket
 import threading
 import time
 from http import HTTPStatus
@@ -45,6 +46,12 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, number
 
 
+class _HTTPServer6(ThreadingHTTPServer):
+    """The same server on an IPv6 address (``--serve [::1]:8080``, ``[::]:8080`` for every interface)."""
+
+    address_family = socket.AF_INET6
+
+
 class StreamServer:
     """An HTTP server on its own threads, fed by :meth:`publish` (frames) and :meth:`set_stats`."""
 
@@ -54,6 +61,9 @@ class StreamServer:
             raise EdgesegError(f"--serve-quality {quality}: choose 10..100")
         if fps <= 0:
             raise EdgesegError(f"--serve-fps {fps}: must be above 0")
+        if token is not None and not token.strip():  # "" (an unset $TOKEN) would let every request in
+            raise EdgesegError("--serve-token is empty or blank (an unset variable?): give a token, or leave the "
+                               "option out to serve without authentication")
         self.token, self.quality, self.max_width, self.interval, self.title = token, quality, max_width, 1 / fps, title
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None  # newest rendered frame (the loop's own array, never copied)
@@ -64,7 +74,7 @@ class StreamServer:
         self._viewers = 0
         self._closed = False
         try:
-            self._http = ThreadingHTTPServer((host, port), self._handler())
+            self._http = (_HTTPServer6 if ":" in host else ThreadingHTTPServer)((host, port), self._handler())
         except OSError as e:
             raise EdgesegError(f"--serve {host}:{port}: cannot listen there ({e.strerror})") from None
         self._http.daemon_threads = True
@@ -121,11 +131,13 @@ class StreamServer:
                     frame, seq = self._frame, self._frame_seq
             last = time.monotonic()
             data = self._encode(frame)
-            with self._cond:
-                self._jpeg, self._jpeg_seq, done = data, seq, seq
+            with self._cond:  # a frame JPEG cannot hold (over 65,500 px) is skipped, the last JPEG kept
+                if data is not None:
+                    self._jpeg, self._jpeg_seq = data, seq
+                done = seq
                 self._cond.notify_all()
 
-    def _encode(self, frame: np.ndarray) -> bytes:
+    def _encode(self, frame: np.ndarray) -> bytes | None:
         if frame.ndim == 3 and frame.shape[2] == 4:  # a cut-out: its transparent background shown grey
             alpha = frame[:, :, 3:] / 255.0
             frame = (frame[:, :, :3] * alpha + 128 * (1 - alpha)).astype(np.uint8)
@@ -133,7 +145,7 @@ class StreamServer:
             h = round(frame.shape[0] * self.max_width / frame.shape[1])
             frame = cv2.resize(frame, (self.max_width, max(1, h)), interpolation=cv2.INTER_AREA)
         ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        return data.tobytes() if ok else b""
+        return data.tobytes() if ok else None
 
     def _next_jpeg(self, first: int, timeout: float) -> tuple[bytes | None, int]:
         """The newest JPEG once it encodes frame ``first`` or a later one (None after ``timeout`` or on close)."""

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import queue
 import re
 import sys
@@ -19,7 +20,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -27,60 +28,10 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.images import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_bgr8
+from edgeseg.runtime.loop.frames import Frame, SourceStats
+from edgeseg.runtime.loop.live import CaptureSpec, LiveSource, csi_pipeline
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-
-
-@dataclass
-class Frame:
-    image: np.ndarray  # HxWx3 uint8 BGR
-    name: str  # base name for per-frame outputs (the file's stem, or frame_000042)
-    index: int
-    wait_ms: float = 0.0  # how long the consumer waited for this frame
-    tensor: np.ndarray | None = None  # the model input, when the source's thread already prepared it
-    prepare_ms: float = 0.0  # time that preparation took (on the source's thread)
-
-
-@dataclass
-class SourceStats:
-    frames: int = 0
-    skipped: int = 0  # unreadable files
-    dropped: int = 0  # stale live frames replaced by newer ones
-    reconnects: int = 0
-    gap_seconds: float = 0.0  # time without frames while reconnecting
-    skipped_files: list[str] = field(default_factory=list)
-
-
-def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
-    """Jetson CSI camera through nvarguscamerasrc, delivering BGR to OpenCV's appsink."""
-    return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
-            f"video/x-raw(memory:NVMM), width={width}, height={height}, format=NV12, framerate={fps}/1 ! "
-            f"nvvidconv flip-method={flip} ! video/x-raw, width={width}, height={height}, format=BGRx ! "
-            "videoconvert ! video/x-raw, format=BGR ! appsink drop=1 max-buffers=1")
-
-
-@dataclass
-class CaptureSpec:
-    """How to open a live source with OpenCV: a device index, URL, device path or GStreamer pipeline."""
-
-    target: int | str
-    api: int = cv2.CAP_ANY
-    label: str = ""
-    width: int | None = None
-    height: int | None = None
-    fps: int | None = None
-
-    def open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(self.target, self.api)
-        if cap.isOpened() and self.api != cv2.CAP_GSTREAMER:
-            if self.width:
-                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
-            if self.height:
-                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-            if self.fps:
-                cap.set(cv2.CAP_PROP_FPS, self.fps)
-            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-        return cap
 
 
 @dataclass
@@ -88,22 +39,37 @@ class _ReaderFailed:
     error: BaseException
 
 
+MAX_NAME_BYTES = 200  # an output name's stem: room for "_2", ".png" and a file system's 255-byte limit
+
+
 def output_names(paths: list[Path], root: Path | None = None) -> list[str]:
     """Per-frame output names, unique: the stem (``cat``), with subfolders under ``root`` joined by
     ``__`` (``sub__cat``), and the extension added where two files would share a name (``cat_jpg``,
-    ``cat_png``): otherwise their masks and overlays would overwrite each other."""
+    ``cat_png``): otherwise their masks and overlays would overwrite each other. Unique without regard
+    to case (FAT and macOS disks), a counter added where a name is still taken (``cat.jpg``, ``cat.JPG`` and
+    ``cat_jpg_2.jpg``), and a name too long for a file system cut, with a hash of the whole name kept."""
     def base(p: Path) -> str:
         rel = p.relative_to(root) if root is not None and p.is_relative_to(root) else Path(p.name)
         return "__".join([*rel.parent.parts, rel.stem])
 
+    def fit(name: str) -> str:
+        if len(name.encode()) <= MAX_NAME_BYTES:
+            return name
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        return name.encode()[:MAX_NAME_BYTES - 11].decode(errors="ignore") + "_" + digest
+
     bases = [base(p) for p in paths]
-    counts = Counter(bases)
-    names = [f"{b}_{p.suffix.lstrip('.').lower()}" if counts[b] > 1 else b for b, p in zip(bases, paths, strict=True)]
-    seen: Counter = Counter()
-    for i, n in enumerate(names):  # CAT.JPG beside cat.jpg, on a case-sensitive disk
-        seen[n] += 1
-        if seen[n] > 1:
-            names[i] = f"{n}_{seen[n]}"
+    counts = Counter(b.lower() for b in bases)
+    names = [fit(f"{b}_{p.suffix.lstrip('.').lower()}" if counts[b.lower()] > 1 else b)
+             for b, p in zip(bases, paths, strict=True)]
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        candidate, k = name, 1
+        while candidate.lower() in taken:
+            k += 1
+            candidate = f"{name}_{k}"
+        taken.add(candidate.lower())
+        names[i] = candidate
     return names
 
 
@@ -120,10 +86,13 @@ class FileSource:
         # Set by the loop: frame -> model input, run on the reader thread so that resizing the next
         # photo overlaps the current inference (live sources prepare nothing: frames may be dropped).
         self.prepare: Callable[[np.ndarray], np.ndarray] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __iter__(self) -> Iterator[Frame]:
         q: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
+        stop = self._stop = threading.Event()
+        unreadable: set[Path] = set()  # tried once: --loop does not count (or decode) them again every pass
 
         def offer(item) -> bool:
             while not stop.is_set():
@@ -139,14 +108,18 @@ class FileSource:
                 while True:
                     decoded = 0
                     for p, name in zip(self.paths, self.names, strict=True):
+                        if p in unreadable:
+                            continue
+                        t0 = time.perf_counter()
                         try:
                             image = read_image(p)
                         except ImageError:
-                            item = (p, name, None, None, 0.0)
+                            unreadable.add(p)
+                            item = (p, name, None, None, 0.0, t0)
                         else:
-                            t0 = time.perf_counter()
+                            t1 = time.perf_counter()
                             tensor = self.prepare(image) if self.prepare else None
-                            item = (p, name, image, tensor, (time.perf_counter() - t0) * 1000)
+                            item = (p, name, image, tensor, (time.perf_counter() - t1) * 1000, t0)
                             decoded += 1
                         if not offer(item):
                             return
@@ -157,8 +130,8 @@ class FileSource:
                 return
             offer(None)
 
-        t = threading.Thread(target=reader, name="edgeseg-file-reader", daemon=True)
-        t.start()
+        self._thread = threading.Thread(target=reader, name="edgeseg-file-reader", daemon=True)
+        self._thread.start()
         try:
             index = 0
             while True:
@@ -169,20 +142,23 @@ class FileSource:
                     return
                 if isinstance(item, _ReaderFailed):
                     raise item.error
-                path, name, image, tensor, prepare_ms = item
+                path, name, image, tensor, prepare_ms, read_at = item
                 if image is None:
                     self.stats.skipped += 1
                     self.stats.skipped_files.append(str(path))
                     warnings.warn(f"{path}: not a decodable image; skipped", stacklevel=2)
                     continue
                 self.stats.frames += 1
-                yield Frame(image, name, index, wait, tensor, prepare_ms)
+                yield Frame(image, name, index, wait, tensor, prepare_ms, captured=read_at)
                 index += 1
         finally:
             stop.set()
 
     def close(self) -> None:
-        pass
+        """Stop the reader thread and wait for it (it stops within one decode)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 class VideoFileSource:
@@ -210,116 +186,29 @@ class VideoFileSource:
             if not ok:
                 return
             self.stats.frames += 1
-            yield Frame(to_bgr8(image), f"frame_{index:06d}", index, (time.perf_counter() - t0) * 1000)
+            yield Frame(to_bgr8(image), f"frame_{index:06d}", index, (time.perf_counter() - t0) * 1000,
+                        captured=t0)
             index += 1
 
     def close(self) -> None:
         self.cap.release()
 
 
-class LiveSource:
-    """A camera or stream read on its own thread into a one-frame buffer, reopened when it drops."""
-
-    live = True
-    sequence = True  # one scene in time: masks may be smoothed across frames
-
-    def __init__(self, opener: Callable[[], cv2.VideoCapture], label: str, reconnect: float = 10.0,
-                 first_frame_timeout: float = 10.0) -> None:
-        self.opener, self.label, self.reconnect = opener, label, reconnect
-        self.first_frame_timeout = first_frame_timeout
-        self.stats = SourceStats()
-        self.fps = 0.0
-        self._cond = threading.Condition()
-        self._latest: np.ndarray | None = None
-        self._seq = 0
-        self._done = False
-        self._error: str | None = None
-        self._stop = threading.Event()
-        cap = opener()
-        if not cap.isOpened():
-            cap.release()
-            raise EdgesegError(f"cannot open {label}: no such camera or stream, or it is busy; check the device, "
-                               "URL or pipeline (on Jetson: is nvargus-daemon running?)")
-        self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        self._thread = threading.Thread(target=self._read, args=(cap,), name="edgeseg-capture", daemon=True)
-        self._thread.start()
-
-    def _read(self, cap: cv2.VideoCapture) -> None:
-        backoff = 0.25
-        while not self._stop.is_set():
-            ok, image = cap.read() if cap is not None else (False, None)
-            if ok and image is not None:
-                with self._cond:
-                    if self._latest is not None:
-                        self.stats.dropped += 1  # the consumer never saw the previous frame
-                    self._latest = image
-                    self._seq += 1
-                    self._cond.notify_all()
-                backoff = 0.25
-                continue
-            # The source stopped delivering: reopen with backoff until `reconnect` seconds have passed.
-            if cap is not None:
-                cap.release()
-                cap = None
-            lost = time.monotonic()
-            while not self._stop.is_set():
-                if time.monotonic() - lost > self.reconnect:
-                    with self._cond:
-                        self._error = f"{self.label} stopped delivering frames and did not come back within " \
-                                      f"--reconnect {self.reconnect:g} s"
-                        self._done = True
-                        self._cond.notify_all()
-                    self.stats.gap_seconds += time.monotonic() - lost
-                    return
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-                candidate = self.opener()
-                if candidate.isOpened():
-                    cap = candidate
-                    self.stats.reconnects += 1
-                    self.stats.gap_seconds += time.monotonic() - lost
-                    break
-                candidate.release()
-        if cap is not None:
-            cap.release()
-
-    @property
-    def error(self) -> str | None:
-        return self._error
-
-    def __iter__(self) -> Iterator[Frame]:
-        index = 0
-        timeout = self.first_frame_timeout
-        while True:
-            t0 = time.perf_counter()
-            with self._cond:
-                while self._latest is None and not self._done:
-                    # While reconnecting, wait as long as the reconnect window allows.
-                    if not self._cond.wait(timeout=max(timeout, self.reconnect) + 1.0):
-                        self._error = f"{self.label} delivered no frame within {max(timeout, self.reconnect):g} s"
-                        return
-                if self._latest is None:
-                    return
-                image, self._latest = self._latest, None
-            self.stats.frames += 1
-            yield Frame(to_bgr8(image), f"frame_{index:06d}", index, (time.perf_counter() - t0) * 1000)
-            index += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 10.0, width: int | None = None,
                 height: int | None = None, fps: int | None = None, flip: int = 0, loop: bool = False):
     """A source for ``--camera N`` (an int) or ``--source X`` (folder, glob, file, device, URL, csi://N, pipeline);
-    ``loop`` starts a folder, image or video file again when it ends."""
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
-        index = int(spec)
+    ``loop`` starts a folder, image or video file again when it ends. A path that exists is read as what it is
+    (a folder ``2024``, a folder ``wow!``, a file ``cat [1].jpg``) before any pattern rule: camera numbers, URLs,
+    pipelines and globs name things that are not files."""
+    text = str(spec)
+    path = Path(text)
+    if not isinstance(spec, int) and path.exists():
+        return _existing(path, text, recursive, reconnect, width, height, fps, loop)
+    if isinstance(spec, int) or text.isdigit():
+        index = int(text)
         cap = CaptureSpec(index, cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY, f"camera {index}",
                           width, height, fps)
         return LiveSource(cap.open, cap.label, reconnect)
-    text = str(spec)
     m = re.fullmatch(r"csi://(\d+)", text)
     if m:
         pipeline = csi_pipeline(int(m.group(1)), width or 1280, height or 720, fps or 30, flip)
@@ -330,19 +219,23 @@ def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 
         return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, width, height, fps).open, text, reconnect)
     if "!" in text:  # a GStreamer pipeline
         return LiveSource(CaptureSpec(text, cv2.CAP_GSTREAMER).open, "GStreamer pipeline", reconnect)
-    path = Path(text)
-    if path.is_dir():
-        paths = list_images(path, recursive=recursive)
-        if not paths:
-            raise EdgesegError("no images in this folder" + ("" if recursive else " (try --recursive)"), path)
-        return FileSource(paths, text, root=path, loop=loop)
     if any(ch in text for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise EdgesegError(f"no images match the pattern {text!r}")
         return FileSource(paths, text, loop=loop)
-    if not path.exists():
-        raise EdgesegError("no such file, folder or device; check --source", path)
+    raise EdgesegError("no such file, folder or device; check --source", path)
+
+
+def _existing(path: Path, text: str, recursive: bool, reconnect: float, width: int | None, height: int | None,
+              fps: int | None, loop: bool):
+    if path.is_char_device():  # /dev/video0
+        return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, width, height, fps).open, text, reconnect)
+    if path.is_dir():
+        paths = list_images(path, recursive=recursive)
+        if not paths:
+            raise EdgesegError("no images in this folder" + ("" if recursive else " (try --recursive)"), path)
+        return FileSource(paths, text, root=path, loop=loop)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileSource(path, loop=loop)
     if path.suffix.lower() in IMAGE_SUFFIXES:
