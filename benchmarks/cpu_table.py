@@ -96,8 +96,9 @@ def main() -> None:
     head = f"{'configuration':46s} {'precision':>16s} {'p50 ms':>7s} {'p90 ms':>7s} {'GMAC/s':>7s}"
     print(head + (f" {'mIoU':>7s}" if args.data else ""))
     for row in result["models"]:
+        p90 = row["latency_ms"]["p90"]  # None under 10 runs
         line = (f"{row['configuration']:46s} {row['precision']:>16s} {row['latency_ms']['p50']:7.2f} "
-                f"{row['latency_ms']['p90']:7.2f} {row['gmacs']:7.1f}")
+                f"{'-' if p90 is None else format(p90, '.2f'):>7s} {row['gmacs']:7.1f}")
         print(line + (f" {row['miou']:7.4f}" if args.data else ""))
 
     by = {row["configuration"]: row for row in result["models"]}
