@@ -41,7 +41,7 @@ from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import cache_root, write_problem
 from edgeseg.runtime.backends.precision import cpu_flags, native_precisions
 from edgeseg.runtime.backends.predictor import Predictor
-from edgeseg.runtime.images import list_images, read_image
+from edgeseg.runtime.images import ImageError, list_images, read_image
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # a git checkout holds models/ and calibration/ here
 DEFAULT_MODEL = CHECKOUT / "models" / "segnet_dsc.onnx"
@@ -134,6 +134,7 @@ class Photos:
     images: list[np.ndarray]
     truths: list[np.ndarray | None]
     source: str
+    skipped: list[str] = field(default_factory=list)  # files that would not decode, left out and counted
 
 
 def load_photos(images: Path | None, data: Path | None, limit: int = MAX_IMAGES) -> Photos:
@@ -142,13 +143,24 @@ def load_photos(images: Path | None, data: Path | None, limit: int = MAX_IMAGES)
         if not is_oxford_layout(data):
             raise EdgesegError("is not an Oxford-IIIT Pet layout folder (images/, annotations/trimaps/, "
                                "annotations/test.txt); pass --images DIR for photos without trimaps", data)
-        samples = oxford_split(data, "test")[:limit]
-        return Photos([read_image(s.image) for s in samples], [read_trimap(s.mask) for s in samples], str(data))
-    folder = images or DEFAULT_IMAGES
-    paths = list_images(folder)[:limit] if folder.is_dir() else []
-    if not paths:
-        raise EdgesegError("no photos to check with; pass --images DIR (a few photos like your camera's)", folder)
-    return Photos([read_image(p) for p in paths], [None] * len(paths), str(folder))
+        pairs = [(s.image, s.mask) for s in oxford_split(data, "test")[:limit]]
+        source = data
+    else:
+        source = images or DEFAULT_IMAGES
+        pairs = [(p, None) for p in (list_images(source)[:limit] if source.is_dir() else [])]
+    photos = Photos([], [], str(source))
+    for image, mask in pairs:  # one unreadable photo is counted, not the end of the doctor
+        try:
+            photos.images.append(read_image(image))
+        except ImageError:
+            photos.skipped.append(str(image))
+            continue
+        photos.truths.append(read_trimap(mask) if mask is not None else None)
+    if not photos.images:
+        raise EdgesegError("no photos to check with" + (f" ({len(photos.skipped)} would not decode)"
+                           if photos.skipped else "") + "; pass --images DIR (a few photos like your camera's)",
+                           source)
+    return photos
 
 
 def compare(name: str, make: Callable[[], Predictor], photos: Photos, reference: list[np.ndarray],
@@ -195,8 +207,10 @@ Loader = Callable[[], Predictor]
 
 def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list[tuple[str, Loader | str]]:
     """(name, loader) for every path this machine offers, or (name, why it is skipped)."""
-    out: list[tuple[str, Loader | str]] = [("cpu fp32 (default backend)", lambda: Predictor.load(model))]
+    # what `edgeseg run MODEL` would use: the default backend at precision auto
+    out: list[tuple[str, Loader | str]] = [("cpu default (backend and precision auto)", lambda: Predictor.load(model))]
     ranges = model.with_suffix(".calib.json")
+    usable = len(list_images(images)) if images.is_dir() else 0
 
     def int8_cpu() -> Predictor:
         from edgeseg.compile.quantize import QuantizeOptions, quantize
@@ -206,8 +220,20 @@ def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list
                  calib_dir=None if ranges.exists() else images)
         return Predictor.load(q)
 
-    have_onnx = importlib.util.find_spec("onnx") is not None
-    out.append(("cpu int8", int8_cpu if have_onnx else "INT8 for the CPU is made here with onnx: pip install onnx"))
+    # an INT8 path that cannot be checked here says why: a missing package or too few photos to calibrate on
+    # (input problems, not the device's)
+    few: str | None = "INT8 is quantized here with onnx: pip install onnx"
+    if importlib.util.find_spec("onnx") is not None:
+        from edgeseg.compile.quantize import MIN_CALIBRATION_IMAGES
+
+        few = (f"calibrating INT8 needs {MIN_CALIBRATION_IMAGES} photos and {images} has {usable} image file(s): "
+               "pass --images DIR with more" if usable < MIN_CALIBRATION_IMAGES else None)
+        if ranges.exists() or few is None:
+            out.append(("cpu int8", int8_cpu))
+        else:
+            out.append(("cpu int8", f"{few}, or put {ranges.name} beside the model"))
+    else:
+        out.append(("cpu int8", few))
     if tensorrt:
         from edgeseg.compile.engine import build_engine
 
@@ -218,9 +244,7 @@ def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list
                 return Predictor.load(path)
             return make
 
-        out += [("tensorrt fp16", engine("fp16")),
-                ("tensorrt int8", engine("int8") if have_onnx else "INT8 engines are quantized here with onnx: "
-                 "pip install onnx")]
+        out += [("tensorrt fp16", engine("fp16")), ("tensorrt int8", few or engine("int8"))]
     return out
 
 
@@ -264,5 +288,6 @@ def doctor(model: Path | None = None, images: Path | None = None, data: Path | N
     elif not tensorrt:
         checks.append(Check("tensorrt", "SKIP", env.get("gpu_problem", "no GPU")))
     return {"facts": env, "model": str(model), "photos": {"source": photos.source, "count": len(photos.images),
+                                                          "skipped": photos.skipped,
                                                           "trimaps": photos.truths[0] is not None},
             "checks": [asdict(c) for c in checks], "ok": all(c.status != "FAIL" for c in checks)}

@@ -20,10 +20,11 @@ def test_doctor_checks_the_cpu_paths_and_says_tensorrt_is_missing(cli, monkeypat
     r = cli("doctor", "--json")
     assert r.code == 0, r.err
     d = json.loads(r.out)
-    assert d["ok"] and d["photos"] == {"source": str(REPO / "calibration"), "count": 37, "trimaps": False}
+    assert d["ok"] and d["photos"] == {"source": str(REPO / "calibration"), "count": 37, "skipped": [],
+                                       "trimaps": False}
     checks = {c["name"]: c for c in d["checks"]}
     assert [c["status"] for c in d["checks"]] == ["PASS", "PASS", "PASS", "SKIP"]
-    assert checks["cpu fp32 (default backend)"]["agreement"] >= 0.97
+    assert checks["cpu default (backend and precision auto)"]["agreement"] >= 0.97
     assert 0.95 <= checks["cpu int8"]["agreement"] < 1.0  # quantized for real, not the FP32 model again
     assert checks["tensorrt"]["detail"].startswith("TensorRT is not installed")
     assert d["facts"]["tensorrt"] is None and d["facts"]["cache_problem"] is None
@@ -46,7 +47,8 @@ def test_doctor_scores_miou_on_trimaps_and_fails_a_broken_path(cli, monkeypatch,
         p.predict = wrong
         return p
 
-    monkeypatch.setattr(doc, "candidates", lambda *a: [("cpu fp32 (default backend)", broken), ("cpu int8", "why")])
+    monkeypatch.setattr(doc, "candidates",
+                        lambda *a: [("cpu default (backend and precision auto)", broken), ("cpu int8", "why")])
     r = cli("doctor", "--data", pets3, "--json")
     assert r.code == 1
     d = json.loads(r.out)
@@ -59,3 +61,23 @@ def test_doctor_scores_miou_on_trimaps_and_fails_a_broken_path(cli, monkeypatch,
     assert r.code == 1 and "Something failed" in r.out and "edgeseg doctor --json" in r.out
     r = cli("doctor", "--images", tmp_path)
     assert r.code == 1 and r.err.startswith(f"error: {tmp_path}: no photos to check with")
+
+
+def test_an_unreadable_photo_is_counted_and_too_few_photos_for_int8_is_an_input_problem(cli, monkeypatch, tmp_path):
+    """One undecodable photo aborted the whole doctor; two photos and no stored ranges made the int8 check a device
+    FAIL (review #39 items 12 and 13)."""
+    real = doc._version
+    monkeypatch.setattr(doc, "_version", lambda m: None if m == "tensorrt" else real(m))
+    model = tmp_path / "m.onnx"  # no m.calib.json beside it: INT8 would calibrate on the photos
+    model.write_bytes((REPO / "models" / "segnet_dsc.onnx").read_bytes())
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("beagle_10.jpg", "pug_112.jpg"):
+        (photos / name).write_bytes((REPO / "calibration" / name).read_bytes())
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    r = cli("doctor", model, "--images", photos, "--json")
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert d["ok"] and d["photos"]["count"] == 2 and d["photos"]["skipped"] == [str(photos / "broken.jpg")]
+    int8 = next(c for c in d["checks"] if c["name"] == "cpu int8")
+    assert int8["status"] == "SKIP" and "needs 16 photos" in int8["detail"] and "has 3 image file(s)" in int8["detail"]

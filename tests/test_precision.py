@@ -4,6 +4,7 @@ and fp16 stay within 0.5 mIoU points of FP32, and ``auto`` is measured, verified
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -152,3 +153,17 @@ def test_reports_say_which_precision_ran_and_why(bundled_pair, monkeypatch):
     monkeypatch.setattr(prec, "cpu_flags", lambda: frozenset({"avx512_fp16", "asimdhp"}))  # any CPU: fp16 native
     with pytest.raises(EdgesegError, match="needs an FP32 file"):
         Predictor.load(bundled_pair["int8"], backend="onnxruntime", precision="fp16")
+
+
+def test_a_cache_entry_without_a_reason_is_measured_again(tmp_path, monkeypatch):
+    """A hand-edited or corrupt precision cache raised KeyError: 'reason' (review #39 item 16)."""
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path))
+    runners = {"fp32": _fake(0.004), "bf16": _fake(0.001)}
+    prec._store("key", prec.PrecisionChoice("bf16", "x"))
+    data = json.loads(prec._cache_file().read_text())
+    del data["key"]["reason"]
+    prec._cache_file().write_text(json.dumps(data))
+    made = []
+    choice, _ = prec.choose(["fp32", "bf16"], lambda p: made.append(p) or runners[p], _ids, (16, 16), "key", runs=3)
+    assert sorted(made) == ["bf16", "fp32"] and not choice.reason.endswith("(cached)")
+    assert json.loads(prec._cache_file().read_text())["key"]["reason"] == choice.reason  # rebuilt

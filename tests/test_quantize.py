@@ -292,3 +292,23 @@ def test_the_table_says_why_this_method_and_when_accuracy_was_not_checked(cli, f
     assert "│ accuracy" in text and "not checked: add --val DIR" in text
     r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "--method", "minmax", "-o", tmp_path / "m.onnx")
     assert r.code == 0 and "(minmax calibration)" in " ".join(r.out.split()), r.out
+
+
+def test_the_sensitivity_search_keeps_to_val_limit(monkeypatch, fp32, calib_ranges, tmp_path, pets3):
+    """--val-limit 2 bounded the gate but not the search, which scored 48 photos per conv (review #39 item 14)."""
+    monkeypatch.setattr(q, "conv_nodes", lambda path: ["dc1.seq.0.depthwise", "uc1.seq.3.pointwise"])
+    limits = []
+    gate = q.gate
+    monkeypatch.setattr(q, "gate", lambda *a, **k: limits.append(a[3]) or gate(*a, **k))
+    r = q.quantize(fp32, tmp_path / "q.onnx", q.QuantizeOptions(target="cpu"), calib_ranges=calib_ranges, val=pets3,
+                   val_limit=2, max_drop=-1000)
+    assert not r.passed and len(limits) > 3 and set(limits) == {2}
+
+
+def test_a_val_folder_of_undecodable_photos_is_an_error_not_a_failed_gate(cli, fp32, calib_ranges, tmp_path):
+    """It gave agreement 0, searched 40 convs and reported 0.00% (review #39 item 15)."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a jpeg")
+    r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "-o", tmp_path / "q.onnx", "--val", bad)
+    assert r.code == 1 and "none of these photos could be decoded" in r.err and not (tmp_path / "q.onnx").exists()

@@ -586,3 +586,23 @@ def test_a_model_with_an_argmax_head_reports_no_smoothing():
     classes, logits = (SimpleNamespace(info=SimpleNamespace(output=o)) for o in ("classes", "logits"))
     camera = SimpleNamespace(sequence=True)
     assert smoothing(Opts(), camera, classes) == 0.0 and smoothing(Opts(), camera, logits) == 0.3
+
+
+def test_float16_scores_give_the_same_soft_mask_as_float32():
+    """exp() of a float16 margin overflowed: opacity 0 where the pet is certain (review #39 item 17)."""
+    from edgeseg.runtime.masks import Masks
+
+    logits = np.zeros((3, 8, 8), np.float32)
+    logits[0, 2:6, 2:6] = 40.0  # pet, certain
+    soft = [Masks.from_logits(logits.astype(dtype), (16, 16)).animal for dtype in (np.float32, np.float16)]
+    assert soft[0][8, 8] == 255 and np.array_equal(soft[0], soft[1])
+
+
+@pytest.mark.parametrize(("text", "bgr"), [("#ff8000", (0, 128, 255)), ("255,128,0", (0, 128, 255))])
+def test_colours_are_hex_with_their_hash_or_three_numbers(text, bgr):
+    from edgeseg.runtime.loop.overlay import parse_color
+
+    assert parse_color(text) == bgr
+    for bad in ("255255", "ff8000", "#ff80", "1,2", "300,0,0"):  # "255255" was read as #255255 (review #39 item 18)
+        with pytest.raises(ValueError, match="is not #rrggbb or r,g,b"):
+            parse_color(bad)

@@ -77,7 +77,7 @@ class Calibration:
     ranges: Path  # ORT TensorsData JSON
     images: int
     skipped: int
-    sha256: str  # of the calibration set (sorted file hashes), or of the ranges file
+    sha256: str  # of the calibration set (its files' hashes in the order used), or of the ranges file
     seconds: float
     source: str
     masks_left_out: int = 0  # files under mask folders (annotations/, trimaps/, masks/...)
@@ -304,7 +304,10 @@ def gate(fp32_path: Path, int8: bytes, val: Path, limit: int = 0, threads: int |
             a, b = (pr.predict(img) for pr in preds)
             same += int((a == b).sum())
             total += a.size
-        return GateResult({}, {}, None, same / max(total, 1))
+        if not total:
+            raise EdgesegError("none of these photos could be decoded, so INT8 cannot be checked on them; pass "
+                               "--val a folder of JPEG/PNG photos (or an Oxford-layout folder)", val)
+        return GateResult({}, {}, None, same / total)
 
 
 def conv_nodes(model_path: Path) -> list[str]:
@@ -393,6 +396,8 @@ def _recover(model_path: Path, ranges: Path, opts: QuantizeOptions, calib: Calib
     first ``sensitivity_limit`` validation images), then keep the top 1, 2, 4, ... in float until the
     full gate holds. Returns the model, its gate result, the ranking and the options tried last."""
     base = list(opts.exclude)
+    if spec.limit:  # --val-limit bounds the search too
+        sensitivity_limit = min(sensitivity_limit, spec.limit)
     reference = spec.run(model_path, quantize_with_ranges(model_path, ranges, opts, calib), sensitivity_limit).loss
     candidates = [n for n in conv_nodes(model_path) if n not in base]
     scores = []

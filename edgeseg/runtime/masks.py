@@ -67,6 +67,8 @@ class Masks:
         if (margins is None) == (ids is None):
             raise ValueError("give margins or ids")
         self.shape = tuple(shape[:2])
+        if margins is not None:  # float16 logits (an engine built elsewhere) would overflow exp() below
+            margins = margins.astype(np.float32, copy=False)
         self._margins, self._ids, self.upsample = margins, ids, upsample
 
     @classmethod

@@ -141,11 +141,14 @@ def choose(candidates: list[str], make: Callable[[str], Callable[[np.ndarray], n
     prepares the backend for precision ``p`` and returns its inference on an NCHW batch; a cached
     decision (``cache_key``; None: no cache) prepares only the one it names."""
     if candidates == ["fp32"]:
-        return (PrecisionChoice("fp32", "auto: fp32 (this backend has no native bf16/fp16 arithmetic on this CPU)"),
+        return (PrecisionChoice("fp32", "auto: fp32 (none of the precisions this backend can lower to runs natively "
+                                        "on this CPU)"),
                 make("fp32"))
     if cache_key is not None:
         hit = _load_cache().get(cache_key)
-        if isinstance(hit, dict) and hit.get("precision") in candidates:
+        # a hand-edited or corrupt entry is measured again and replaced, never trusted half-way
+        if isinstance(hit, dict) and hit.get("precision") in candidates and isinstance(hit.get("reason"), str) \
+                and isinstance(hit.get("measured", {}), dict):
             return PrecisionChoice(hit["precision"], hit["reason"] + " (cached)", hit.get("measured", {})), \
                 make(hit["precision"])
     runners = {p: make(p) for p in candidates}

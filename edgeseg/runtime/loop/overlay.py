@@ -19,11 +19,14 @@ BORDERS = ("pet", "outline")
 
 
 def parse_color(text: str) -> tuple[int, int, int]:
-    """``"#ff8000"`` or ``"255,128,0"`` (RGB) -> BGR tuple."""
-    t = text.strip().lstrip("#")
+    """``"#ff8000"`` or ``"255,128,0"`` (RGB) -> BGR tuple. Hex needs its ``#``: ``255255`` is refused, not
+    read as #255255."""
+    t = text.strip()
     try:
-        rgb = tuple(int(t[i:i + 2], 16) for i in (0, 2, 4)) if len(t) == 6 and "," not in t else tuple(
-            int(v) for v in t.split(","))
+        if t.startswith("#") and len(t) == 7:
+            rgb = tuple(int(t[i:i + 2], 16) for i in (1, 3, 5))
+        else:
+            rgb = tuple(int(v) for v in t.split(",")) if "," in t else ()
     except ValueError:
         rgb = ()
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
