@@ -73,7 +73,6 @@ class LiveSource:
         self._last_frame = time.perf_counter()  # the last frame's arrival (or the first open)
         self._lost_at: float | None = None  # the last frame before the current loss, for the gap statistics
         self._generation = 0  # the reader allowed to deliver; older ones are abandoned
-        self._readers: list[threading.Thread] = []
         self._done = False
         self._error: str | None = None
         self._stop = threading.Event()
@@ -87,9 +86,9 @@ class LiveSource:
 
     def _start_reader(self, cap: cv2.VideoCapture | None) -> None:
         """A reader of generation ``_generation`` (call with ``_cond`` held after the first)."""
-        t = threading.Thread(target=self._read, args=(cap, self._generation), name="edgeseg-capture", daemon=True)
-        self._readers.append(t)
-        t.start()
+        self._reader = threading.Thread(target=self._read, args=(cap, self._generation), name="edgeseg-capture",
+                                        daemon=True)
+        self._reader.start()
 
     def _window(self) -> float:
         """Seconds after the last frame (or the open) before the source is given up."""
@@ -188,9 +187,9 @@ class LiveSource:
             index += 1
 
     def close(self) -> None:
-        """Stop the readers; one blocked in a read releases its capture when the read returns."""
+        """Stop the reader and wait for it a while; a reader blocked in a read (an abandoned one, or this one
+        on a frozen stream) releases its capture when the read returns, on its own daemon thread."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        for t in self._readers:
-            t.join(timeout=5)
+        self._reader.join(timeout=5)
