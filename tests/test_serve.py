@@ -275,3 +275,70 @@ def test_live_figures_use_the_recent_frames_not_the_whole_reservoir():
     live = t.live()
     assert live["frames"] == 300 and set(live["stages_ms"]) == {"inference", "end to end"}
     assert live["stages_ms"]["inference"]["p50"] == float(np.median([i % 7 for i in range(200, 300)]))
+
+
+def test_idle_connections_and_slow_readers_cannot_grow_the_server_or_shut_out_the_page():
+    """300 connections that never send a request and 20 stream readers that never read: the page and
+    /stats.json still answer within a second, and the server's threads stay under its cap plus a constant
+    (it had one thread per connection, 309 of them)."""
+    s = StreamServer("127.0.0.1", 0, max_clients=8)
+    stop = threading.Event()
+    frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)  # large JPEGs fill buffers fast
+
+    def feed() -> None:
+        while not stop.is_set():
+            s.publish(frame.copy())
+            time.sleep(0.02)
+
+    threads_before = threading.active_count()
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    socks = []
+    try:
+        for _ in range(300):
+            socks.append(socket.create_connection(("127.0.0.1", s.port)))
+        for _ in range(20):  # ask for the stream, then never read it
+            c = socket.create_connection(("127.0.0.1", s.port))
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(c)
+        time.sleep(1.0)
+        for path in ("/", "/stats.json"):
+            t0 = time.monotonic()
+            status, body, _ = get(s.port, path)
+            assert status == 200 and time.monotonic() - t0 < 1.0, (path, status, time.monotonic() - t0)
+        grown = threading.active_count() - threads_before
+        assert grown <= 8 + 3, grown  # the cap, the feeder, the door and the encoder
+    finally:
+        stop.set()
+        for c in socks:
+            c.close()
+        s.close()
+
+
+def test_every_response_says_what_it_is_and_the_page_shows_values_as_text():
+    s = StreamServer("127.0.0.1", 0, token="t", title="edgeseg: <img src=x onerror=alert(1)> on cam")
+    try:
+        s.set_stats({"fps": 1.0, "info": {"model": "<script>alert(1)</script>"}})
+        s.publish(np.zeros((48, 64, 3), np.uint8))
+        for path in ("/?token=t", "/stats.json?token=t", "/snapshot.jpg?token=t", "/"):
+            c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+            c.request("GET", path)
+            r = c.getresponse()
+            body = r.read()
+            assert r.getheader("X-Content-Type-Options") == "nosniff", path
+            assert r.getheader("Referrer-Policy") == "no-referrer", path
+            if path == "/?token=t":
+                csp = r.getheader("Content-Security-Policy")
+                nonce = csp.split("'nonce-")[1].split("'")[0]
+                assert "default-src 'none'" in csp and f'<script nonce="{nonce}">' in body.decode()
+                page = body.decode()
+                assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+                assert "innerHTML" not in page and "textContent" in page
+            c.close()
+        big = b"GET / HTTP/1.1\r\n" + b"X-Filler: " + b"a" * 9000 + b"\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.sendall(big)
+            assert c.recv(64).startswith(b"HTTP/1.1 431")
+    finally:
+        s.close()

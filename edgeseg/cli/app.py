@@ -19,6 +19,7 @@ import typer
 from edgeseg import __version__
 from edgeseg.cli import convert, info, measure, run, training
 from edgeseg.errors import EdgesegError
+from edgeseg.redact import redact
 
 app = typer.Typer(
     name="edgeseg",
@@ -64,7 +65,7 @@ OPTIONAL_MODULES = {
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+    return f"warning: {redact(str(message))}\n"
 
 
 def _exit_code_and_message(e: BaseException) -> tuple[int, str]:
@@ -133,5 +134,5 @@ def main() -> None:
         code, message = _exit_code_and_message(e)
         if debug:
             traceback.print_exc()
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {redact(message)}", file=sys.stderr)
         sys.exit(code)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgeseg.cli.common import PRECISION_HELP, UPSAMPLE_HELP, check_upsample, console, print_json, print_table, progress
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.images import MAX_PIXELS
 from edgeseg.runtime.loop.latency import MIN_COUNT
 
 
@@ -69,7 +70,12 @@ def run(
         "Frames left out of the latency statistics (0: every frame measured; the model is warmed up on the first "
         "frame, untimed, either way). For long camera runs whose first frames carry the camera's start-up."))] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the latency report (JSON) here.")] = None,
-    reconnect: Annotated[float, typer.Option(help="Seconds to keep reopening a live source that dropped.")] = 10.0,
+    reconnect: Annotated[float, typer.Option(help=(
+        "Seconds after a live source's last frame to keep reopening it when it drops or stalls (inf: for ever)."))
+    ] = 10.0,
+    max_pixels: Annotated[float, typer.Option(min=0.01, help=(
+        "Megapixels a photo or video frame may have; larger ones are refused from their header, unread (a folder "
+        "skips and counts them). Default 50, or EDGESEG_MAX_PIXELS."))] = MAX_PIXELS / 1e6,
     width: Annotated[int | None, typer.Option(help="Camera capture width (csi:// default 1280).")] = None,
     height: Annotated[int | None, typer.Option(help="Camera capture height (csi:// default 720).")] = None,
     fps: Annotated[int | None, typer.Option(help="Camera frame rate (csi:// default 30).")] = None,
@@ -108,7 +114,7 @@ def run(
     predictor = load_predictor(model, backend=backend, threads=threads, precision=precision)
     predictor.upsample = check_upsample(upsample)
     src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
-                      width=width, height=height, fps=fps, flip=flip, loop=loop)
+                      width=width, height=height, fps=fps, flip=flip, loop=loop, max_pixels=round(max_pixels * 1e6))
     server = None
     if serve is not None:  # the server module is imported only when it is used
         from edgeseg.runtime.loop.serve import LOOPBACK, StreamServer, parse_address

@@ -6,6 +6,8 @@ model sees at deployment exactly what it saw in training. No PyTorch here.
 
 from __future__ import annotations
 
+import os
+import struct
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,8 +27,88 @@ CV2_INTERPOLATION = {
 }
 
 
+# Pixels an image or video frame may have before it is refused unread: 50 megapixels is 150 MB decoded (BGR), which
+# a 4 GB Jetson can hold beside the model; a 1.2 MB PNG of 20000x20000 would have decoded to 1.2 GB (2.9 GB and 11 s
+# measured through OpenCV). Changed per run with --max-pixels, or EDGESEG_MAX_PIXELS for every command.
+MAX_PIXELS = int(os.environ.get("EDGESEG_MAX_PIXELS", "50000000"))
+
+
 class ImageError(EdgesegError):
-    """An image file that cannot be decoded."""
+    """An image file that cannot be decoded (or is refused: more pixels than the cap)."""
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) an image's header declares, read without decoding: PNG, JPEG, GIF, BMP, WebP, TIFF,
+    PPM/PGM. None when the format is not one of these or the header is cut short."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            return struct.unpack(">II", data[16:24])
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data[:2] == b"BM":
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+        if data[:2] in (b"P5", b"P6"):
+            w, h = data[2:64].split()[:2]
+            return int(w), int(h)
+    except (struct.error, ValueError, IndexError):
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    kind = data[12:16]
+    if kind == b"VP8X":
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if kind == b"VP8 ":
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    end = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(end + "I", data[4:8])[0]
+    size: dict[int, int] = {}
+    for k in range(struct.unpack(end + "H", data[ifd:ifd + 2])[0]):
+        tag, kind = struct.unpack(end + "HH", data[ifd + 2 + 12 * k:ifd + 6 + 12 * k])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT or LONG
+            at = ifd + 10 + 12 * k
+            size[tag] = struct.unpack(end + ("H" if kind == 3 else "I"), data[at:at + (2 if kind == 3 else 4)])[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def check_pixels(width: int, height: int, what: str | Path, max_pixels: int | None = None) -> None:
+    """Refuse a picture or video frame of more than ``max_pixels`` (default :data:`MAX_PIXELS`) pixels."""
+    cap = MAX_PIXELS if max_pixels is None else max_pixels
+    if width * height > cap:
+        raise ImageError(f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the {cap / 1e6:g}-megapixel "
+                         "cap; refused unread (--max-pixels raises the cap)", what)
 
 
 def to_bgr8(img: np.ndarray) -> np.ndarray:
@@ -44,18 +126,24 @@ def to_bgr8(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Decode by content, not extension (the dataset has a GIF and a PNG named .jpg) -> HxWx3 uint8 BGR."""
-    return to_bgr8(decode_image(path))
+    return to_bgr8(decode_image(path, max_pixels))
 
 
-def decode_image(path: str | Path) -> np.ndarray:
-    """An image file as decoded, channels and depth kept (BGRA stays BGRA), by content, not extension."""
+def decode_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """An image file as decoded, channels and depth kept (BGRA stays BGRA), by content, not extension; one whose
+    header declares more than ``max_pixels`` (default :data:`MAX_PIXELS`) is refused before decoding."""
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise ImageError(f"cannot read ({e.strerror})", path) from e
+    size = declared_size(data[:65536].tobytes())  # JPEG's frame header may follow a large EXIF block
+    if size is None and data[:2].tobytes() == b"\xff\xd8":
+        size = declared_size(data.tobytes())
+    if size is not None:
+        check_pixels(*size, path, max_pixels)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None and data[:3].tobytes() == b"GIF":
         cap = cv2.VideoCapture(str(path))  # OpenCV builds without a GIF decoder read it through FFmpeg

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.images import to_bgr8
+from edgeseg.runtime.images import check_pixels, to_bgr8
 from edgeseg.runtime.loop.frames import Frame, SourceStats
 
 
@@ -62,7 +62,7 @@ class LiveSource:
     sequence = True  # one scene in time: masks may be smoothed across frames
 
     def __init__(self, opener: Callable[[], cv2.VideoCapture], label: str, reconnect: float = 10.0,
-                 first_frame_timeout: float = 10.0, stall: float = 3.0) -> None:
+                 first_frame_timeout: float = 10.0, stall: float = 3.0, max_pixels: int | None = None) -> None:
         self.opener, self.label, self.reconnect = opener, label, reconnect
         self.first_frame_timeout, self.stall = first_frame_timeout, stall
         self.stats = SourceStats()
@@ -82,6 +82,12 @@ class LiveSource:
             raise EdgesegError(f"cannot open {label}: no such camera or stream, or it is busy; check the device, "
                                "URL or pipeline (on Jetson: is nvargus-daemon running?)")
         self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        try:  # the frame size the stream declares, before a frame is decoded
+            check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), label,
+                         max_pixels)
+        except EdgesegError:
+            cap.release()
+            raise
         self._start_reader(cap)
 
     def _start_reader(self, cap: cv2.VideoCapture | None) -> None:

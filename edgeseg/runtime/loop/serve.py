@@ -16,18 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import html
 import json
-import socket
+import secrets
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.loop.httpserver import (
+    MAX_CLIENTS,
+    MAX_HEAD_BYTES,
+    REQUEST_TIMEOUT,
+    BoundedHTTPServer,
+    BoundedHTTPServer6,
+    HeadLimit,
+    HeadTooLarge,
+)
 
 BOUNDARY = "edgeseg-frame"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -46,17 +56,14 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, number
 
 
-class _HTTPServer6(ThreadingHTTPServer):
-    """The same server on an IPv6 address (``--serve [::1]:8080``, ``[::]:8080`` for every interface)."""
-
-    address_family = socket.AF_INET6
-
-
 class StreamServer:
     """An HTTP server on its own threads, fed by :meth:`publish` (frames) and :meth:`set_stats`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None, quality: int = 80,
-                 max_width: int = 640, fps: float = 15.0, title: str = "edgeseg") -> None:
+                 max_width: int = 640, fps: float = 15.0, title: str = "edgeseg",
+                 max_clients: int = MAX_CLIENTS) -> None:
+        """At most ``max_clients`` connections served at once, at most half of them watching the stream (a
+        stream holds its connection), so that the page and /stats.json still answer."""
         if not 10 <= quality <= 100:
             raise EdgesegError(f"--serve-quality {quality}: choose 10..100")
         if fps <= 0:
@@ -72,12 +79,13 @@ class StreamServer:
         self._jpeg_seq = 0
         self._stats: dict = {}
         self._viewers = 0
+        self._viewer_slots = threading.BoundedSemaphore(max(1, max_clients // 2))
         self._closed = False
+        server_class = BoundedHTTPServer6 if ":" in host else BoundedHTTPServer
         try:
-            self._http = (_HTTPServer6 if ":" in host else ThreadingHTTPServer)((host, port), self._handler())
+            self._http = server_class((host, port), self._handler(), max_clients)
         except OSError as e:
             raise EdgesegError(f"--serve {host}:{port}: cannot listen there ({e.strerror})") from None
-        self._http.daemon_threads = True
         self.host, self.port = host, self._http.server_address[1]
         self._threads = [threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
                                           name="edgeseg-serve", daemon=True),
@@ -170,9 +178,26 @@ class StreamServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = REQUEST_TIMEOUT  # a request that does not arrive, a viewer that stops reading: dropped
 
             def log_message(self, *args) -> None:  # no access log on the loop's terminal
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                self.rfile = HeadLimit(self.rfile)
+
+            def handle_one_request(self) -> None:
+                self.rfile.left = MAX_HEAD_BYTES  # per request of a kept-alive connection
+                try:
+                    super().handle_one_request()
+                except HeadTooLarge:
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self._send(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, b"request head too large\n",
+                                   "text/plain")
+                except (TimeoutError, ConnectionError):
+                    self.close_connection = True
 
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
@@ -191,20 +216,32 @@ class StreamServer:
                 given = given or (bearer[7:] if bearer.startswith("Bearer ") else "")
                 return hmac.compare_digest(given.encode(), server.token.encode())
 
-            def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
+            def end_headers(self) -> None:  # on every response, the stream's included
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("Referrer-Policy", "no-referrer")
+                super().end_headers()
+
+            def _send(self, status: HTTPStatus, body: bytes, ctype: str, headers: dict | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
+                self.send_header("Connection", "close")  # a kept-alive connection would hold a thread
+                self.close_connection = True
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
 
             def _page(self) -> None:
                 query = f"?token={quote(server.token)}" if server.token else ""
                 stats = json.dumps({**server._stats, "viewers": server.viewers}).replace("</", "<\\/")
-                body = PAGE.replace("{title}", server.title).replace("{query}", query).replace("{stats}", stats)
-                body = body.encode()
-                self._send(HTTPStatus.OK, body, "text/html; charset=utf-8")
+                nonce = secrets.token_urlsafe(16)
+                body = (PAGE.replace("{title}", html.escape(server.title)).replace("{query}", query)
+                        .replace("{stats}", stats).replace("{nonce}", nonce))
+                csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self'; "
+                       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+                self._send(HTTPStatus.OK, body.encode(), "text/html; charset=utf-8", {"Content-Security-Policy": csp})
 
             def _stats(self) -> None:
                 body = json.dumps({**server._stats, "viewers": server.viewers}).encode()
@@ -222,6 +259,14 @@ class StreamServer:
                 self._send(HTTPStatus.OK, jpeg, "image/jpeg")
 
             def _stream(self) -> None:
+                if not server._viewer_slots.acquire(blocking=False):
+                    return self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many viewers\n", "text/plain")
+                try:
+                    self._stream_to_viewer()
+                finally:
+                    server._viewer_slots.release()
+
+            def _stream_to_viewer(self) -> None:
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 self.send_header("Cache-Control", "no-store")
@@ -249,7 +294,7 @@ class StreamServer:
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>{title}</title>
-<style>
+<style nonce="{nonce}">
 body { margin: 0; background: #111; color: #ddd; font: 14px system-ui, sans-serif; display: flex; flex-wrap: wrap; }
 #view { flex: 1 1 560px; padding: 8px; } #view img { width: 100%; max-width: 1280px; display: block; background: #222; }
 #facts { flex: 0 1 340px; padding: 8px 16px; } table { border-collapse: collapse; width: 100%; }
@@ -264,23 +309,28 @@ h1 { font-size: 16px; } #fps { font-size: 28px; color: #fc0; }
 <table id="stages"></table>
 <table id="info"></table>
 </div>
-<script>
+<script nonce="{nonce}">
 const q = "{query}";
-function row(cells, numeric) {
-  return "<tr>" + cells.map((c, i) => `<td class="${i && numeric ? "n" : ""}">${c}</td>`).join("") + "</tr>";
+function table(id, rows, numeric) {  // every value set as text, never as markup
+  const el = document.getElementById(id);
+  el.replaceChildren(...rows.map(cells => {
+    const tr = document.createElement("tr");
+    cells.forEach((c, i) => {
+      const td = tr.insertCell();
+      td.textContent = c;
+      if (i && numeric) td.className = "n";
+    });
+    return tr;
+  }));
 }
 function ms(v) {  // null: too few frames for that percentile yet (the run report's rule)
   return v == null ? "" : v.toFixed(2);
 }
 function show(s) {
-    document.getElementById("fps").textContent = (s.fps || 0).toFixed(1);
-    let t = row(["stage", "p50 ms", "p90 ms"], true);
-    for (const [name, st] of Object.entries(s.stages_ms || {}))
-      t += row([name, ms(st.p50), ms(st.p90)], true);
-    document.getElementById("stages").innerHTML = t;
-    let i = "";
-    for (const [k, v] of Object.entries(s.info || {})) i += row([k, String(v)], false);
-    document.getElementById("info").innerHTML = i;
+  document.getElementById("fps").textContent = (s.fps || 0).toFixed(1);
+  table("stages", [["stage", "p50 ms", "p90 ms"],
+                   ...Object.entries(s.stages_ms || {}).map(([name, st]) => [name, ms(st.p50), ms(st.p90)])], true);
+  table("info", Object.entries(s.info || {}).map(([k, v]) => [k, String(v)]), false);
 }
 async function refresh() {
   try { show(await (await fetch("/stats.json" + q, {cache: "no-store"})).json()); }

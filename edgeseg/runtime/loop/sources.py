@@ -27,7 +27,16 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime.images import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_bgr8
+from edgeseg.redact import redact
+from edgeseg.runtime.images import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    check_pixels,
+    declared_size,
+    list_images,
+    read_image,
+    to_bgr8,
+)
 from edgeseg.runtime.loop.frames import Frame, SourceStats
 from edgeseg.runtime.loop.live import CaptureSpec, LiveSource, csi_pipeline
 
@@ -79,8 +88,9 @@ class FileSource:
     live = False
     sequence = False  # unrelated photos: nothing carries over between frames
 
-    def __init__(self, paths: list[Path], label: str, root: Path | None = None, loop: bool = False) -> None:
-        self.paths, self.label, self.loop = paths, label, loop
+    def __init__(self, paths: list[Path], label: str, root: Path | None = None, loop: bool = False,
+                 max_pixels: int | None = None) -> None:
+        self.paths, self.label, self.loop, self.max_pixels = paths, label, loop, max_pixels
         self.names = output_names(paths, root)
         self.stats = SourceStats()
         # Set by the loop: frame -> model input, run on the reader thread so that resizing the next
@@ -112,10 +122,10 @@ class FileSource:
                             continue
                         t0 = time.perf_counter()
                         try:
-                            image = read_image(p)
-                        except ImageError:
+                            image = read_image(p, self.max_pixels)
+                        except ImageError as e:
                             unreadable.add(p)
-                            item = (p, name, None, None, 0.0, t0)
+                            item = (p, name, e.message, None, 0.0, t0)
                         else:
                             t1 = time.perf_counter()
                             tensor = self.prepare(image) if self.prepare else None
@@ -143,10 +153,10 @@ class FileSource:
                 if isinstance(item, _ReaderFailed):
                     raise item.error
                 path, name, image, tensor, prepare_ms, read_at = item
-                if image is None:
+                if isinstance(image, str):  # why it could not be read
                     self.stats.skipped += 1
                     self.stats.skipped_files.append(str(path))
-                    warnings.warn(f"{path}: not a decodable image; skipped", stacklevel=2)
+                    warnings.warn(f"{path}: {image}; skipped", stacklevel=2)
                     continue
                 self.stats.frames += 1
                 yield Frame(image, name, index, wait, tensor, prepare_ms, captured=read_at)
@@ -167,12 +177,18 @@ class VideoFileSource:
     live = False
     sequence = True  # one scene in time: masks may be smoothed across frames
 
-    def __init__(self, path: Path, loop: bool = False) -> None:
+    def __init__(self, path: Path, loop: bool = False, max_pixels: int | None = None) -> None:
         self.path, self.label, self.loop = path, str(path), loop
         self.stats = SourceStats()
         self.cap = cv2.VideoCapture(str(path))
         if not self.cap.isOpened():
             raise EdgesegError("cannot open this video (unsupported codec or not a video)", path)
+        try:  # the frame size the container declares, before a frame is decoded
+            check_pixels(int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                         path, max_pixels)
+        except ImageError:
+            self.cap.release()
+            raise
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
 
     def __iter__(self) -> Iterator[Frame]:
@@ -195,7 +211,8 @@ class VideoFileSource:
 
 
 def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 10.0, width: int | None = None,
-                height: int | None = None, fps: int | None = None, flip: int = 0, loop: bool = False):
+                height: int | None = None, fps: int | None = None, flip: int = 0, loop: bool = False,
+                max_pixels: int | None = None):
     """A source for ``--camera N`` (an int) or ``--source X`` (folder, glob, file, device, URL, csi://N, pipeline);
     ``loop`` starts a folder, image or video file again when it ends. A path that exists is read as what it is
     (a folder ``2024``, a folder ``wow!``, a file ``cat [1].jpg``) before any pattern rule: camera numbers, URLs,
@@ -203,42 +220,50 @@ def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 
     text = str(spec)
     path = Path(text)
     if not isinstance(spec, int) and path.exists():
-        return _existing(path, text, recursive, reconnect, width, height, fps, loop)
+        return _existing(path, text, recursive, reconnect, width, height, fps, loop, max_pixels)
     if isinstance(spec, int) or text.isdigit():
         index = int(text)
         cap = CaptureSpec(index, cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY, f"camera {index}",
                           width, height, fps)
-        return LiveSource(cap.open, cap.label, reconnect)
+        return LiveSource(cap.open, cap.label, reconnect, max_pixels=max_pixels)
     m = re.fullmatch(r"csi://(\d+)", text)
     if m:
         pipeline = csi_pipeline(int(m.group(1)), width or 1280, height or 720, fps or 30, flip)
-        return LiveSource(CaptureSpec(pipeline, cv2.CAP_GSTREAMER).open, f"CSI camera {m.group(1)}", reconnect)
-    if re.match(r"^(rtsp|rtsps|http|https|rtmp|udp|tcp)://", text):
-        return LiveSource(CaptureSpec(text, cv2.CAP_FFMPEG).open, text, reconnect)
+        return LiveSource(CaptureSpec(pipeline, cv2.CAP_GSTREAMER).open, f"CSI camera {m.group(1)}", reconnect,
+                          max_pixels=max_pixels)
+    if re.match(r"^(rtsp|rtsps|http|https|rtmp|udp|tcp)://", text):  # shown without its password
+        return LiveSource(CaptureSpec(text, cv2.CAP_FFMPEG).open, redact(text), reconnect, max_pixels=max_pixels)
     if text.startswith("/dev/video"):
-        return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, width, height, fps).open, text, reconnect)
+        return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, width, height, fps).open, text, reconnect,
+                          max_pixels=max_pixels)
     if "!" in text:  # a GStreamer pipeline
-        return LiveSource(CaptureSpec(text, cv2.CAP_GSTREAMER).open, "GStreamer pipeline", reconnect)
+        return LiveSource(CaptureSpec(text, cv2.CAP_GSTREAMER).open, "GStreamer pipeline", reconnect,
+                          max_pixels=max_pixels)
     if any(ch in text for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise EdgesegError(f"no images match the pattern {text!r}")
-        return FileSource(paths, text, loop=loop)
+        return FileSource(paths, text, loop=loop, max_pixels=max_pixels)
     raise EdgesegError("no such file, folder or device; check --source", path)
 
 
 def _existing(path: Path, text: str, recursive: bool, reconnect: float, width: int | None, height: int | None,
-              fps: int | None, loop: bool):
+              fps: int | None, loop: bool, max_pixels: int | None):
     if path.is_char_device():  # /dev/video0
-        return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, width, height, fps).open, text, reconnect)
+        return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, width, height, fps).open, text, reconnect,
+                          max_pixels=max_pixels)
     if path.is_dir():
         paths = list_images(path, recursive=recursive)
         if not paths:
             raise EdgesegError("no images in this folder" + ("" if recursive else " (try --recursive)"), path)
-        return FileSource(paths, text, root=path, loop=loop)
+        return FileSource(paths, text, root=path, loop=loop, max_pixels=max_pixels)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoFileSource(path, loop=loop)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return FileSource([path], text, loop=loop)
+        return VideoFileSource(path, loop=loop, max_pixels=max_pixels)
+    if path.suffix.lower() in IMAGE_SUFFIXES:  # one image: too large is an error now, not a skipped frame
+        with path.open("rb") as f:
+            size = declared_size(f.read(65536))
+        if size is not None:
+            check_pixels(*size, path, max_pixels)
+        return FileSource([path], text, loop=loop, max_pixels=max_pixels)
     raise EdgesegError("unknown source type: expected a folder, image, video (" + ", ".join(VIDEO_SUFFIXES[:4])
                        + "...), /dev/videoN, rtsp:// or http:// URL, csi://N or a GStreamer pipeline", path)
