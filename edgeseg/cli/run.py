@@ -73,7 +73,7 @@ def run(
     reconnect: Annotated[float, typer.Option(help=(
         "Seconds after a live source's last frame to keep reopening it when it drops or stalls (inf: for ever)."))
     ] = 10.0,
-    max_pixels: Annotated[float, typer.Option(min=0.01, help=(
+    max_pixels: Annotated[float, typer.Option(min=0.001, help=(
         "Megapixels a photo or video frame may have; larger ones are refused from their header, unread (a folder "
         "skips and counts them). Default 50, or EDGESEG_MAX_PIXELS."))] = MAX_PIXELS / 1e6,
     width: Annotated[int | None, typer.Option(help="Camera capture width (csi:// default 1280).")] = None,

@@ -107,7 +107,7 @@ def check_pixels(width: int, height: int, what: str | Path, max_pixels: int | No
     """Refuse a picture or video frame of more than ``max_pixels`` (default :data:`MAX_PIXELS`) pixels."""
     cap = MAX_PIXELS if max_pixels is None else max_pixels
     if width * height > cap:
-        raise ImageError(f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the {cap / 1e6:g}-megapixel "
+        raise ImageError(f"{width}x{height} is {width * height / 1e6:.3g} megapixels, over the {cap / 1e6:g}-megapixel "
                          "cap; refused unread (--max-pixels raises the cap)", what)
 
 
