@@ -564,21 +564,30 @@ def test_no_frame_no_video_and_the_report_does_not_name_one(onnx_model, tmp_path
 
 def test_a_second_ctrl_c_cannot_cut_the_finalisation():
     """Ctrl-C stops the loop once; while the video and report are written, another is ignored (review #39
-    item 24). The handler is called directly: a real SIGINT sent to the pytest process after the loop tests
-    crashes it with Python's own default handler too (native threads of the libraries loaded)."""
-    import signal
+    item 24). In a child process: signalling pytest's own process can crash the native threads it holds."""
+    import subprocess
+    import sys
+    import textwrap
 
-    from edgeseg.runtime.loop.runner import Stopped, stop_on_signals
-
-    with stop_on_signals():
-        handler = signal.getsignal(signal.SIGINT)
-        with pytest.raises(Stopped, match="SIGINT"):
-            handler(signal.SIGINT, None)
-        handler(signal.SIGINT, None)  # a second Ctrl-C: ignored
-    with stop_on_signals() as disarm:
-        disarm()  # the loop has ended: the video and report are being written
-        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # ignored: no KeyboardInterrupt, no Stopped
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    code = textwrap.dedent("""
+        import os, signal, time
+        from edgeseg.runtime.loop.runner import Stopped, stop_on_signals
+        try:
+            with stop_on_signals() as disarm:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+        except Stopped as e:
+            print("stopped by", e)
+        with stop_on_signals() as disarm:
+            disarm()  # the loop has ended: the video is being finalized, the report written
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+            print("finished", signal.getsignal(signal.SIGINT) is not signal.default_int_handler)
+        print("restored", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["stopped", "by", "SIGINT", "finished", "True", "restored", "True"], r.stdout
 
 
 def test_a_model_with_an_argmax_head_reports_no_smoothing():
