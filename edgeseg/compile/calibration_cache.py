@@ -67,7 +67,10 @@ def read_ranges(path: Path):
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 
     method_name, data = load_ranges_file(path)
-    method = {m.name.lower(): m for m in CalibrationMethod}[method_name]
+    methods = {m.name.lower(): m for m in CalibrationMethod}
+    if method_name not in methods:
+        raise EdgesegError(f"calibration method {method_name!r} is not one of {', '.join(methods)}; is this a ranges "
+                           "file written by edgeseg quantize --save-ranges?", path)
 
     def value(k: str, v):
         if isinstance(v, dict) and v.get("CLS") == "numpy.array":
@@ -76,8 +79,13 @@ def read_ranges(path: Path):
         # reader takes them, but TensorData wants float arrays for these
         return np.array(v, dtype=np.float32) if k in ("lowest", "highest", "avg", "std") else v
 
-    return TensorsData(method, {name: TensorData(**{k: value(k, v) for k, v in attrs.items() if k != "CLS"})
-                                for name, attrs in data.items()})
+    try:  # a hand-edited or damaged file: wrong types, unknown fields, numbers that are not numbers
+        return TensorsData(methods[method_name], {
+            str(name): TensorData(**{k: value(k, v) for k, v in attrs.items() if k != "CLS"})
+            for name, attrs in data.items()})
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+        raise EdgesegError(f"its ranges do not read as ONNX Runtime's ({type(e).__name__}: {e}); write them again "
+                           "with edgeseg quantize --save-ranges", path) from None
 
 
 def quantize_static_cached(ranges: Path, reader, **kwargs) -> None:

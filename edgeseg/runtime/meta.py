@@ -7,6 +7,7 @@ engines, so every command preprocesses a frame the way the model was trained. No
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from edgeseg import CLASS_NAMES
@@ -50,8 +51,24 @@ class ModelMeta:
     provenance: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        """Metadata comes from files (checkpoints, ONNX properties): every field is checked, so that a damaged
+        or hostile one fails here, with its name, rather than deep in preprocessing."""
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        size = self.input_size
+        if len(size) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 8192 for n in size):
+            raise ValueError(f"input_size must be two whole numbers from 1 to 8192, got {list(size)!r}")
+        if not self.class_names or not all(isinstance(n, str) for n in self.class_names):
+            raise ValueError(f"class_names must be names, got {list(self.class_names)!r}")
+        lo_hi = self.value_range
+        if len(lo_hi) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in lo_hi) \
+                or not lo_hi[0] < lo_hi[1]:
+            raise ValueError(f"value_range must be two finite numbers, low then high, got {list(lo_hi)!r}")
+        if self.color not in ("RGB", "BGR") or self.layout != "NCHW":
+            raise ValueError(f"color must be RGB or BGR and layout NCHW, got {self.color!r} and {self.layout!r}")
+        if not isinstance(self.arch, str) or not isinstance(self.kernel_size, int) \
+                or not isinstance(self.provenance, dict):
+            raise ValueError("arch must be a name, kernel_size a whole number and provenance a mapping")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,10 +79,15 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelMeta:
+        """Raises ValueError for anything that is not edgeseg metadata."""
+        if not isinstance(d, dict):
+            raise ValueError(f"metadata must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         for key in ("input_size", "class_names", "value_range"):
             if key in kw:
+                if not isinstance(kw[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list, got {kw[key]!r}")
                 kw[key] = tuple(kw[key])
         return cls(**kw)
 

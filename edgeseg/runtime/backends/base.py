@@ -66,9 +66,20 @@ def inspect_onnx(path: Path) -> OnnxFacts:
 
 
 def meta_from_props(props: dict[str, str], input_shape: list, path: Path) -> ModelMeta:
-    if "edgeseg_meta" in props:
-        return ModelMeta.from_dict(json.loads(props["edgeseg_meta"]))
+    """The model's own metadata (edgeseg export writes it), checked against the graph's input."""
     h, w = input_shape[2], input_shape[3]
+    if "edgeseg_meta" in props:
+        try:
+            meta = ModelMeta.from_dict(json.loads(props["edgeseg_meta"]))
+        except (ValueError, TypeError) as e:  # json's errors are ValueErrors
+            raise EdgesegError(f"its edgeseg metadata is unreadable ({e}); export the model again with edgeseg "
+                               "export", path) from None
+        graph = tuple(n for n in (h, w) if isinstance(n, int))
+        if len(graph) == 2 and graph != meta.input_size:
+            said = "x".join(map(str, meta.input_size))
+            raise EdgesegError(f"its metadata says {said} inputs but the graph takes {h}x{w}; export the model "
+                               "again with edgeseg export", path)
+        return meta
     if not isinstance(h, int) or not isinstance(w, int):
         raise EdgesegError("has no edgeseg metadata and a dynamic input size; re-export it with edgeseg export", path)
     warnings.warn(f"{path}: no edgeseg metadata; assuming RGB in [0,1], nearest resize, pet/background/border",
