@@ -15,6 +15,7 @@ import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -316,3 +317,29 @@ def test_doctor_builds_and_checks_fp16_and_int8_engines(trt, tmp_path):
     assert [b["builder_flags"] for b in log["builds"]] == (
         [["FP16"], ["FP16", "INT8"]] if trt.version == "10.3" else [[], []])
     assert log["executions"] == 2 * 37
+
+
+def test_a_killed_engine_build_leaves_a_whole_engine_and_metadata_or_none(trt, tmp_path):
+    """SIGKILL at fixed points of `edgeseg build` (issue #37): the engine and its .json are whole or absent."""
+    import os
+    import signal
+    import time
+
+    from edgeseg.runtime.backends.engine_meta import EngineMeta
+
+    r, _ = fake(trt, "build", MODEL, "--precision", "fp16", "-o", tmp_path / "whole.engine", tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    whole = (tmp_path / "whole.engine").read_bytes()
+    for k, after in enumerate((0.5, 1.5, 3.0)):  # a fake build takes about 2 s here: before, during, after
+        engine = tmp_path / f"killed{k}.engine"
+        p = subprocess.Popen([trt.python, str(REPO / "tests" / "fake_tensorrt" / "fake.py"), "build", str(MODEL),
+                              "--precision", "fp16", "-o", str(engine)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=trt.environ(EDGESEG_CACHE=str(tmp_path / "cache")))
+        time.sleep(after)
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+        if engine.exists():
+            assert engine.read_bytes() == whole
+        if Path(f"{engine}.json").exists():
+            assert EngineMeta.load(engine).precision == "fp16"
