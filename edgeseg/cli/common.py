@@ -61,13 +61,13 @@ def kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
 
 
 
-def print_table(table: Table) -> None:
+def print_table(table: Table, out: Console = console) -> None:
     """Print ``table`` with its title on a line of its own: rich wraps a title to the table's width, which
     cuts it mid-phrase when the table is narrower than the title."""
     title, table.title = table.title, None
     if title:
-        console.print(Text(str(title), style="bold"))
-    console.print(table)
+        out.print(Text(str(title), style="bold"))
+    out.print(table)
 
 
 def progress(*columns: str | ProgressColumn, quiet: bool = False) -> Progress:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from edgeseg.cli.common import PRECISION_HELP, UPSAMPLE_HELP, check_upsample, console, print_json, print_table, progress
@@ -92,6 +94,20 @@ def run(
     serve_quality: Annotated[int, typer.Option(help="JPEG quality of the stream (10..100).")] = 80,
     serve_width: Annotated[int, typer.Option(min=16, help="Streamed frames are scaled down to this width.")] = 640,
     serve_fps: Annotated[float, typer.Option(help="Most frames per second encoded for viewers.")] = 15.0,
+    events: Annotated[str | None, typer.Option(help=(
+        "Write one JSON line per frame to this file (- for stdout): pet in view, share of the frame, bounding "
+        "box and centroid in frame pixels, zones, latency."))] = None,
+    events_on: Annotated[str, typer.Option(help=(
+        "every (each frame) or change (only when a pet appears or leaves, or a zone fills or empties)."))
+    ] = "every",
+    min_frames: Annotated[int, typer.Option(min=1, help=(
+        "Frames in a row a change must last before --events-on change reports it (debouncing)."))] = 3,
+    zone: Annotated[list[str] | None, typer.Option(help=(
+        "NAME:x1,y1,x2,y2,... a polygon in 0..1 frame coordinates; repeat it for several. Events and the live "
+        "page give the share of each zone a pet covers."))] = None,
+    mqtt: Annotated[str | None, typer.Option(help=(
+        "mqtt://[USER:PASSWORD@]HOST[:PORT]/TOPIC: publish the events (TOPIC/events) and the retained state "
+        "(TOPIC/state, TOPIC/zone/NAME); needs pip install 'edgeseg[mqtt]'."))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Segment pets live from a camera, stream, video or folder; per-stage latency report."""
@@ -102,6 +118,9 @@ def run(
     from edgeseg.runtime.loop.runner import RunOptions, check_outputs, run_loop
     from edgeseg.runtime.loop.sources import open_source
 
+    # with --events -, stdout carries the events alone: messages and the table go to stderr
+    out = Console(stderr=True, highlight=False, width=console.width) if events == "-" else console
+    say = out.print
     if (camera is None) == (source is None):
         raise EdgesegError("give exactly one of --camera N or --source X")
     try:
@@ -115,6 +134,7 @@ def run(
     predictor.upsample = check_upsample(upsample)
     src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
                       width=width, height=height, fps=fps, flip=flip, loop=loop, max_pixels=round(max_pixels * 1e6))
+    watcher = _events(src.label, events, events_on, min_frames, zone or [], mqtt, force)
     server = None
     if serve is not None:  # the server module is imported only when it is used
         from edgeseg.runtime.loop.serve import LOOPBACK, StreamServer, parse_address
@@ -123,9 +143,9 @@ def run(
         server = StreamServer(host, port, token=serve_token, quality=serve_quality, max_width=serve_width,
                               fps=serve_fps, title=f"edgeseg: {Path(model).name} on {src.label}")
         if host not in LOOPBACK and serve_token is None:
-            console.print(f"[yellow]warning:[/] serving on {host}:{server.port} without authentication: anyone who "
+            say(f"[yellow]warning:[/] serving on {host}:{server.port} without authentication: anyone who "
                           "can reach this port sees the camera; add --serve-token")
-        console.print(f"serving on {server.url} (Ctrl-C stops it)")
+        say(f"serving on {server.url} (Ctrl-C stops it)")
     total = len(src.paths) if hasattr(src, "paths") else None
     if loop:
         total = max_frames or None
@@ -133,7 +153,7 @@ def run(
         total = min(total, max_frames)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[fps]:.1f} FPS, inference p50 {task.fields[p50]:.1f} ms"))
-    with progress(*columns, quiet=as_json) as bar:
+    with progress(*columns, quiet=as_json or events == "-") as bar, _closing(watcher):
         task = bar.add_task(src.label if len(src.label) < 40 else "..." + src.label[-37:], total=total,
                             fps=0.0, p50=float("nan"))
         last = [0.0]
@@ -145,25 +165,53 @@ def run(
                 bar.update(task, completed=timer.frames, fps=timer.fps(), p50=timer.live_p50())
 
         result = run_loop(predictor, src, renderer, opts, status=status,
-                          warn=lambda m: console.print(f"[yellow]warning:[/] {m}"), server=server)
+                          warn=lambda m: say(f"[yellow]warning:[/] {m}"), server=server, events=watcher)
     if as_json:
         print_json(result)
     else:
         lat, st = result["latency"], result["source_stats"]
         info = result["model"]
         print_table(latency_table(result, f"edgeseg run: {Path(info['model']).name} on {src.label} "
-                                   f"({info['backend']} {info['precision']}, {info['threads']} threads)"))
+                                  f"({info['backend']} {info['precision']}, {info['threads']} threads)"), out)
         left_out = f" (+{lat['warmup_frames']} left out as warm-up)" if lat["warmup_frames"] else ""
-        console.print(f"{lat['measured_frames']} frames measured{left_out}: "
+        say(f"{lat['measured_frames']} frames measured{left_out}: "
                       f"{lat['fps']:.1f} FPS end to end; skipped {st['skipped_unreadable']} unreadable, "
                       f"dropped {st['dropped_stale']} stale, {st['reconnects']} reconnects "
                       f"({st['gap_seconds']:.1f} s without frames)")
         for kind, where in result["outputs"].items():
-            console.print(f"{kind}: {where}")
+            say(f"{kind}: {where}")
         if report:
-            console.print(f"report: {report}")
+            say(f"report: {report}")
     if result.get("error"):
         raise EdgesegError(result["error"])
     if result["interrupted"]:  # outputs and report are complete; the code says what stopped the loop
         raise typer.Exit(128 + {"SIGINT": 2, "SIGHUP": 1, "SIGTERM": 15}[result["stopped_by"]])
 
+
+
+def _events(label: str, where: str | None, on: str, min_frames: int, zones: list[str], mqtt: str | None,
+            force: bool):
+    """The run's Events, with its outputs (a JSON Lines file or stdout, an MQTT broker); None without them."""
+    if where is None and mqtt is None:
+        if zones or on != "every":
+            raise EdgesegError("--zone and --events-on describe events: add --events FILE (or -) or --mqtt URL")
+        return None
+    from edgeseg.runtime.loop.events import Events, JsonLines, Zone
+
+    events = Events(label, [Zone.parse(z) for z in zones], on, min_frames)  # checks before anything opens
+    if where is not None:
+        events.outputs.append(JsonLines(where, force))
+    if mqtt is not None:
+        from edgeseg.runtime.loop.mqtt import Publisher
+
+        events.outputs.append(Publisher(mqtt))
+    return events
+
+
+@contextlib.contextmanager
+def _closing(events):
+    try:
+        yield
+    finally:
+        for output in events.outputs if events is not None else ():
+            output.close()

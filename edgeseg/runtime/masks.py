@@ -109,6 +109,12 @@ class Masks:
         opacity = opacity.astype(np.uint8)
         return opacity if opacity.shape == (h, w) else cv2.resize(opacity, (w, h), interpolation=cv2.INTER_LINEAR)
 
+    def animal_grid(self) -> np.ndarray:
+        """Animal (pet or border) as booleans on the model's own grid (the frame's, for a model with an ArgMax
+        head whose ids were already resized): cheap figures for events and zones."""
+        small = self._ids if self._margins is None else self._small_ids()
+        return small != BACKGROUND
+
     def _small_ids(self) -> np.ndarray:
         a, b = self._margins
         ids = np.full(a.shape, BACKGROUND, np.uint8)

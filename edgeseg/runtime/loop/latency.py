@@ -93,18 +93,21 @@ class StageTimer:
             self._frame_start = since if since is not None else time.perf_counter() - ms / 1000
         self._current[name] = self._current.get(name, 0.0) + ms
 
-    def end_frame(self) -> None:
+    def end_frame(self) -> float:
+        """Close this frame's row; returns its end-to-end time in milliseconds."""
         now = time.perf_counter()
         self.frames += 1
+        total = (now - (self._frame_start or now)) * 1000
         if self.frames > self.warmup:
             if self._measured_start is None:
                 self._measured_start = self._frame_start if self._frame_start is not None else now
             for k, v in self._current.items():
                 self.stages[k].append(v)
-            self.total.append((now - (self._frame_start or now)) * 1000)
+            self.total.append(total)
             self._last_end = now
         self._current = {}
         self._frame_start = None
+        return total
 
     @property
     def measured_frames(self) -> int:

@@ -24,6 +24,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_folder, check_unclaimed, claim
 from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.device import environment
+from edgeseg.runtime.loop.events import Events
 from edgeseg.runtime.loop.latency import StageTimer
 from edgeseg.runtime.loop.options import RunOptions
 from edgeseg.runtime.loop.overlay import Renderer
@@ -94,35 +95,38 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, s
 
 def run_loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
              status: Callable[[StageTimer], None] | None = None,
-             warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr), server=None) -> dict:
+             warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr), server=None,
+             events: Events | None = None) -> dict:
     """Process ``source`` until it ends, ``max_frames``/``duration`` is reached, Ctrl-C, SIGTERM or
     SIGHUP; return the report. In each of those cases the video is finalized and the report written.
     An error (a camera unplugged, a full disk) ends the run the same way, keeping the frames recorded
     until then, with the error in the report, and then raises. ``server`` (an
     :class:`edgeseg.runtime.loop.serve.StreamServer`) gets every rendered frame and the live figures,
-    and is closed when the loop ends."""
+    and is closed when the loop ends. ``events`` (:class:`edgeseg.runtime.loop.events.Events`) gets every
+    processed frame."""
     try:
         with claim(_outputs(opts)):
             check_outputs(opts, renderer.view)
-            return _run_claimed(predictor, source, renderer, opts, status, warn, server)
+            return _run_claimed(predictor, source, renderer, opts, status, warn, server, events)
     finally:
         if server is not None:
             server.close()
 
 
 def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOptions,
-                 status: Callable[[StageTimer], None] | None, warn: Callable[[str], None], server) -> dict:
+                 status: Callable[[StageTimer], None] | None, warn: Callable[[str], None], server,
+                 events: Events | None) -> dict:
     timer = StageTimer(warmup=opts.warmup)
     sinks = Sinks(opts, getattr(source, "fps", 0.0), warn, renderer.extension, server, live=source.live)
     if server is not None:
-        server.set_stats(live_stats(timer, source, predictor, renderer, {}))
+        server.set_stats(live_stats(timer, source, predictor, renderer, {}, events))
     if hasattr(source, "prepare"):
         source.prepare = predictor.preprocess
     interrupted, stopped_by, error = False, None, None
     started = time.perf_counter()
     with stop_on_signals() as disarm:
         try:
-            _loop(predictor, source, renderer, opts, timer, sinks, started, status, server)
+            _loop(predictor, source, renderer, opts, timer, sinks, started, status, server, events)
         except KeyboardInterrupt:  # SIGINT outside the main thread's handler (run_loop called from a thread)
             interrupted, stopped_by = True, "SIGINT"
         except Stopped as e:
@@ -138,6 +142,8 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
             finally:
                 source.close()
         report = _report(predictor, source, renderer, opts, timer, sinks, interrupted, stopped_by, error)
+        if events is not None:
+            report["events"] = events.summary()
         if opts.report is not None:
             atomic_write(opts.report, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=opts.force)
     if error is not None:
@@ -169,16 +175,19 @@ def _report(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, 
 STATS_PERIOD = 0.5  # seconds between the live figures a --serve page shows
 
 
-def live_stats(timer: StageTimer, source, predictor: Predictor, renderer: Renderer, facts: dict) -> dict:
+def live_stats(timer: StageTimer, source, predictor: Predictor, renderer: Renderer, facts: dict,
+               events: Events | None = None) -> dict:
     """The figures a --serve page and /stats.json show: FPS and frames so far, each stage's p50/p90 over
-    its last 100 frames, and what is running."""
+    its last 100 frames, each zone's occupancy, and what is running."""
     live = timer.live()
     stats = source.stats
+    zones = events.last_zones if events is not None else {}
     info = {"model": Path(predictor.path).name, "backend": predictor.info.name, "precision": predictor.info.label,
             "view": renderer.view, "source": source.label, "frames": live["frames"],
             "dropped (stale)": stats.dropped, "skipped (unreadable)": stats.skipped, "reconnects": stats.reconnects,
+            **{f"zone {k}": f"{v:.0%} covered" for k, v in zones.items()},
             **{k: facts[k] for k in ("cpu", "l4t", "power_mode", "jetson_clocks") if k in facts}}
-    return {**live, "dropped": stats.dropped, "reconnects": stats.reconnects, "info": info}
+    return {**live, "dropped": stats.dropped, "reconnects": stats.reconnects, "zones": zones, "info": info}
 
 
 def smoothing(opts: RunOptions, source, predictor: Predictor) -> float:
@@ -203,7 +212,8 @@ def warm_up(predictor: Predictor, renderer: Renderer | None, image: np.ndarray) 
 
 
 def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, timer: StageTimer, sinks: Sinks,
-          started: float, status: Callable[[StageTimer], None] | None, server=None) -> None:
+          started: float, status: Callable[[StageTimer], None] | None, server=None, events: Events | None = None
+          ) -> None:
     keep = smoothing(opts, source, predictor)
     smoother = Smoother(keep) if keep else None
     facts, published = environment() if server is not None else {}, 0.0
@@ -228,11 +238,13 @@ def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, ti
                 vis = renderer.render(frame.image, masks)
         with timer.stage("write"):
             sinks.write(frame.name, vis if sinks.needs_render else None, ids, frame.captured)
-        timer.end_frame()
+        latency = timer.end_frame()
+        if events is not None:  # after the frame's outputs: its latency is the whole frame's
+            events.frame(frame.index, frame.name, frame.captured, masks, latency)
         if status:
             status(timer)
         if server is not None and time.perf_counter() - published >= STATS_PERIOD:
-            server.set_stats(live_stats(timer, source, predictor, renderer, facts))
+            server.set_stats(live_stats(timer, source, predictor, renderer, facts, events))
             published = time.perf_counter()
         if sinks.quit_requested or (opts.max_frames and timer.frames >= opts.max_frames) or (
                 opts.duration and time.perf_counter() - started >= opts.duration):
