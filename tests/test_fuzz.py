@@ -166,13 +166,16 @@ def tiny_onnx(meta: str | None = None, location: str | None = None) -> bytes:
     return model.SerializeToString()
 
 
-def load_onnx(path: Path) -> None:
+def load_onnx(path: Path, strict: bool = False) -> None:
+    """Load, predict and describe; an EdgesegError ends it quietly unless ``strict``."""
     from edgeseg.compile.onnx_info import describe_onnx
     from edgeseg.runtime.backends.predictor import Predictor
 
     try:
         p = Predictor.load(path, backend="onnxruntime", precision="fp32", threads=1)
     except EdgesegError:
+        if strict:
+            raise
         return
     p.predict(np.zeros((16, 16, 3), np.uint8))
     with contextlib.suppress(EdgesegError):
@@ -274,3 +277,12 @@ def test_truncated_and_pickled_checkpoints(data, notebook_ckpt, tmp_path):
         torch.save({"state_dict": {}, "payload": Payload()}, path)
     with pytest.raises(EdgesegError):
         load_checkpoint(path)
+
+
+def test_onnx_metadata_that_is_not_utf8(tmp_path):
+    """Found by test_mutated_onnx_files in CI: a metadata key with a byte that is not UTF-8 raised
+    UnicodeDecodeError from ONNX Runtime's metadata map."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(tiny_onnx().replace(b"edgeseg_meta", b"\x80dgeseg_meta"))
+    with pytest.raises(EdgesegError, match="not UTF-8"):
+        load_onnx(path, strict=True)

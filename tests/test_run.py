@@ -11,6 +11,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from conftest import REPO as REPO_ROOT
 
 from edgeseg.errors import EdgesegError
 from edgeseg.loader import load_predictor
@@ -619,3 +620,48 @@ def test_colours_are_hex_with_their_hash_or_three_numbers(text, bgr):
     for bad in ("255255", "ff8000", "#ff80", "1,2", "300,0,0"):  # "255255" was read as #255255 (review #39 item 18)
         with pytest.raises(ValueError, match="is not #rrggbb or r,g,b"):
             parse_color(bad)
+
+
+def test_the_pipelined_loop_writes_the_same_frames_in_order_as_the_sequential_one(onnx_model, tmp_path):
+    """Inference of a frame overlaps rendering and writing of the one before (issue #36); the outputs must be
+    those of the one-thread loop, frame for frame, none dropped."""
+    frames = [cv2.resize(cv2.imread(str(p)), (160, 120)) for p in sorted((REPO_ROOT / "calibration").glob("*.jpg"))[:9]]
+    clip = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for f in frames:
+        w.write(f)
+    w.release()
+    p = Predictor.load(onnx_model, backend="onnxruntime", threads=1)
+    out = {}
+    for pipeline in (False, True):
+        folder = tmp_path / f"pipeline-{pipeline}"
+        r = run_loop(p, open_source(str(clip)), Renderer(), RunOptions(output=folder / "ov", save_masks=folder / "m",
+                                                                       save_video=folder / "v.avi", pipeline=pipeline))
+        assert r["pipeline"] is pipeline and r["latency"]["frames"] == 9
+        cap = cv2.VideoCapture(str(folder / "v.avi"))
+        video = [cap.read()[1] for _ in range(9)]
+        out[pipeline] = ([cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in sorted((folder / "m").iterdir())],
+                         [cv2.imread(str(f)) for f in sorted((folder / "ov").iterdir())], video)
+    for a, b in zip(out[False], out[True], strict=True):
+        assert len(a) == len(b) == 9 and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_an_error_on_the_writer_thread_ends_the_run_with_that_error(onnx_model, tmp_path, monkeypatch):
+    import edgeseg.runtime.loop.sinks as sinks
+
+    written = []
+    real = sinks._imwrite
+
+    def failing(path, image):
+        if len(written) == 3:
+            raise EdgesegError("could not write this file (disk full or not writable?)", path)
+        written.append(path)
+        real(path, image)
+
+    monkeypatch.setattr(sinks, "_imwrite", failing)
+    p = Predictor.load(onnx_model, backend="onnxruntime", threads=1)
+    with pytest.raises(EdgesegError, match="disk full"):
+        run_loop(p, open_source(str(REPO_ROOT / "calibration")), Renderer(),
+                 RunOptions(output=tmp_path / "ov", report=tmp_path / "r.json"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["pipeline"] and "disk full" in report["error"] and report["latency"]["frames"] == 3

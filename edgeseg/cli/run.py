@@ -108,6 +108,10 @@ def run(
     mqtt: Annotated[str | None, typer.Option(help=(
         "mqtt://[USER:PASSWORD@]HOST[:PORT]/TOPIC: publish the events (TOPIC/events) and the retained state "
         "(TOPIC/state, TOPIC/zone/NAME); needs pip install 'edgeseg[mqtt]'."))] = None,
+    pipeline: Annotated[bool, typer.Option("--pipeline/--no-pipeline", help=(
+        "Infer the next frame while this one is rendered and written (on two threads, in order, none dropped "
+        "from files); --no-pipeline runs every stage one after another (for comparison and debugging)."))
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Segment pets live from a camera, stream, video or folder; per-stage latency report."""
@@ -128,7 +132,8 @@ def run(
     except ValueError as e:
         raise EdgesegError(str(e)) from None
     opts = RunOptions(output=output, save_video=save_video, save_masks=save_masks, report=report, show=show,
-                      max_frames=max_frames, duration=duration, warmup=warmup, force=force, smooth=smooth)
+                      max_frames=max_frames, duration=duration, warmup=warmup, force=force, smooth=smooth,
+                      pipeline=pipeline)
     check_outputs(opts, renderer.view)
     predictor = load_predictor(model, backend=backend, threads=threads, precision=precision)
     predictor.upsample = check_upsample(upsample)

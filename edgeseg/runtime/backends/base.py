@@ -62,7 +62,11 @@ def inspect_onnx(path: Path) -> OnnxFacts:
     if len(out) not in (3, 4) or (len(out) == 4 and not isinstance(out[1], int)):
         raise EdgesegError(f"output {outs[0].name!r} is {out}, expected N x classes x H x W (logits) or N x H x W "
                            f"(class ids); {fix}", path)
-    return OnnxFacts(dict(sess.get_modelmeta().custom_metadata_map), ins[0].name, shape, out)
+    try:
+        props = dict(sess.get_modelmeta().custom_metadata_map)
+    except UnicodeDecodeError:  # ONNX Runtime hands metadata over as UTF-8 text
+        raise EdgesegError(f"its metadata is not UTF-8 text; {fix}", path) from None
+    return OnnxFacts(props, ins[0].name, shape, out)
 
 
 def meta_from_props(props: dict[str, str], input_shape: list, path: Path) -> ModelMeta:

@@ -7,6 +7,7 @@ the statistics. A loop that runs for days keeps bounded memory: see :class:`Samp
 from __future__ import annotations
 
 import random
+import threading
 import time
 from array import array
 from collections import defaultdict, deque
@@ -62,51 +63,75 @@ def summarize(ms: list[float] | np.ndarray | Samples) -> dict:
     return out
 
 
+class FrameTimes:
+    """One frame's stage times, filled by whichever thread runs each stage (the pipelined loop infers on one
+    and renders and writes on another)."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None  # where the frame's end-to-end time starts
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if self.start is None:
+            self.start = t0
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+
+    def add(self, name: str, ms: float, overlapped: bool = False, since: float | None = None) -> None:
+        """Record a stage measured elsewhere: the consumer's wait for a frame (part of this frame's
+        time), or with ``overlapped`` work another thread did in parallel (not part of it). ``since``
+        (perf_counter seconds) starts the frame's end-to-end time there: a live frame's capture."""
+        if self.start is None and not overlapped:
+            self.start = since if since is not None else time.perf_counter() - ms / 1000
+        self.stages[name] = self.stages.get(name, 0.0) + ms
+
+
 class StageTimer:
-    """Times named stages of each frame; ``end_frame`` closes a frame's row."""
+    """Collects each frame's :class:`FrameTimes` (``begin`` ... ``finish``, thread-safe), or times the frame in
+    hand on one thread (``stage``/``add`` ... ``end_frame``)."""
 
     def __init__(self, warmup: int = 0) -> None:
         self.warmup = warmup
         self.frames = 0
         self.stages: dict[str, Samples] = defaultdict(Samples)
         self.total = Samples()
-        self._current: dict[str, float] = {}
-        self._frame_start: float | None = None
+        self._open = FrameTimes()
         self._measured_start: float | None = None
         self._last_end: float | None = None
+        self._lock = threading.Lock()
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        if self._frame_start is None:
-            self._frame_start = t0
-        try:
-            yield
-        finally:
-            self._current[name] = self._current.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+    def stage(self, name: str):
+        return self._open.stage(name)
 
     def add(self, name: str, ms: float, overlapped: bool = False, since: float | None = None) -> None:
-        """Record a stage measured elsewhere: the consumer's wait for a frame (part of this frame's
-        time), or with ``overlapped`` work another thread did in parallel (not part of it). ``since``
-        (perf_counter seconds) starts the frame's end-to-end time there: a live frame's capture."""
-        if self._frame_start is None and not overlapped:
-            self._frame_start = since if since is not None else time.perf_counter() - ms / 1000
-        self._current[name] = self._current.get(name, 0.0) + ms
+        self._open.add(name, ms, overlapped, since)
 
     def end_frame(self) -> float:
-        """Close this frame's row; returns its end-to-end time in milliseconds."""
+        """Close the frame in hand; returns its end-to-end time in milliseconds."""
+        done, self._open = self._open, FrameTimes()
+        return self.finish(done)
+
+    @staticmethod
+    def begin() -> FrameTimes:
+        return FrameTimes()
+
+    def finish(self, frame: FrameTimes) -> float:
+        """Record a frame whose outputs are written; returns its end-to-end time in milliseconds."""
         now = time.perf_counter()
-        self.frames += 1
-        total = (now - (self._frame_start or now)) * 1000
-        if self.frames > self.warmup:
-            if self._measured_start is None:
-                self._measured_start = self._frame_start if self._frame_start is not None else now
-            for k, v in self._current.items():
-                self.stages[k].append(v)
-            self.total.append(total)
-            self._last_end = now
-        self._current = {}
-        self._frame_start = None
+        total = (now - (frame.start or now)) * 1000
+        with self._lock:
+            self.frames += 1
+            if self.frames > self.warmup:
+                if self._measured_start is None:
+                    self._measured_start = frame.start if frame.start is not None else now
+                for k, v in frame.stages.items():
+                    self.stages[k].append(v)
+                self.total.append(total)
+                self._last_end = now
         return total
 
     @property
@@ -129,12 +154,18 @@ class StageTimer:
         """What a live view shows, cheap enough to compute twice a second on the loop's thread: FPS so far
         and p50/p90 of each stage over its last 100 frames (the report's percentiles over the whole
         reservoir of up to 100,000 values cost tens of milliseconds)."""
-        window = {**self.stages, "end to end": self.total}
-        return {"fps": self.fps(), "frames": self.frames,
-                "stages_ms": {k: {key: v for key, v in summarize(list(s.recent)).items() if key in ("p50", "p90")}
-                              for k, s in window.items() if s.recent}}
+        with self._lock:
+            window = {k: list(s.recent) for k, s in (*self.stages.items(), ("end to end", self.total)) if s.recent}
+            fps, frames = self.fps(), self.frames
+        return {"fps": fps, "frames": frames,
+                "stages_ms": {k: {key: v for key, v in summarize(recent).items() if key in ("p50", "p90")}
+                              for k, recent in window.items()}}
 
     def report(self) -> dict:
+        with self._lock:
+            return self._report()
+
+    def _report(self) -> dict:
         return {
             "frames": self.frames, "warmup_frames": min(self.frames, self.warmup),
             "measured_frames": self.measured_frames, "fps": self.fps(),

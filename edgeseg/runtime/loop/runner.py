@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, check_folder, check_unclaimed, claim
 from edgeseg.runtime.backends.predictor import Predictor
@@ -28,6 +26,7 @@ from edgeseg.runtime.loop.events import Events
 from edgeseg.runtime.loop.latency import StageTimer
 from edgeseg.runtime.loop.options import RunOptions
 from edgeseg.runtime.loop.overlay import Renderer
+from edgeseg.runtime.loop.pipeline import WARMUP_PASSES, Stages, pipelined, sequential
 from edgeseg.runtime.loop.sinks import Sinks
 from edgeseg.runtime.masks import Smoother
 
@@ -167,6 +166,7 @@ def _report(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, 
         "model": predictor.describe(),
         "masks": {"upsample": predictor.upsample, "smooth": smoothing(opts, source, predictor),
                   "view": renderer.view},
+        "pipeline": bool(opts.pipeline and not sinks.show),
         "outputs": {k: str(v) for k, v in written if v is not None},
         "environment": environment(),
     }
@@ -198,54 +198,25 @@ def smoothing(opts: RunOptions, source, predictor: Predictor) -> float:
     return SMOOTH_DEFAULT if opts.smooth is None else opts.smooth
 
 
-WARMUP_PASSES = 2  # untimed passes over the first frame: lazy initialisation and first allocations are in the first
-
-
-def warm_up(predictor: Predictor, renderer: Renderer | None, image: np.ndarray) -> None:
-    """Run ``image`` through preprocess, inference, postprocess (and render) WARMUP_PASSES times, untimed and
-    with no state kept (no smoothing, nothing written), so that the first input frame is measured like the
-    others instead of being left out: a folder of 8 photos reports 8 frames."""
-    for _ in range(WARMUP_PASSES):
-        masks = predictor.masks(predictor.scores(predictor.preprocess(image))[0], image.shape)
-        if renderer is not None:
-            renderer.render(image, masks)
-
-
 def _loop(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, timer: StageTimer, sinks: Sinks,
           started: float, status: Callable[[StageTimer], None] | None, server=None, events: Events | None = None
           ) -> None:
     keep = smoothing(opts, source, predictor)
-    smoother = Smoother(keep) if keep else None
-    facts, published = environment() if server is not None else {}, 0.0
-    for frame in source:
-        if not timer.frames:  # before the first frame's timing starts (its capture wait is its own)
-            warm_up(predictor, renderer if sinks.needs_render else None, frame.image)
-        # a live frame's latency counts from its capture (it may have waited in the buffer), a file's from the read
-        timer.add("capture", frame.wait_ms, since=frame.captured if source.live else None)
-        if frame.tensor is not None:  # prepared on the reader thread, overlapping the last inference
-            timer.add("preprocess (reader thread)", frame.prepare_ms, overlapped=True)
-            x = frame.tensor
-        else:
-            with timer.stage("preprocess"):
-                x = predictor.preprocess(frame.image)
-        with timer.stage("inference"):
-            scores = predictor.scores(x)[0]
-        with timer.stage("postprocess"):  # upsampled only as far as the outputs need
-            masks = predictor.masks(scores, frame.image.shape, smoother)
-            ids = masks.ids if opts.save_masks is not None else None
-        if sinks.needs_render:  # nobody sees an overlay when only masks or a report are wanted
-            with timer.stage("render"):
-                vis = renderer.render(frame.image, masks)
-        with timer.stage("write"):
-            sinks.write(frame.name, vis if sinks.needs_render else None, ids, frame.captured)
-        latency = timer.end_frame()
-        if events is not None:  # after the frame's outputs: its latency is the whole frame's
-            events.frame(frame.index, frame.name, frame.captured, masks, latency)
+    stages = Stages(predictor, renderer, sinks, timer, Smoother(keep) if keep else None, opts.save_masks is not None,
+                    source.live, events)
+    facts, published, taken = environment() if server is not None else {}, 0.0, 0
+
+    def after() -> bool:
+        """Between frames, on the loop's thread: progress, the live page's figures, and whether to stop."""
+        nonlocal published, taken
+        taken += 1
         if status:
             status(timer)
         if server is not None and time.perf_counter() - published >= STATS_PERIOD:
             server.set_stats(live_stats(timer, source, predictor, renderer, facts, events))
             published = time.perf_counter()
-        if sinks.quit_requested or (opts.max_frames and timer.frames >= opts.max_frames) or (
-                opts.duration and time.perf_counter() - started >= opts.duration):
-            break
+        return bool(sinks.quit_requested or (opts.max_frames and taken >= opts.max_frames) or (
+            opts.duration and time.perf_counter() - started >= opts.duration))
+
+    # a window (--show) is drawn on the loop's own thread, as OpenCV's GUI needs
+    (pipelined if opts.pipeline and not sinks.show else sequential)(stages, source, after)
