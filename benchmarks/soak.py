@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1_000)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-pipeline", action="store_true", help="the one-thread loop (the default is pipelined)")
     args = ap.parse_args()
 
     predictor = load_predictor(args.model, backend=args.backend)
@@ -45,20 +46,24 @@ def main() -> None:
     windows: list[dict] = []
     mark = {"frames": 0, "t": time.perf_counter(), "rss": None}
 
-    def status(timer) -> None:
-        if timer.frames == 1:  # the clock starts after the first frame (compilation, first allocations)
+    taken = [0]
+
+    def status(timer) -> None:  # after each frame the loop takes (pipelined, the writer may be a frame behind)
+        taken[0] += 1
+        frames = taken[0]
+        if frames == 1:  # the clock starts after the first frame (compilation, first allocations)
             mark.update(frames=1, t=time.perf_counter(), rss=rss_mb())
-        elif timer.frames % args.window == 0 or timer.frames == args.frames:
+        elif frames % args.window == 0 or frames == args.frames:
             now = time.perf_counter()
-            windows.append({"first": mark["frames"] + 1, "last": timer.frames,
-                            "fps": round((timer.frames - mark["frames"]) / (now - mark["t"]), 1),
+            windows.append({"first": mark["frames"] + 1, "last": frames,
+                            "fps": round((frames - mark["frames"]) / (now - mark["t"]), 1),
                             "rss_mb": round(rss_mb(), 1)})
-            mark.update(frames=timer.frames, t=now)
+            mark.update(frames=frames, t=now)
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-soak-") as tmp:
         out = Path(tmp)
         opts = RunOptions(output=out / "overlays", save_masks=out / "masks", save_video=out / "soak.avi",
-                          report=out / "report.json", warmup=0)
+                          report=out / "report.json", warmup=0, pipeline=not args.no_pipeline)
         report = run_loop(predictor, FileSource(paths, f"{args.source} x{len(paths) // len(photos)}"), Renderer(),
                           opts, status=status)
         files = {name: len(list((out / name).iterdir())) for name in ("overlays", "masks")}
@@ -70,8 +75,10 @@ def main() -> None:
         "rss_mb_after_first_frame": round(mark["rss"], 1), "rss_mb_end": round(rss_mb(), 1),
         "windows": windows, "files": files, "video_bytes": video_bytes,
         "fps_end_to_end": report["latency"]["fps"], "cpu": report["environment"]["cpu"],
+        "pipeline": report["pipeline"],
     }
-    print(f"{result['frames']} frames of {len(photos)} photos on {result['backend']} {result['precision']} "
+    print(f"{result['frames']} frames of {len(photos)} photos on {result['backend']} {result['precision']}, "
+          f"{'pipelined' if result['pipeline'] else 'one thread'} "
           f"({result['cpu']}): RSS {result['rss_mb_after_first_frame']} MB after the first frame, "
           f"{result['rss_mb_end']} MB at the end; files: {files}, video {video_bytes / 2**20:.1f} MB")
     for w in windows:
