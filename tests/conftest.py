@@ -1,11 +1,13 @@
-"""Shared fixtures: notebook checkpoints, the real datasets, and an in-process CLI runner."""
+"""Shared fixtures: notebook checkpoints, the real datasets, an in-process CLI runner, a fake camera."""
 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,3 +118,28 @@ def pets37():
     if not PETS37.is_dir():
         pytest.skip(f"dataset not found at {PETS37} (CI has ../shared beside the clone)")
     return PETS37
+
+
+class FakeCamera:
+    """A VideoCapture stand-in: ``frames`` frames every ``period`` s; then it blocks for ``block`` s (a stalled
+    RTSP read) or fails. Records its release."""
+
+    def __init__(self, frames: int, period: float = 0.005, block: float = 0.0, opened: bool = True) -> None:
+        self.left, self.period, self.block, self.opened, self.released = frames, period, block, opened, False
+
+    def isOpened(self) -> bool:
+        return self.opened
+
+    def read(self):
+        time.sleep(self.period)
+        if self.left <= 0:
+            time.sleep(self.block)
+            return False, None
+        self.left -= 1
+        return True, np.full((48, 64, 3), 100, np.uint8)
+
+    def get(self, prop):
+        return 30.0
+
+    def release(self) -> None:
+        self.released = True

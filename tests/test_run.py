@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import REPO as REPO_ROOT
+from conftest import FakeCamera
 
 from edgeseg.errors import EdgesegError
 from edgeseg.loader import load_predictor
@@ -105,29 +106,6 @@ def test_loop_on_a_video_file_keeps_every_frame(onnx_model, tmp_path, pets3):
         assert f.shape == (112, 320, 3)  # side by side doubles the width
     assert n == 12
     assert not list(tmp_path.glob(".*partial*"))
-
-
-class FakeCamera:
-    """A VideoCapture stand-in: delivers ``frames`` frames every ``period`` s, then fails."""
-
-    def __init__(self, frames: int, period: float = 0.005, opened: bool = True) -> None:
-        self.left, self.period, self.opened = frames, period, opened
-
-    def isOpened(self) -> bool:
-        return self.opened
-
-    def read(self):
-        time.sleep(self.period)
-        if self.left <= 0:
-            return False, None
-        self.left -= 1
-        return True, np.full((48, 64, 3), 100, np.uint8)
-
-    def get(self, prop):
-        return 30.0
-
-    def release(self) -> None:
-        self.opened = False
 
 
 def test_smoothing_steadies_a_still_noisy_scene_and_never_mixes_photos(pets3, tmp_path):

@@ -7,9 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, FakeCamera
 
 from edgeseg.runtime.loop.live import LiveSource
 from edgeseg.runtime.loop.sources import MAX_NAME_BYTES, FileSource, open_source, output_names
@@ -71,31 +70,6 @@ def test_closing_a_file_source_stops_its_reader(tmp_path):
     assert src._thread is not None and not src._thread.is_alive()
 
 
-class Camera:
-    """A VideoCapture stand-in: ``frames`` frames every ``period`` s; then it blocks for ``block`` s (a stalled
-    RTSP read) or fails. Records its release."""
-
-    def __init__(self, frames: int, period: float = 0.005, block: float = 0.0, opened: bool = True) -> None:
-        self.left, self.period, self.block, self.opened, self.released = frames, period, block, opened, False
-
-    def isOpened(self) -> bool:
-        return self.opened
-
-    def read(self):
-        time.sleep(self.period)
-        if self.left <= 0:
-            time.sleep(self.block)
-            return False, None
-        self.left -= 1
-        return True, np.full((48, 64, 3), 100, np.uint8)
-
-    def get(self, prop):
-        return 30.0
-
-    def release(self) -> None:
-        self.released = True
-
-
 def drain(src: LiveSource, seconds: float) -> int:
     """Frames delivered before the source ends; fails (rather than hangs) past ``seconds``."""
     got = []
@@ -108,9 +82,9 @@ def drain(src: LiveSource, seconds: float) -> int:
 
 def test_a_stalled_stream_is_reopened_before_the_run_ends():
     """A read that blocks 7 s with --reconnect 5 ended the run at 7 s with 0 reconnects (item 19)."""
-    first = Camera(5, block=7.0)
-    cams = iter([first, Camera(5)])
-    src = LiveSource(lambda: next(cams, Camera(0, opened=False)), "stalling stream", reconnect=5.0, stall=0.5)
+    first = FakeCamera(5, block=7.0)
+    cams = iter([first, FakeCamera(5)])
+    src = LiveSource(lambda: next(cams, FakeCamera(0, opened=False)), "stalling stream", reconnect=5.0, stall=0.5)
     got = drain(src, 15)
     src.close()
     assert got + src.stats.dropped == 10 and src.stats.reconnects == 1
@@ -123,7 +97,7 @@ def test_a_stalled_stream_is_reopened_before_the_run_ends():
 
 def test_a_camera_that_opens_but_never_delivers_is_given_up():
     """Each successful open reset the window, so it was reopened for ever (item 20)."""
-    src = LiveSource(lambda: Camera(0), "mute camera", reconnect=1.0, first_frame_timeout=1.0, stall=0.5)
+    src = LiveSource(lambda: FakeCamera(0), "mute camera", reconnect=1.0, first_frame_timeout=1.0, stall=0.5)
     assert drain(src, 10) == 0
     src.close()
     assert "delivered no frame" in src.error and src.stats.reconnects < 10
@@ -131,14 +105,14 @@ def test_a_camera_that_opens_but_never_delivers_is_given_up():
 
 def test_reconnect_for_ever_waits_without_overflowing():
     """--reconnect inf raised OverflowError in Condition.wait (item 22)."""
-    src = LiveSource(lambda: Camera(50), "camera", reconnect=float("inf"))
+    src = LiveSource(lambda: FakeCamera(50), "camera", reconnect=float("inf"))
     frames = [f for _, f in zip(range(3), src, strict=False)]
     src.close()
     assert len(frames) == 3
 
 
 def test_a_live_frame_carries_its_capture_time():
-    src = LiveSource(lambda: Camera(50, period=0.01), "camera", reconnect=1.0)
+    src = LiveSource(lambda: FakeCamera(50, period=0.01), "camera", reconnect=1.0)
     for frame in src:
         assert frame.captured <= time.perf_counter()
         break
