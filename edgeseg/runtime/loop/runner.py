@@ -1,10 +1,9 @@
-"""The live loop: source -> preprocess -> inference -> postprocess -> render -> outputs, every stage timed.
+"""The live loop: source -> preprocess -> inference -> postprocess -> render -> outputs, every stage timed
+(the stages themselves, pipelined or one after another: edgeseg.runtime.loop.pipeline).
 
-    for frame in source:                              # (each stage timed in _loop)
-        masks = predictor.masks(predictor.scores(predictor.preprocess(frame.image))[0], frame.image.shape)
-        sinks.write(frame.name, renderer.render(frame.image, masks), masks.ids)
+    report = run_loop(predictor, open_source("calibration"), Renderer(), RunOptions(output=Path("overlays")))
 
-Ctrl-C ends the loop cleanly: the video is finalised and the report still written.
+Ctrl-C, SIGTERM, SIGHUP and errors end the loop cleanly: the video is finalised and the report still written.
 """
 
 from __future__ import annotations
@@ -140,9 +139,7 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
                 error = error or e
             finally:
                 source.close()
-        report = _report(predictor, source, renderer, opts, timer, sinks, interrupted, stopped_by, error)
-        if events is not None:
-            report["events"] = events.summary()
+        report = _report(predictor, source, renderer, opts, timer, sinks, interrupted, stopped_by, error, events)
         if opts.report is not None:
             atomic_write(opts.report, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), force=opts.force)
     if error is not None:
@@ -151,7 +148,7 @@ def _run_claimed(predictor: Predictor, source, renderer: Renderer, opts: RunOpti
 
 
 def _report(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, timer: StageTimer, sinks: Sinks,
-            interrupted: bool, stopped_by: str | None, error: BaseException | None) -> dict:
+            interrupted: bool, stopped_by: str | None, error: BaseException | None, events: Events | None) -> dict:
     stats = source.stats
     written = (("overlays", opts.output), ("video", opts.save_video if sinks.video_kept else None),
                ("masks", opts.save_masks))
@@ -168,6 +165,7 @@ def _report(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, 
                   "view": renderer.view},
         "pipeline": bool(opts.pipeline and not sinks.show),
         "outputs": {k: str(v) for k, v in written if v is not None},
+        **({"events": events.summary()} if events is not None else {}),
         "environment": environment(),
     }
 
