@@ -81,10 +81,9 @@ def _cuda_python() -> str | None:
 def opencv_facts() -> dict:
     import cv2
 
-    info = cv2.getBuildInformation()
-    gst = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.strip().startswith("GStreamer:")),
-               "NO")
-    return {"opencv": cv2.__version__, "gstreamer": gst.upper().startswith("YES")}
+    from edgeseg.runtime.device import opencv_has_gstreamer
+
+    return {"opencv": cv2.__version__, "gstreamer": opencv_has_gstreamer()}
 
 
 def cameras(max_index: int = 8) -> list[dict]:

@@ -643,3 +643,46 @@ def test_an_error_on_the_writer_thread_ends_the_run_with_that_error(onnx_model, 
                  RunOptions(output=tmp_path / "ov", report=tmp_path / "r.json"))
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["pipeline"] and "disk full" in report["error"] and report["latency"]["frames"] == 3
+
+
+def test_the_video_encoder_is_the_hardware_one_where_gstreamer_has_it(monkeypatch, tmp_path):
+    """Jetson's nvv4l2h264enc first, then x264enc, both through GStreamer, then OpenCV's own writer (issue #36);
+    with a stand-in writer, since the PyPI OpenCV has no GStreamer."""
+    from edgeseg.runtime.loop import video
+
+    opened: list[str] = []
+    available: list[str] = []  # the GStreamer encoders this stand-in OpenCV has
+
+    class Writer:
+        def __init__(self, target, *args) -> None:
+            self.target, self.args = target, args
+            opened.append(target)
+
+        def isOpened(self) -> bool:
+            return any(name in self.target for name in available) or self.target.endswith(".mp4")
+
+        def release(self) -> None: ...
+
+    monkeypatch.setattr(video.cv2, "VideoWriter", Writer)
+    monkeypatch.setattr(video, "opencv_has_gstreamer", lambda: True)
+    out = tmp_path / "v.mp4"
+    cases = ((["nvv4l2h264enc", "x264enc"], "nvv4l2h264enc (GStreamer)"), (["x264enc"], "x264enc (GStreamer)"),
+             ([], "mp4v (OpenCV)"))
+    for encoders, want in cases:
+        available[:] = encoders
+        writer, name = video.open_video(out, 30.0, (64, 48))
+        assert name == want and writer is not None
+        if "GStreamer" in name:
+            assert writer.target.startswith("appsrc ! ") and writer.target.endswith(f'filesink location="{out}"')
+            assert writer.args[0] == cv2.CAP_GSTREAMER and "qtmux" in writer.target
+    monkeypatch.setattr(video, "opencv_has_gstreamer", lambda: False)
+    opened.clear()
+    available[:] = ["x264enc"]
+    assert video.open_video(out, 30.0, (64, 48))[1] == "mp4v (OpenCV)" and opened == [str(out)]
+
+
+def test_the_report_names_the_video_encoder(onnx_model, tmp_path):
+    p = Predictor.load(onnx_model, backend="onnxruntime", threads=1)
+    r = run_loop(p, open_source(str(REPO_ROOT / "calibration" / "beagle_10.jpg")), Renderer(),
+                 RunOptions(save_video=tmp_path / "v.avi"))
+    assert r["video_encoder"] == "MJPG (OpenCV)"

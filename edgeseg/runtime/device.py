@@ -3,6 +3,7 @@ its L4T release, power mode, clock pinning and a tegrastats line. Nothing here i
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -85,3 +86,13 @@ def environment() -> dict:
     }
     env.update(jetson_facts(sample_seconds=0.5))  # empty off a Jetson
     return env
+
+
+@functools.cache
+def opencv_has_gstreamer() -> bool:
+    """Whether this OpenCV was built with GStreamer (JetPack's is; the PyPI wheels are not)."""
+    import cv2
+
+    info = cv2.getBuildInformation()
+    line = next((s.split(":", 1)[1] for s in info.splitlines() if s.strip().startswith("GStreamer:")), "NO")
+    return line.strip().upper().startswith("YES")

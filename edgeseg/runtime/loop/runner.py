@@ -165,6 +165,7 @@ def _report(predictor: Predictor, source, renderer: Renderer, opts: RunOptions, 
                   "view": renderer.view},
         "pipeline": bool(opts.pipeline and not sinks.show),
         "outputs": {k: str(v) for k, v in written if v is not None},
+        **({"video_encoder": sinks.video_encoder} if sinks.video_encoder else {}),
         **({"events": events.summary()} if events is not None else {}),
         "environment": environment(),
     }

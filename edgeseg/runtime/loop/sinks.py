@@ -14,6 +14,7 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 from edgeseg.files import write_problem
 from edgeseg.runtime.loop.options import RunOptions
+from edgeseg.runtime.loop.video import open_video
 
 
 def display_available() -> bool:
@@ -46,6 +47,7 @@ class Sinks:
         self.video_size: tuple[int, int] | None = None
         self.video_frames = 0
         self.video_kept = False  # renamed into place by close()
+        self.video_encoder: str | None = None
         self.show = opts.show and display_available()
         if opts.show and not self.show:
             warn("no display available (no DISPLAY, or a headless OpenCV build): continuing without --show")
@@ -93,12 +95,11 @@ class Sinks:
         if self.video is None:
             path = self.opts.save_video
             self.video_tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
             # encoders need even sides of some size: a first frame of 1 x 300 pixels made OpenCV's
             # MJPG writer abort the process and its mp4 writer write nothing
             self.video_size = tuple(max(16, n + n % 2) for n in (vis.shape[1], vis.shape[0]))
-            self.video = cv2.VideoWriter(str(self.video_tmp), fourcc, self.video_rate, self.video_size)
-            if not self.video.isOpened():
+            self.video, self.video_encoder = open_video(self.video_tmp, self.video_rate, self.video_size)
+            if self.video is None:
                 raise EdgesegError("OpenCV cannot write this video format here; try .avi", path)
         if (vis.shape[1], vis.shape[0]) != self.video_size:  # folders of mixed sizes: fit to the first frame
             vis = cv2.resize(vis, self.video_size, interpolation=cv2.INTER_AREA)
