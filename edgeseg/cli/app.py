@@ -48,12 +48,13 @@ def _root(
         os.environ["EDGESEG_DEBUG"] = "1"
 
 
-for _command in (info.info, convert.export, convert.check):
-    app.command()(_command)
-app.command("eval")(measure.eval_)
-for _command in (run.run, convert.quantize, measure.bench, convert.build, measure.doctor, training.train,
-                 training.composites):
-    app.command()(_command)
+COMMANDS = {  # in the order `edgeseg --help` lists them
+    "info": info.info, "export": convert.export, "check": convert.check, "eval": measure.eval_, "run": run.run,
+    "quantize": convert.quantize, "bench": measure.bench, "build": convert.build, "doctor": measure.doctor,
+    "train": training.train, "composites": training.composites,
+}
+for _name, _command in COMMANDS.items():
+    app.command(_name)(_command)
 
 
 # What the device-side install (pip install .) leaves out, and how to add it.
