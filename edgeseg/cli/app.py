@@ -83,7 +83,7 @@ def command():
     PATH, INTEGER, nothing beside a flag) where typer would print Python types (``{models}``,
     ``<list[str]>``, ``<bool>``). Duck-typed: typer vendors its own copy of click."""
     root = typer.main.get_command(app)
-    for sub in getattr(root, "commands", {}).values():
+    for sub in (root, *getattr(root, "commands", {}).values()):
         sub.get_help_option = _flag_help(sub.get_help_option)
         for param in sub.params:
             if param.metavar is not None:
