@@ -5,8 +5,9 @@
     /snapshot.jpg   the newest frame
     /stats.json     the figures, for scripts
 
-The standard library's threading HTTP server is enough here: a handful of viewers on a LAN, one
-thread each, and no package to install on a Jetson. The loop never waits for it: :meth:`publish`
+The standard library's HTTP server is enough here (a handful of viewers on a LAN, no package to install
+on a Jetson), bounded so that whatever connects cannot grow it (edgeseg.runtime.loop.httpserver), with
+every value on the page set as text. The loop never waits for it: :meth:`publish`
 swaps a reference; one encoder thread JPEG-encodes the newest frame at most ``fps`` times a second
 and only while someone watches; each viewer is sent the newest JPEG when it is ready for one, so a
 slow viewer skips frames instead of building a backlog, and viewers never wait on each other.
