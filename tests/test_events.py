@@ -54,6 +54,12 @@ def masks_with(animal_rows: int) -> Masks:
     return Masks((80, 80), ids=ids)
 
 
+def bottom_only() -> Masks:
+    ids = np.full((8, 8), BACKGROUND, np.uint8)
+    ids[4:] = PET
+    return Masks((80, 80), ids=ids)
+
+
 def test_change_mode_says_appeared_and_left_once_each():
     seen = []
     ev = Events("cam", [Zone.parse("top:0,0,1,0,1,0.5,0,0.5")], "change", 2, outputs=[lambda e, s: seen.append((e, s))])
@@ -61,7 +67,11 @@ def test_change_mode_says_appeared_and_left_once_each():
         ev.frame(k, f"f{k}", time.perf_counter(), masks_with(rows), 5.0)
     assert [(e["event"], e["frame"]) for e, _ in seen] == [("appeared", 2), ("left", 5)]
     assert seen[0][1] == {"pet": True, "zones": {"top": True}} and seen[0][0]["zones"] == {"top": 1.0}
-    assert ev.last_zones == {"top": 0.0}
+    assert seen[0][0]["changed_zones"] == ["top"] and ev.last_zones == {"top": 0.0}
+    seen.clear()  # a zone that empties while the pet stays in view: a "zone" event, not "appeared" again
+    for k, rows in enumerate([4, 4, 8, 8, 8]):
+        ev.frame(10 + k, "g", time.perf_counter(), masks_with(rows) if rows < 8 else bottom_only(), 5.0)
+    assert [(e["event"], e["changed_zones"]) for e, _ in seen] == [("appeared", ["top"]), ("zone", ["top"])]
 
 
 def test_every_frame_is_one_json_line_on_a_video(cli, tmp_path):

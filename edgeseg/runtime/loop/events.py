@@ -107,19 +107,21 @@ class Events:
         animal = masks.animal_grid()
         event = {"frame": index, "name": name, "source": self.source, "time": _wall_clock(captured),
                  **describe(animal, masks.shape), "latency_ms": round(latency_ms, 2)}
-        changed = self.present.update(event["pet"])
+        pet_changed = self.present.update(event["pet"])
+        zones_changed = []
         if self.zones:
-            rasters = self._rasters.setdefault(animal.shape, [z.raster(animal.shape) for z in self.zones])
+            if animal.shape not in self._rasters:  # once per grid size
+                self._rasters[animal.shape] = [z.raster(animal.shape) for z in self.zones]
             event["zones"] = {z.name: round(float(animal[r].mean()) if r.any() else 0.0, 4)
-                              for z, r in zip(self.zones, rasters, strict=True)}
-            for z in self.zones:
-                if self.occupied[z.name].update(event["zones"][z.name] >= OCCUPIED_SHARE):
-                    changed = True
+                              for z, r in zip(self.zones, self._rasters[animal.shape], strict=True)}
+            zones_changed = [z.name for z in self.zones
+                             if self.occupied[z.name].update(event["zones"][z.name] >= OCCUPIED_SHARE)]
             self.last_zones = event["zones"]
         if self.on == "change":
-            if not changed:
+            if not (pet_changed or zones_changed):
                 return None
-            event = {"event": "appeared" if self.present.state else "left", **event}
+            kind = ("appeared" if self.present.state else "left") if pet_changed else "zone"
+            event = {"event": kind, **({"changed_zones": zones_changed} if zones_changed else {}), **event}
         states = {"pet": self.present.state, "zones": {k: d.state for k, d in self.occupied.items()}}
         for output in self.outputs:
             output(event, states)
