@@ -49,6 +49,7 @@ class Publisher:
             self._client.username_pw_set(user, password)
         self._client.on_connect = self._on_connect
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self._client.max_queued_messages_set(100)  # a long outage must not grow memory: state is resent anyway
         try:
             self._client.connect_async(host, port, keepalive=30)
         except (OSError, ValueError) as e:
@@ -81,5 +82,5 @@ class Publisher:
             self._retain(f"{self.topic}/zone/{name}", occupied, {"occupied": occupied, "since": event["time"]})
 
     def close(self) -> None:
+        self._client.disconnect()  # sent by the network thread, then stopped
         self._client.loop_stop()
-        self._client.disconnect()
