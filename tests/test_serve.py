@@ -268,8 +268,9 @@ def test_live_figures_use_the_recent_frames_not_the_whole_reservoir():
 
     t = StageTimer()
     for i in range(300):
-        t.add("inference", float(i % 7))
-        t.end_frame()
+        frame = t.begin()
+        frame.add("inference", float(i % 7))
+        t.finish(frame)
     for s in (*t.stages.values(), t.total):
         s.values = None  # the reservoir: never read by the live figures
     live = t.live()

@@ -103,6 +103,15 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     return (size[256], size[257]) if len(size) == 2 else None
 
 
+def check_declared(data: np.ndarray, path: Path, max_pixels: int | None = None) -> None:
+    """Refuse an image file's bytes whose header declares more than ``max_pixels`` pixels, before decoding."""
+    size = declared_size(data[:65536].tobytes())  # JPEG's frame header may follow a large EXIF block
+    if size is None and data[:2].tobytes() == b"\xff\xd8":
+        size = declared_size(data.tobytes())
+    if size is not None:
+        check_pixels(*size, path, max_pixels)
+
+
 def check_pixels(width: int, height: int, what: str | Path, max_pixels: int | None = None) -> None:
     """Refuse a picture or video frame of more than ``max_pixels`` (default :data:`MAX_PIXELS`) pixels."""
     cap = MAX_PIXELS if max_pixels is None else max_pixels
@@ -139,11 +148,7 @@ def decode_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise ImageError(f"cannot read ({e.strerror})", path) from e
-    size = declared_size(data[:65536].tobytes())  # JPEG's frame header may follow a large EXIF block
-    if size is None and data[:2].tobytes() == b"\xff\xd8":
-        size = declared_size(data.tobytes())
-    if size is not None:
-        check_pixels(*size, path, max_pixels)
+    check_declared(data, path, max_pixels)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None and data[:3].tobytes() == b"GIF":
         cap = cv2.VideoCapture(str(path))  # OpenCV builds without a GIF decoder read it through FFmpeg

@@ -91,29 +91,17 @@ class FrameTimes:
 
 
 class StageTimer:
-    """Collects each frame's :class:`FrameTimes` (``begin`` ... ``finish``, thread-safe), or times the frame in
-    hand on one thread (``stage``/``add`` ... ``end_frame``)."""
+    """Collects each frame's :class:`FrameTimes` (``begin`` ... ``finish``, thread-safe): per-stage samples,
+    end to end, FPS over the measured frames."""
 
     def __init__(self, warmup: int = 0) -> None:
         self.warmup = warmup
         self.frames = 0
         self.stages: dict[str, Samples] = defaultdict(Samples)
         self.total = Samples()
-        self._open = FrameTimes()
         self._measured_start: float | None = None
         self._last_end: float | None = None
         self._lock = threading.Lock()
-
-    def stage(self, name: str):
-        return self._open.stage(name)
-
-    def add(self, name: str, ms: float, overlapped: bool = False, since: float | None = None) -> None:
-        self._open.add(name, ms, overlapped, since)
-
-    def end_frame(self) -> float:
-        """Close the frame in hand; returns its end-to-end time in milliseconds."""
-        done, self._open = self._open, FrameTimes()
-        return self.finish(done)
 
     @staticmethod
     def begin() -> FrameTimes:

@@ -41,8 +41,8 @@ class Publisher:
         self.label = redact(url)
         self.reconnects = 0
         self._connected_once = False
-        self._states: dict[str, str] = {}  # retained topic -> payload, published again after a reconnect
-        self._last: dict[str, bool] = {}  # retained topic -> the state it says
+        # retained topic -> (the state it says, its payload), published again after a reconnect
+        self._retained: dict[str, tuple[bool, str]] = {}
         self._lock = threading.Lock()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         if user is not None:
@@ -63,16 +63,16 @@ class Publisher:
             if self._connected_once:
                 self.reconnects += 1
             self._connected_once = True
-            for topic, payload in self._states.items():  # the broker may have lost them: say them again
+            for topic, (_, payload) in self._retained.items():  # the broker may have lost them: say them again
                 client.publish(topic, payload, qos=1, retain=True)
 
     def _retain(self, topic: str, state: bool, payload: dict) -> None:
         """Publish ``payload`` retained on ``topic`` when ``state`` differs from the last one published there."""
         with self._lock:
-            if topic in self._last and self._last[topic] == state:
+            if topic in self._retained and self._retained[topic][0] == state:
                 return
-            self._last[topic] = state
-            self._states[topic] = text = json.dumps(payload)
+            text = json.dumps(payload)
+            self._retained[topic] = (state, text)
         self._client.publish(topic, text, qos=1, retain=True)
 
     def __call__(self, event: dict, states: dict) -> None:

@@ -31,8 +31,8 @@ from edgeseg.redact import redact
 from edgeseg.runtime.images import (
     IMAGE_SUFFIXES,
     ImageError,
+    check_declared,
     check_pixels,
-    declared_size,
     list_images,
     read_image,
     to_bgr8,
@@ -260,10 +260,7 @@ def _existing(path: Path, text: str, recursive: bool, reconnect: float, width: i
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileSource(path, loop=loop, max_pixels=max_pixels)
     if path.suffix.lower() in IMAGE_SUFFIXES:  # one image: too large is an error now, not a skipped frame
-        with path.open("rb") as f:
-            size = declared_size(f.read(65536))
-        if size is not None:
-            check_pixels(*size, path, max_pixels)
+        check_declared(np.fromfile(path, dtype=np.uint8), path, max_pixels)
         return FileSource([path], text, loop=loop, max_pixels=max_pixels)
     raise EdgesegError("unknown source type: expected a folder, image, video (" + ", ".join(VIDEO_SUFFIXES[:4])
                        + "...), /dev/videoN, rtsp:// or http:// URL, csi://N or a GStreamer pipeline", path)
