@@ -140,3 +140,16 @@ def test_a_video_over_the_cap_is_refused_from_its_declared_frame_size(cli, tmp_p
     r = cli("run", MODEL, "--source", video, "--max-pixels", "0.001")
     assert r.code == 1 and "64x48 is 0.00307 megapixels, over the 0.001-megapixel cap" in r.err, r.err
     assert cli("run", MODEL, "--source", video).code == 0
+
+
+def test_a_jpeg_whose_size_follows_a_large_exif_block_is_refused_alone(tmp_path):
+    """The frame header of a camera JPEG can sit past 64 KB of EXIF data: the single-image check read only
+    the first 64 KB and let a 400-megapixel one through to a run of zero frames."""
+    app1 = b"\xff\xe1" + struct.pack(">H", 65000) + b"\x00" * 64998  # two EXIF-sized blocks: past 128 KB
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 20000, 20000, 1) + b"\x01\x11\x00"
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8" + app1 + app1 + sof + b"\xff\xd9")
+    assert declared_size(big.read_bytes()) == (20000, 20000)
+    r = subprocess.run([sys.executable, "-m", "edgeseg", "run", str(MODEL), "--source", str(big)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "20000x20000 is 400 megapixels" in r.stderr, r.stderr
