@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of PyTorch (an unpinned torch pulls a multi-GB CUDA build); any torch>=2.1 works.
 TORCH_SPEC ?= torch==2.13.0
+# Its tritonserver (Linux x86-64 and arm64) serves models for `edgeseg triton serve` and the tests.
+PYTRITON_SPEC ?= nvidia-pytriton==0.7.0
 OUT ?= out/demo
 SHARED ?= ../shared/datasets
 PETS3 := $(SHARED)/oxford-pets-3breeds
@@ -20,6 +22,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	@echo "==> installing edgeseg with its export and dev extras (onnx, onnxsim, OpenVINO, pytest, ruff)"
 	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e ".[export,dev]"
+	@echo "==> installing the Triton server binary (nvidia-pytriton, --no-deps: see README, Triton)"
+	$(BIN)/pip install --quiet --no-deps "$(PYTRITON_SPEC)" || \
+		echo "no nvidia-pytriton wheel for this machine: the Triton server tests will skip"
 	touch $@
 
 # Export the bundled checkpoint, quantize it for the CPU (stored calibration ranges, so no photos

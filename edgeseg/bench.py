@@ -18,6 +18,7 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 from edgeseg.loader import load_predictor
 from edgeseg.runtime.backends.predictor import Predictor
+from edgeseg.runtime.backends.triton import is_triton_url
 from edgeseg.runtime.device import environment
 from edgeseg.runtime.images import list_images, read_image
 from edgeseg.runtime.loop.latency import summarize
@@ -104,6 +105,8 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
     for m in models:
         if isinstance(m, Predictor):
             preds.append(m)
+        elif is_triton_url(m):
+            preds.append(load_predictor(m, retry_seconds=0.0))
         else:
             path, b, p = split_spec(m, backend, precision)
             preds.append(load_predictor(path, backend=b, precision=p, threads=threads))
@@ -115,26 +118,26 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
         frames = [read_image(p) for p in list_images(folder)[:64]]
         if not frames:
             raise EdgesegError("no images found for --end-to-end", folder)
-    # Models of different input sizes (a larger-input export beside the default) each get their own
-    # random input; the latency column then says what the larger input costs.
-    inputs = {size: np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)
-              for size in {tuple(p.input_size) for p in preds}}
-    shared_size = list(next(iter(inputs))) if len(inputs) == 1 else None  # None: see each row's input_size
+    # Each model gets random pixels at its own input size (a larger-input export beside the default:
+    # the latency column then says what it costs), as its backend takes them (a served model: uint8)
+    inputs = [p.preprocess(list(random_pixels(batch, p.input_size))) for p in preds]
+    sizes = {tuple(p.input_size) for p in preds}
+    shared_size = list(next(iter(sizes))) if len(sizes) == 1 else None  # None: see each row's input_size
 
-    def once(p: Predictor, i: int) -> None:
+    def once(j: int, i: int) -> None:
         if end_to_end:
-            group = [frames[(i * batch + j) % len(frames)] for j in range(batch)]
-            p.predict_batch(group)
+            group = [frames[(i * batch + k) % len(frames)] for k in range(batch)]
+            preds[j].predict_batch(group)
         else:
-            p.infer(inputs[tuple(p.input_size)])
+            preds[j].infer(inputs[j])
 
     for i in range(warmup):
-        for p in preds:
-            once(p, i)
+        for j in range(len(preds)):
+            once(j, i)
     times: list[list[float]] = [[] for _ in preds]
     for i in range(runs):
-        for j, p in enumerate(preds):
-            times[j].append(1000 * _timed(lambda p=p, i=i: once(p, i)))
+        for j in range(len(preds)):
+            times[j].append(1000 * _timed(lambda j=j, i=i: once(j, i)))
         if progress:
             progress(i + 1, runs)
     accuracy = None
@@ -147,7 +150,7 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
     for j, p in enumerate(preds):
         st = summarize(times[j])
         macs = conv_macs(p.meta.arch, p.meta.kernel_size, *p.input_size) * batch
-        row = {**p.describe(), "file_mb": Path(p.path).stat().st_size / 1e6, "batch": batch,
+        row = {**p.describe(), "file_mb": None if p.remote else Path(p.path).stat().st_size / 1e6, "batch": batch,
                "latency_ms": st, "fps": 1000.0 * batch / st["p50"], "ratio_to_first": st["p50"] / base,
                "gmacs": macs / (st["p50"] / 1000) / 1e9}
         if accuracy is not None:
@@ -174,3 +177,104 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
             else:
                 row["peak_kind_missing"] = own  # ran in bf16/fp16, whose peak is not measured
     return result
+
+
+def random_pixels(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """``n`` random BGR frames at the model's input size (resizing them is a no-op)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, *size, 3), dtype=np.uint8)
+
+
+def concurrency(url: str, levels: Sequence[int], runs: int = 100, warmup: int = 5, local: Sequence[Predictor] = (),
+                progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """perf_analyzer's measure: at each level N, N clients (one connection each) send batch-1 requests
+    back to back until ``runs`` have completed in all; throughput is completed requests per second
+    of wall time, latency each request's round trip. A request that fails is counted, not retried.
+    At level 1 the ``local`` predictors run interleaved with the requests (local, remote, local, ...),
+    so the served model's overhead is measured under the same load: their rows come first."""
+    if not levels or min(levels) < 1:
+        raise EdgesegError("--concurrency takes levels of at least 1, e.g. 1,2,4,8")
+    rows = []
+    for level in levels:
+        clients = [load_predictor(url, retry_seconds=0.0) for _ in range(level)]
+        x = clients[0].preprocess(list(random_pixels(1, clients[0].input_size)))
+        for c in clients:
+            for _ in range(warmup):
+                c.infer(x)
+        if level == 1 and local:
+            rows += _interleaved(local, clients[0], x, runs, warmup)
+        else:
+            times, errors, wall = _drive(clients, x, runs)
+            rows.append(_row(url, level, runs, times, errors, wall))
+        for c in clients:
+            c.close()
+        if progress:
+            progress(len(rows), len(levels))
+    return rows
+
+
+def _row(model: str, level: int, runs: int, times: list[float], errors: list[str], wall: float) -> dict:
+    return {"model": model, "concurrency": level, "requests": runs, "errors": len(errors),
+            "first_error": errors[0] if errors else None, "throughput_fps": len(times) / wall,
+            "latency_ms": summarize(times)}
+
+
+def _interleaved(local: Sequence[Predictor], remote: Predictor, x_remote: np.ndarray, runs: int,
+                 warmup: int) -> list[dict]:
+    """Level 1: each local model and the served one in turn, ``runs`` times; a one-client throughput is
+    requests over the time spent in them."""
+    xs = [p.preprocess(list(random_pixels(1, p.input_size))) for p in local]
+    for p, x in zip(local, xs, strict=True):
+        for _ in range(warmup):
+            p.infer(x)
+    times: list[list[float]] = [[] for _ in (*local, remote)]
+    errors: list[str] = []
+    for _ in range(runs):
+        for j, (p, x) in enumerate(zip((*local, remote), (*xs, x_remote), strict=True)):
+            t0 = time.perf_counter()
+            try:
+                p.infer(x)
+            except EdgesegError as e:
+                errors.append(str(e))
+                continue
+            times[j].append(1000 * (time.perf_counter() - t0))
+    rows = []
+    for j, p in enumerate((*local, remote)):
+        mine = errors if p is remote else []
+        row = _row(str(p.path), 1, runs, times[j], mine, sum(times[j]) / 1000 or 1.0)
+        if p is not remote:
+            row["where"] = f"local ({p.info.name} {p.info.label})"
+        rows.append(row)
+    return rows
+
+
+def _drive(clients: list[Predictor], x: np.ndarray, runs: int) -> tuple[list[float], list[str], float]:
+    """Each client on its own thread sends ``x`` back to back until ``runs`` requests have been sent in
+    all: (round trips in ms, the failed requests' errors, wall seconds)."""
+    import threading
+
+    lock = threading.Lock()
+    left, times, errors = [runs], [], []
+
+    def client(p: Predictor) -> None:
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            t0 = time.perf_counter()
+            try:
+                p.infer(x)
+            except EdgesegError as e:
+                with lock:
+                    errors.append(str(e))
+                continue
+            with lock:
+                times.append(1000 * (time.perf_counter() - t0))
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in clients]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return times, errors, time.perf_counter() - t0

@@ -39,8 +39,10 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import is_oxford_layout, oxford_split, read_trimap
 from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import cache_root, write_problem
+from edgeseg.loader import load_predictor
 from edgeseg.runtime.backends.precision import cpu_flags, native_precisions
 from edgeseg.runtime.backends.predictor import Predictor
+from edgeseg.runtime.backends.triton import is_triton_url
 from edgeseg.runtime.images import ImageError, list_images, read_image
 
 CHECKOUT = Path(__file__).resolve().parents[1]  # a git checkout holds models/ and calibration/ here
@@ -248,7 +250,9 @@ def candidates(model: Path, images: Path, workdir: Path, tensorrt: bool) -> list
 
 
 def run_checks(model: Path, photos: Photos, images: Path, tensorrt: bool,
-               progress: Callable[[str], None] | None = None) -> list[Check]:
+               progress: Callable[[str], None] | None = None, served: str | None = None) -> list[Check]:
+    """The reference (``model`` in ONNX Runtime FP32), then every path this machine offers, or with
+    ``served`` (a triton:// address) that served model alone."""
     ref = Predictor.load(model, backend="onnxruntime", precision="fp32")
     t0 = time.perf_counter()
     reference = [ref.predict(img) for img in photos.images]
@@ -263,7 +267,9 @@ def run_checks(model: Path, photos: Photos, images: Path, tensorrt: bool,
                     miou=reference_miou, miou_delta=0.0 if reference_miou is not None else None,
                     ms_per_image=ms, backend=ref.describe())]
     with tempfile.TemporaryDirectory(prefix="edgeseg-doctor-") as tmp:
-        for name, make in candidates(model, images, Path(tmp), tensorrt):
+        todo = [(f"served: {served}", lambda: load_predictor(served))] if served else \
+            candidates(model, images, Path(tmp), tensorrt)
+        for name, make in todo:
             if isinstance(make, str):
                 checks.append(Check(name, "SKIP", make))
                 continue
@@ -273,20 +279,24 @@ def run_checks(model: Path, photos: Photos, images: Path, tensorrt: bool,
     return checks
 
 
-def doctor(model: Path | None = None, images: Path | None = None, data: Path | None = None,
-           progress: Callable[[str], None] | None = None) -> dict:
-    model = model or DEFAULT_MODEL
+def doctor(model: str | Path | None = None, images: Path | None = None, data: Path | None = None,
+           progress: Callable[[str], None] | None = None, reference: Path | None = None) -> dict:
+    served = str(model) if is_triton_url(model) else None
+    if reference is not None and served is None:
+        raise EdgesegError("--reference is the local twin of a served model: give MODEL as triton://HOST:PORT/NAME")
+    model = Path(reference or DEFAULT_MODEL) if served else Path(model or DEFAULT_MODEL)
     if not model.exists():
         raise EdgesegError("no such model; pass the ONNX to check (edgeseg doctor MODEL.onnx)", model)
     env = facts()
     photos = load_photos(images, data)
     tensorrt = bool(env["tensorrt"]) and env.get("gpu") is not None
-    checks = run_checks(model, photos, images or DEFAULT_IMAGES, tensorrt, progress)
+    checks = run_checks(model, photos, images or DEFAULT_IMAGES, tensorrt, progress, served)
     if not env["tensorrt"]:
         checks.append(Check("tensorrt", "SKIP", "TensorRT is not installed (JetPack provides it on a Jetson)"))
     elif not tensorrt:
         checks.append(Check("tensorrt", "SKIP", env.get("gpu_problem", "no GPU")))
-    return {"facts": env, "model": str(model), "photos": {"source": photos.source, "count": len(photos.images),
+    named = {"model": served, "reference": str(model)} if served else {"model": str(model)}
+    return {"facts": env, **named, "photos": {"source": photos.source, "count": len(photos.images),
                                                           "skipped": photos.skipped,
                                                           "trimaps": photos.truths[0] is not None},
             "checks": [asdict(c) for c in checks], "ok": all(c.status != "FAIL" for c in checks)}

@@ -12,12 +12,16 @@ from pathlib import Path
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.backends.base import inspect_onnx
 from edgeseg.runtime.backends.predictor import Predictor, resolve_backend
+from edgeseg.runtime.backends.triton import is_triton_url
 
 
 def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None, precision: str = "auto",
-                   lower_unpool: bool = True) -> Predictor:
+                   lower_unpool: bool = True, retry_seconds: float = 3.0) -> Predictor:
     """``Predictor.load`` plus checkpoints and on-demand engines. For TensorRT with an ONNX file,
-    ``precision`` is the engine's (fp32, fp16, int8; auto: int8 for a quantized file, else fp16)."""
+    ``precision`` is the engine's (fp32, fp16, int8; auto: int8 for a quantized file, else fp16).
+    A ``triton://`` address is a served model (see ``Predictor.load``)."""
+    if is_triton_url(path):
+        return Predictor.load(path, backend, threads, precision, retry_seconds=retry_seconds)
     path = Path(path)
     kind = resolve_backend(path, backend)
     if kind == "torch":

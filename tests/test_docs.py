@@ -50,7 +50,11 @@ def test_every_documented_command_and_option_exists():
         for args in edgeseg_commands(page.read_text()):
             where = f"{page.relative_to(REPO)}: edgeseg {' '.join(args)}"
             assert args and args[0] in root.commands, f"{where}: no such command"
-            options = {o for p in root.commands[args[0]].params for o in (*p.opts, *p.secondary_opts)}
+            command = root.commands[args[0]]
+            if hasattr(command, "commands"):  # a group (edgeseg triton repo ...)
+                assert len(args) > 1 and args[1] in command.commands, f"{where}: no such command"
+                command, args = command.commands[args[1]], args[1:]
+            options = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
             unknown = [a.split("=")[0] for a in args[1:] if a.startswith("--") and a.split("=")[0] not in options]
             assert not unknown, f"{where}: unknown option(s) {unknown}"
             seen += 1

@@ -1,5 +1,5 @@
 """The ``edgeseg`` app: registers each command group's commands and maps errors to exit codes; the
-commands live in one module per group (info, convert, measure, run, training), each a thin layer over the
+commands live in one module per group (info, convert, measure, run, training, deploy), each a thin layer over the
 Python API.
 
 Heavy packages (PyTorch, onnx) are imported inside the commands that need them, so the device
@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from edgeseg import __version__
-from edgeseg.cli import convert, info, measure, run, training
+from edgeseg.cli import convert, deploy, info, measure, run, training
 from edgeseg.errors import EdgesegError
 from edgeseg.redact import redact
 
@@ -51,10 +51,11 @@ def _root(
 COMMANDS = {  # in the order `edgeseg --help` lists them
     "info": info.info, "export": convert.export, "check": convert.check, "eval": measure.eval_, "run": run.run,
     "quantize": convert.quantize, "bench": measure.bench, "build": convert.build, "doctor": measure.doctor,
-    "train": training.train, "composites": training.composites,
+    "train": training.train, "composites": training.composites, "deepstream": deploy.deepstream,
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
+app.add_typer(deploy.triton, name="triton")
 
 
 # What the device-side install (pip install .) leaves out, and how to add it.
@@ -83,7 +84,13 @@ def command():
     PATH, INTEGER, nothing beside a flag) where typer would print Python types (``{models}``,
     ``<list[str]>``, ``<bool>``). Duck-typed: typer vendors its own copy of click."""
     root = typer.main.get_command(app)
-    for sub in (root, *getattr(root, "commands", {}).values()):
+
+    def every(cmd):
+        yield cmd
+        for sub in getattr(cmd, "commands", {}).values():
+            yield from every(sub)
+
+    for sub in every(root):
         sub.get_help_option = _flag_help(sub.get_help_option)
         for param in sub.params:
             if param.metavar is not None:

@@ -23,7 +23,8 @@ from edgeseg.errors import EdgesegError
 
 
 def eval_(
-    models: Annotated[list[Path], typer.Argument(help="Checkpoints and/or ONNX models, compared side by side.")],
+    models: Annotated[list[str], typer.Argument(help=(
+        "Checkpoints and/or ONNX models, compared side by side; triton://HOST:PORT/NAME for a served one."))],
     data: Annotated[Path | None, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")] = None,
     no_animal: Annotated[Path | None, typer.Option(help=(
         "Folder of photos without any animal: the share of pixels each model calls pet (all wrong)."))] = None,
@@ -79,7 +80,7 @@ def eval_(
         for col in ("model", "backend", "precision", "pet % (mean)", "pet+border % (mean)", "worst photo pet %"):
             table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
         for r in out["no_animal"]["models"]:
-            table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{100 * r['pet_share']:.1f}",
+            table.add_row(_name(r["model"]), r["backend"], r["precision"], f"{100 * r['pet_share']:.1f}",
                           f"{100 * r['animal_share']:.1f}",
                           f"{100 * r['worst_pet_share']:.1f} ({Path(r['worst_image']).name})")
         print_table(table)
@@ -94,7 +95,7 @@ def _accuracy_table(out: dict, predictors: list) -> None:
                 "IoU animal (pet+border)", "agree w/ 1st", "ms/img"]:
         table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
     for r in out["models"]:
-        table.add_row(Path(r["model"]).name, r["backend"], r["precision"], f"{r['pixel_accuracy']:.4f}",
+        table.add_row(_name(r["model"]), r["backend"], r["precision"], f"{r['pixel_accuracy']:.4f}",
                       f"{r['miou']:.4f}", *[f"{r['iou'][n]:.4f}" for n in names], f"{r['pet_iou']:.4f}",
                       f"{r['agreement_with_first']:.4f}", f"{r['ms_per_image']:.1f}")
     print_table(table)
@@ -111,7 +112,7 @@ def _breed_table(out: dict, min_images: int) -> None:
     table.add_column("breed")
     table.add_column("images", justify="right")
     for r in models:
-        table.add_column(f"mIoU {Path(r['model']).name}", justify="right")
+        table.add_column(f"mIoU {_name(r['model'])}", justify="right")
         table.add_column("IoU animal", justify="right")
     for b in shown:
         table.add_row(b, str(breeds[b]), *[f"{r['breeds'][b][k]:.4f}" for r in models for k in ("miou", "pet_iou")])
@@ -119,8 +120,8 @@ def _breed_table(out: dict, min_images: int) -> None:
 
 def bench(
     models: Annotated[list[str], typer.Argument(
-        help="Checkpoints (PyTorch reference), FP32/INT8 ONNX, engines; MODEL@BACKEND or MODEL@BACKEND:PRECISION "
-             "sets them per model (m.onnx@openvino:bf16).")],
+        help="Checkpoints (PyTorch reference), FP32/INT8 ONNX, engines, triton://HOST:PORT/NAME (a served model); "
+             "MODEL@BACKEND or MODEL@BACKEND:PRECISION sets them per model (m.onnx@openvino:bf16).")],
     backend: Annotated[str, typer.Option(help="Default backend: auto (from each file), onnxruntime, openvino, "
                                               "tensorrt or torch.")] = "auto",
     precision: Annotated[str, typer.Option(help="Default precision. " + PRECISION_HELP)] = "auto",
@@ -133,6 +134,10 @@ def bench(
     end_to_end: Annotated[bool, typer.Option(help="Time preprocess + inference + postprocess on photos.")] = False,
     images: Annotated[Path | None, typer.Option(help="Photos for --end-to-end (default: DATA/images).")] = None,
     peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Measure the machine's matmul peak.")] = True,
+    concurrency: Annotated[str | None, typer.Option(help=(
+        "Load levels for triton:// models, e.g. 1,2,4,8: that many clients send requests at once (as "
+        "perf_analyzer); throughput and latency per level, beside the local models measured one at a time."))
+    ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --json file.")] = False,
 ) -> None:
@@ -144,6 +149,9 @@ def bench(
 
     if json_file is not None:
         check_writable(json_file, force)
+    if concurrency is not None:
+        _bench_concurrency(models, concurrency, runs, warmup, backend, precision, threads, json_file, force)
+        return
     with progress(TextColumn("timing {task.total} interleaved runs"), BarColumn(), MofNCompleteColumn()) as bar:
         task = bar.add_task("bench", total=runs)
         r = run_bench(models, backend=backend, precision=precision, threads=threads, runs=runs, warmup=warmup,
@@ -165,8 +173,8 @@ def bench(
         table.add_column(c, justify="left" if c in ("model", "backend", "precision") else "right")
     for m, size in zip(r["models"], sizes, strict=True):
         lat = m["latency_ms"]
-        row = [Path(m["model"]).name, *([size] if mixed else []), m["backend"], m["precision"], str(m["threads"]),
-               f"{m['file_mb']:.1f}",
+        row = [_name(m["model"]), *([size] if mixed else []), m["backend"], m["precision"], str(m["threads"]),
+               "" if m["file_mb"] is None else f"{m['file_mb']:.1f}",
                *("" if lat[k] is None else f"{lat[k]:.2f}" for k in ("p50", "p90", "p99")), f"{m['fps']:.1f}",
                f"{m['ratio_to_first']:.2f}", f"{m['gmacs']:.1f}"]
         if "% of peak" in cols:
@@ -185,8 +193,64 @@ def bench(
         atomic_write(json_file, lambda p: p.write_text(json.dumps(r, indent=2)), force=force)
         console.print(f"results: {json_file}")
 
+def _name(model: str) -> str:
+    """A file's name, or a served model's whole address."""
+    return model if "://" in model else Path(model).name
+
+
+def _bench_concurrency(models: list[str], levels_text: str, runs: int, warmup: int, backend: str, precision: str,
+                       threads: int | None, json_file: Path | None, force: bool) -> None:
+    """bench --concurrency: each triton:// model at each level, the local ones at 1 (in process)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    from edgeseg.bench import concurrency, split_spec
+    from edgeseg.files import atomic_write
+    from edgeseg.runtime.backends.triton import is_triton_url
+
+    try:
+        levels = [int(v) for v in levels_text.split(",") if v.strip()]
+    except ValueError:
+        raise EdgesegError(f"--concurrency {levels_text!r}: write levels as 1,2,4,8") from None
+    remote = [m for m in models if is_triton_url(m)]
+    local = [m for m in models if not is_triton_url(m)]
+    if not remote:
+        raise EdgesegError("--concurrency measures served models: give a triton://HOST:PORT/NAME")
+    from edgeseg.loader import load_predictor
+    from edgeseg.runtime.device import environment
+
+    here = []
+    for m in local:
+        path, b, p = split_spec(m, backend, precision)
+        here.append(load_predictor(path, backend=b, precision=p, threads=threads))
+    rows: list[dict] = []
+    with progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()) as bar:
+        for url in remote:
+            task = bar.add_task(f"{url} at {levels_text}", total=len(levels))
+            got = concurrency(url, levels, runs, warmup, local=here if url == remote[0] else (),
+                              progress=lambda i, n, t=task: bar.update(t, completed=min(i, n)))
+            rows += [{"where": "served", **row} for row in got]
+    env = environment()
+    result = {"mode": "concurrency", "runs_per_level": runs, "rows": rows, "environment": env}
+    table = Table(title=f"edgeseg bench --concurrency ({runs} requests per level, batch 1) on {env['cpu']}",
+                  title_justify="left")
+    for col in ("model", "where", "concurrency", "throughput FPS", "p50 ms", "p99 ms", "errors"):
+        table.add_column(col, justify="left" if col in ("model", "where") else "right")
+    for row in rows:
+        lat = row["latency_ms"]
+        table.add_row(_name(row["model"]), row["where"], str(row["concurrency"]), f"{row['throughput_fps']:.1f}",
+                      *("" if lat.get(k) is None else f"{lat[k]:.2f}" for k in ("p50", "p99")), str(row["errors"]))
+    print_table(table)
+    if json_file is not None:
+        atomic_write(json_file, lambda p: p.write_text(json.dumps(result, indent=2)), force=force)
+        console.print(f"results: {json_file}")
+
+
 def doctor(
-    model: Annotated[Path | None, typer.Argument(help="ONNX to check (default: the bundled models/segnet_dsc.onnx).")
+    model: Annotated[str | None, typer.Argument(help=(
+        "ONNX to check (default: the bundled models/segnet_dsc.onnx), or triton://HOST:PORT/NAME: a served model "
+        "checked against --reference run here."))] = None,
+    reference: Annotated[Path | None, typer.Option(help=(
+        "With a triton:// model: the ONNX it serves, run here as the reference (default: the bundled model)."))
     ] = None,
     images: Annotated[Path | None, typer.Option(help="Photos to compare masks on (default: calibration/).")] = None,
     data: Annotated[Path | None, typer.Option(
@@ -197,11 +261,12 @@ def doctor(
     from edgeseg.doctor import doctor as run_doctor
 
     if as_json:
-        report = run_doctor(model, images, data)
+        report = run_doctor(model, images, data, reference=reference)
         print_json(report)
     else:
         with console.status("checking...") as status:
-            report = run_doctor(model, images, data, progress=lambda name: status.update(f"checking {name}..."))
+            report = run_doctor(model, images, data, progress=lambda name: status.update(f"checking {name}..."),
+                                reference=reference)
         f = report["facts"]
 
         def have(key: str) -> str:

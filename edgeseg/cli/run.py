@@ -40,7 +40,9 @@ def latency_table(report: dict, title: str) -> Table:
 
 
 def run(
-    model: Annotated[Path, typer.Argument(help="ONNX model (or a checkpoint, run with PyTorch as a reference).")],
+    model: Annotated[str, typer.Argument(help=(
+        "ONNX model (or a checkpoint, run with PyTorch as a reference), an engine, or a model served by Triton: "
+        "triton://HOST:PORT/NAME (gRPC) or triton+http://HOST:PORT/NAME."))],
     camera: Annotated[int | None, typer.Option(help="Camera index (V4L2 /dev/videoN on Linux).")] = None,
     source: Annotated[str | None, typer.Option(
         help="Folder, glob, image, video file, /dev/videoN, rtsp:// or http:// URL, csi://N, GStreamer pipeline.")
@@ -72,9 +74,10 @@ def run(
         "Frames left out of the latency statistics (0: every frame measured; the model is warmed up on the first "
         "frame, untimed, either way). For long camera runs whose first frames carry the camera's start-up."))] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the latency report (JSON) here.")] = None,
-    reconnect: Annotated[float, typer.Option(help=(
-        "Seconds after a live source's last frame to keep reopening it when it drops or stalls (inf: for ever)."))
-    ] = 10.0,
+    reconnect: Annotated[float | None, typer.Option(help=(
+        "Seconds after a live source's last frame to keep reopening it when it drops or stalls (inf: for ever), "
+        "and to keep retrying a triton:// model's server (default: 10 for a source, 3 for a server)."))
+    ] = None,
     max_pixels: Annotated[float, typer.Option(min=0.001, help=(
         "Megapixels a photo or video frame may have; larger ones are refused from their header, unread (a folder "
         "skips and counts them). Default 50, or EDGESEG_MAX_PIXELS."))] = MAX_PIXELS / 1e6,
@@ -135,9 +138,11 @@ def run(
                       max_frames=max_frames, duration=duration, warmup=warmup, force=force, smooth=smooth,
                       pipeline=pipeline)
     check_outputs(opts, renderer.view)
-    predictor = load_predictor(model, backend=backend, threads=threads, precision=precision)
+    predictor = load_predictor(model, backend=backend, threads=threads, precision=precision,
+                               retry_seconds=3.0 if reconnect is None else reconnect)
     predictor.upsample = check_upsample(upsample)
-    src = open_source(camera if camera is not None else source, recursive=recursive, reconnect=reconnect,
+    src = open_source(camera if camera is not None else source, recursive=recursive,
+                      reconnect=10.0 if reconnect is None else reconnect,
                       width=width, height=height, fps=fps, flip=flip, loop=loop, max_pixels=round(max_pixels * 1e6))
     watcher = _events(src.label, events, events_on, min_frames, zone or [], mqtt, force)
     server = None

@@ -208,20 +208,32 @@ def resize(img: np.ndarray, size: tuple[int, int], interpolation: str) -> np.nda
     return cv2.resize(img, (w, h), interpolation=CV2_INTERPOLATION[interpolation])
 
 
+def resized(images_bgr: np.ndarray | Sequence[np.ndarray], meta: ModelMeta) -> np.ndarray:
+    """BGR uint8 frame(s) -> uint8 N x H x W x 3 at the model's input size, in its colour order: the
+    pixels the model sees, before scaling. A remote client (a Triton server) sends this, a quarter of
+    the float tensor's bytes; :func:`to_tensor` on either side makes the same tensor from it."""
+    frames = [images_bgr] if isinstance(images_bgr, np.ndarray) and images_bgr.ndim == 3 else list(images_bgr)
+    h, w = meta.input_size
+    batch = np.empty((len(frames), h, w, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        small = resize(frame, (h, w), meta.interpolation)
+        batch[i] = small[:, :, ::-1] if meta.color == "RGB" else small
+    return batch
+
+
+def to_tensor(pixels: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """uint8 N x H x W x 3 (from :func:`resized`) -> the float32 NCHW tensor in the model's value range."""
+    lo, hi = meta.value_range
+    batch = np.empty((len(pixels), 3, *pixels.shape[1:3]), dtype=np.float32)
+    np.multiply(pixels.transpose(0, 3, 1, 2), (hi - lo) / 255.0, out=batch, casting="unsafe")
+    if lo:
+        batch += lo
+    return batch
+
+
 def preprocess(images_bgr: np.ndarray | Sequence[np.ndarray], meta: ModelMeta) -> np.ndarray:
     """BGR uint8 frame(s) -> float32 NCHW RGB tensor in the model's value range at its input size.
 
     Resizing happens on uint8 (cheapest), then colour order, scaling and layout in one pass.
     """
-    frames = [images_bgr] if isinstance(images_bgr, np.ndarray) and images_bgr.ndim == 3 else list(images_bgr)
-    h, w = meta.input_size
-    batch = np.empty((len(frames), 3, h, w), dtype=np.float32)
-    lo, hi = meta.value_range
-    scale = (hi - lo) / 255.0
-    for i, frame in enumerate(frames):
-        small = resize(frame, (h, w), meta.interpolation)
-        rgb = small[:, :, ::-1] if meta.color == "RGB" else small
-        np.multiply(rgb.transpose(2, 0, 1), scale, out=batch[i], casting="unsafe")
-        if lo:
-            batch[i] += lo
-    return batch
+    return to_tensor(resized(images_bgr, meta), meta)

@@ -23,7 +23,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.files import sha256_file
 from edgeseg.runtime.backends.base import BackendInfo, OnnxFacts, class_ids, inspect_onnx, meta_from_props
 from edgeseg.runtime.backends.engine_meta import EngineMeta
-from edgeseg.runtime.images import preprocess
+from edgeseg.runtime.images import preprocess, resized
 from edgeseg.runtime.masks import Masks, Smoother
 from edgeseg.runtime.meta import ModelMeta
 
@@ -147,9 +147,10 @@ def resolve_backend(path: Path, backend: str = "auto") -> str:
 class Predictor:
     """A loaded model plus the preprocessing and postprocessing its metadata asks for."""
 
-    def __init__(self, backend, path: Path) -> None:
+    def __init__(self, backend, path: Path | str) -> None:
         self._backend = backend
-        self.path = path
+        self.path = path  # a file, or the triton:// address of a served model
+        self.remote = isinstance(path, str)
         self.meta: ModelMeta = backend.meta
         self.info: BackendInfo = backend.info
         self._sha256: str | None = None
@@ -159,8 +160,10 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
-             precision: str = "auto", lower_unpool: bool = True) -> Predictor:
-        """A deployable file: an ONNX model (ONNX Runtime or OpenVINO) or a TensorRT engine.
+             precision: str = "auto", lower_unpool: bool = True, retry_seconds: float = 3.0) -> Predictor:
+        """A deployable file: an ONNX model (ONNX Runtime or OpenVINO) or a TensorRT engine; or a model
+        served by Triton, ``triton://HOST:PORT/NAME`` (edgeseg.runtime.backends.triton), whose requests
+        are retried for ``retry_seconds`` while the server is down.
 
         ``precision``: for ONNX Runtime and OpenVINO the arithmetic of the float layers (fp32,
         bf16, fp16, or auto: the fastest this CPU runs natively that agrees with fp32, see
@@ -171,6 +174,13 @@ class Predictor:
         PyTorch checkpoints and TensorRT engines built on demand from an ONNX file need the build
         side: :func:`edgeseg.loader.load_predictor` takes those too.
         """
+        from edgeseg.runtime.backends.triton import TritonBackend, is_triton_url
+
+        if is_triton_url(path):
+            if backend != "auto" or precision != "auto":
+                raise EdgesegError(f"{path}: a served model runs as its server runs it; leave out --backend and "
+                                   "--precision")
+            return cls(TritonBackend(str(path), retry_seconds=retry_seconds), str(path))
         path = Path(path)
         backend = resolve_backend(path, backend)
         if backend == "torch":
@@ -194,8 +204,9 @@ class Predictor:
         return cls(OpenVINOBackend(path, threads, precision, facts), path)
 
     @property
-    def sha256(self) -> str:
-        if self._sha256 is None:
+    def sha256(self) -> str | None:
+        """The model file's hash (None for a served model: its server holds the file)."""
+        if self._sha256 is None and not self.remote:
             self._sha256 = sha256_file(self.path)
         return self._sha256
 
@@ -204,6 +215,10 @@ class Predictor:
         return tuple(self.meta.input_size)
 
     def preprocess(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """The batch the backend takes: the float NCHW tensor, or for a served model that takes them the
+        uint8 pixels it is made from (the server scales them with the same function)."""
+        if getattr(self._backend, "pixels", False):
+            return resized(frames, self.meta)
         return preprocess(frames, self.meta)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
@@ -236,6 +251,12 @@ class Predictor:
     def predict_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = self.scores(self.preprocess(frames))
         return [self.masks(o, f.shape).ids for o, f in zip(out, frames, strict=True)]
+
+    def close(self) -> None:
+        """Release what the backend holds open (a served model's connection)."""
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
 
     def describe(self) -> dict:
         return {"model": str(self.path), "sha256": self.sha256, "backend": self.info.name,

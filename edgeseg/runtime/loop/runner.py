@@ -181,7 +181,8 @@ def live_stats(timer: StageTimer, source, predictor: Predictor, renderer: Render
     live = timer.live()
     stats = source.stats
     zones = events.last_zones if events is not None else {}
-    info = {"model": Path(predictor.path).name, "backend": predictor.info.name, "precision": predictor.info.label,
+    name = predictor.path if predictor.remote else Path(predictor.path).name
+    info = {"model": name, "backend": predictor.info.name, "precision": predictor.info.label,
             "view": renderer.view, "source": source.label, "frames": live["frames"],
             "dropped (stale)": stats.dropped, "skipped (unreadable)": stats.skipped, "reconnects": stats.reconnects,
             **{f"zone {k}": f"{v:.0%} covered" for k, v in zones.items()},
