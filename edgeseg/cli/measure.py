@@ -35,6 +35,17 @@ def eval_(
                        ] = "auto",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
+    yolo: Annotated[Path | None, typer.Option(help=(
+        "A YOLO segmentation folder (Ultralytics: images/, labels/*.txt polygons): animal IoU per photo, pet "
+        "called on photos without an animal, person pixels called pet."))] = None,
+    animal_classes: Annotated[str, typer.Option(help="With --yolo: the class ids that are animals (COCO-80: 15 cat, "
+                                                     "16 dog).")] = "15,16",
+    person_class: Annotated[int, typer.Option(help="With --yolo: the class id of people (-1: none).")] = 0,
+    person_masks: Annotated[Path | None, typer.Option(help=(
+        "Photos with person masks (images/N.jpg, masks/N.png; 0 background): the share of person pixels called "
+        "pet."))] = None,
+    numbered: Annotated[str | None, typer.Option(help=(
+        "With --person-masks: only the photos numbered in this range, e.g. 201-300."))] = None,
     by_breed: Annotated[int, typer.Option(min=0, help=(
         "Also score each breed (from the Oxford file names) that has at least this many images (0: off; JSON "
         "holds every breed)."))] = 0,
@@ -43,12 +54,21 @@ def eval_(
     """Pixel accuracy, per-class IoU, mIoU and pet IoU at the original image resolution; with --no-animal,
     how much of animal-free photos each model calls pet."""
 
+    from edgeseg.evaluation import scenes
     from edgeseg.evaluation.evaluate import animal_free, evaluate, load_split
     from edgeseg.loader import load_predictor
     from edgeseg.runtime.images import list_images
 
-    if data is None and no_animal is None:
-        raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder) and/or --no-animal (photos without animals)")
+    if data is None and no_animal is None and yolo is None and person_masks is None:
+        raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
+                           "--yolo (a YOLO segmentation folder) and/or --person-masks (photos with person masks)")
+    try:
+        animals = [int(v) for v in animal_classes.split(",") if v.strip()]
+    except ValueError:
+        raise EdgesegError(f"--animal-classes {animal_classes!r}: write class ids, e.g. 15,16") from None
+    people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \
+        if person_masks is not None else []
+    yolo_pairs = scenes.yolo_pairs(yolo) if yolo is not None else []
     samples = load_split(data, split, limit) if data is not None else []
     free = list_images(no_animal) if no_animal is not None else []
     if no_animal is not None and not free:
@@ -67,6 +87,15 @@ def eval_(
             task = bar.add_task(f"{len(free)} photos without animals", total=len(free))
             out["no_animal"] = {"folder": str(no_animal), "models": animal_free(
                 predictors, free, progress=lambda i, n: bar.update(task, completed=i))}
+        if yolo_pairs:
+            task = bar.add_task(f"{len(yolo_pairs)} YOLO-labelled photos", total=len(yolo_pairs))
+            out["yolo"] = {"folder": str(yolo), "animal_classes": animals, "models": scenes.score_yolo(
+                predictors, yolo, animals, None if person_class < 0 else person_class,
+                progress=lambda i, n: bar.update(task, completed=i))}
+        if people:
+            task = bar.add_task(f"{len(people)} photos of people", total=len(people))
+            out["people"] = {"folder": str(person_masks), "numbered": numbered, "models": scenes.score_people(
+                predictors, people, progress=lambda i, n: bar.update(task, completed=i))}
     if as_json:
         print_json(out)
         return
@@ -84,6 +113,43 @@ def eval_(
                           f"{100 * r['animal_share']:.1f}",
                           f"{100 * r['worst_pet_share']:.1f} ({Path(r['worst_image']).name})")
         print_table(table)
+    if yolo_pairs:
+        _yolo_table(out["yolo"])
+    if people:
+        _people_table(out["people"])
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.1f}"
+
+
+def _yolo_table(section: dict) -> None:
+    rows = section["models"]
+    table = Table(title=f"{section['folder']}: {rows[0]['images']} photos, {rows[0]['with_animal']} with an animal "
+                        f"(classes {','.join(map(str, section['animal_classes']))})", title_justify="left")
+    for col in ("model", "animal IoU (mean)", "animal IoU (pooled)", "missed", "pet % without animal",
+                "person px called pet %"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(_name(r["model"]), "" if r["animal_iou_mean"] is None else f"{r['animal_iou_mean']:.4f}",
+                      "" if r["animal_iou_pooled"] is None else f"{r['animal_iou_pooled']:.4f}",
+                      f"{r['missed']}/{r['with_animal']}", _pct(r["pet_share_without_animal"]),
+                      _pct(r["person_pixels_called_pet"]))
+    print_table(table)
+
+
+def _people_table(section: dict) -> None:
+    rows = section["models"]
+    numbered = f" numbered {section['numbered']}" if section["numbered"] else ""
+    table = Table(title=f"{section['folder']}: {rows[0]['images']} photos of people{numbered}", title_justify="left")
+    for col in ("model", "person px called pet %", "per photo: mean %", "median %", "photos > 20% painted",
+                "all px called pet %", "worst photo %"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(_name(r["model"]), _pct(r["person_pixels_called_pet"]), _pct(r["person_share_mean"]),
+                      _pct(r["person_share_median"]), f"{r['photos_painted']}/{r['images']}",
+                      _pct(r["all_pixels_called_pet"]), f"{_pct(r['worst_share'])} ({r['worst_image']})")
+    print_table(table)
 
 
 def _accuracy_table(out: dict, predictors: list) -> None:

@@ -12,6 +12,7 @@ edgeseg and its packages, so this interpreter's ``sys.path`` is its ``PYTHONPATH
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -28,6 +29,7 @@ from pathlib import Path
 from edgeseg.deploy.triton_repo import RepoOptions, write_repo
 from edgeseg.errors import EdgesegError
 
+NOISE = ("NVML", "DCGM", "CudaDriverHelper", "pinned memory", "CUDA driver")  # a server without a GPU prints these
 INSTALL = "pip install --no-deps nvidia-pytriton (the Triton server binary; see the README's Triton section)"
 
 
@@ -137,24 +139,31 @@ class TritonServer:
         raise EdgesegError(f"tritonserver did not get ready within {self.start_timeout:.0f} s: {tail}")
 
     def log_tail(self, lines: int = 3) -> str:
+        """The log's lines that say why the server stopped: a model that failed to load first, else its last
+        errors (without the GPU-less machine's CUDA/NVML/DCGM notices, which every start prints)."""
         path = Path(self._log_file.name) if getattr(self, "_log_file", None) else None
         if path is None or not path.exists():
             return ""
-        text = path.read_text(errors="replace").strip().splitlines()
-        errors = [t for t in text if t.startswith("E") or "error" in t.lower()] or text
+        text = [t.strip() for t in path.read_text(errors="replace").splitlines() if t.strip()]
+        quiet = [t for t in text if not any(n in t for n in NOISE)]
+        failed = [t for t in quiet if any(w in t for w in ("failed to load", "Exception", "Error:"))]
+        errors = failed or [t for t in quiet if t.startswith("E") or "error" in t.lower()] or text
         return " | ".join(errors[-lines:])
 
     def wait(self) -> int:
         return self.process.wait() if self.process else 0
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # Triton's graceful shutdown
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
+        """Triton's graceful shutdown (SIGINT), then whatever is left of its process group: the Python
+        backend's stubs outlive a server that crashed or was killed."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            self.process.wait()
         if getattr(self, "_log_file", None):
             self._log_file.close()
         if self._tmp is not None:

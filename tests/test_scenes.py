@@ -1,0 +1,107 @@
+"""YOLO segmentation folders and person-mask folders as labelled sets (eval --yolo, --person-masks)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DATASETS, REPO
+
+from edgeseg.errors import EdgesegError
+from edgeseg.evaluation import scenes
+
+
+class Painter:
+    """A stand-in model: calls pet (class 0) the pixels of a fixed rectangle (fractions of the frame)."""
+
+    def __init__(self, box=(0.0, 0.0, 0.5, 1.0)) -> None:
+        self.box = box
+
+    def predict(self, image):
+        h, w = image.shape[:2]
+        mask = np.ones((h, w), np.uint8)
+        x0, y0, x1, y1 = self.box
+        mask[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)] = 0
+        return mask
+
+    def describe(self):
+        return {"model": "painter"}
+
+
+def _yolo_folder(tmp_path):
+    root = tmp_path / "yolo"
+    (root / "images" / "sub").mkdir(parents=True)
+    (root / "labels" / "sub").mkdir(parents=True)
+    for name in ("cat.jpg", "sub/dog.png", "empty.jpg"):
+        cv2.imwrite(str(root / "images" / name), np.full((100, 200, 3), 128, np.uint8))
+    # two polygons in one file: a cat (15) on the left half, a person (0) on the right half
+    (root / "labels" / "cat.txt").write_text("15 0 0 0.5 0 0.5 1 0 1\n0 0.5 0 1 0 1 1 0.5 1\n")
+    (root / "labels" / "sub" / "dog.txt").write_text("16 0.5 0.5 0.5 1.0\n")  # a box: the centre half
+    return root  # empty.jpg has no label file: no object
+
+
+def test_yolo_labels_polygons_boxes_and_bad_lines(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("15 0.1 0.1 0.9 0.1 0.5 0.9\n\n16 0.5 0.5 0.2 0.2\n")
+    shapes = scenes.read_yolo_labels(path)
+    assert [s.cls for s in shapes] == [15, 16] and shapes[1].points.shape == (4, 2)
+    assert np.allclose(shapes[1].points[0], [0.4, 0.4])
+    mask = scenes.rasterize(shapes, {16}, (100, 100))
+    assert abs(int(mask.sum()) - 400) <= 45  # a 20 x 20 box
+    for bad, what in (("15 0.1 0.2 0.3\n", "line 1"), ("x 0.1 0.2 0.3 0.4 0.5 0.6\n", "line 1"),
+                      ("1 0 0 1 1 1 0\n2 nan 0 1 1 1 0\n", "line 2")):
+        path.write_text(bad)
+        with pytest.raises(EdgesegError, match=what):
+            scenes.read_yolo_labels(path)
+
+
+def test_yolo_scores_iou_people_and_photos_without_animals(tmp_path):
+    root = _yolo_folder(tmp_path)
+    pairs = scenes.yolo_pairs(root)
+    assert sorted(p.name for p, _ in pairs) == ["cat.jpg", "dog.png", "empty.jpg"]
+    assert dict((p.name, lbl is None) for p, lbl in pairs)["empty.jpg"]
+    (r,) = scenes.score_yolo([Painter()], root)
+    assert (r["with_animal"], r["without_animal"]) == (2, 1)
+    # cat: the left half exactly (IoU 1); dog: the centre box (0.25-0.75) against the left half: 0.25/0.75
+    assert r["per_image_iou"]["cat.jpg"] == pytest.approx(1.0, abs=0.02)
+    assert r["per_image_iou"]["dog.png"] == pytest.approx(1 / 3, abs=0.02)
+    assert r["pet_share_without_animal"] == pytest.approx(0.5)
+    assert r["person_pixels_called_pet"] == pytest.approx(0.0, abs=0.02)  # the person is on the right half
+    (r,) = scenes.score_yolo([Painter((0.5, 0, 1, 1))], root, animal_classes=[15, 16])
+    assert r["person_pixels_called_pet"] == pytest.approx(1.0, abs=0.02) and r["missed"] == 1
+
+
+def test_person_masks_smaller_than_their_photo_and_numbered(tmp_path):
+    root = tmp_path / "people"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for n in (1, 2, 250):
+        cv2.imwrite(str(root / "images" / f"{n}.jpg"), np.zeros((100, 200, 3), np.uint8))
+        mask = np.zeros((50, 100), np.uint8)
+        mask[:, :50] = 255  # the left half, at half the photo's size
+        cv2.imwrite(str(root / "masks" / f"{n}.png"), mask)
+    pairs = scenes.person_pairs(root, scenes.parse_range("2-300"))
+    assert [p.name for p, _ in pairs] == ["2.jpg", "250.jpg"]
+    (r,) = scenes.score_people([Painter((0, 0, 0.25, 1))], pairs)
+    assert r["person_pixels_called_pet"] == pytest.approx(0.5, abs=0.01)  # half the person, after resizing
+    assert r["all_pixels_called_pet"] == pytest.approx(0.25, abs=0.01) and r["photos_painted"] == 2
+    (root / "masks" / "2.png").unlink()
+    with pytest.raises(EdgesegError, match=r"no mask 2\.png"):
+        scenes.person_pairs(root)
+    with pytest.raises(EdgesegError, match="201-300"):
+        scenes.parse_range("300-201")
+
+
+@pytest.mark.skipif(not (DATASETS / "people-and-scenes").is_dir(), reason="needs ../shared/datasets")
+def test_eval_reads_the_shared_scene_sets(cli):
+    import json
+
+    root = DATASETS / "people-and-scenes"
+    r = cli("eval", REPO / "models" / "segnet_dsc.onnx", "--yolo", root / "coco128-cats-dogs", "--person-masks",
+            root / "people", "--numbered", "201-300", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    (y,) = out["yolo"]["models"]
+    assert y["with_animal"] == 12 and 0 < y["animal_iou_mean"] < 1
+    (p,) = out["people"]["models"]
+    assert p["images"] == 90 and 0 < p["person_share_mean"] < 1
