@@ -6,8 +6,9 @@ backend. PyTriton's own Python API is not used: it pins NumPy below 2 and, run u
 empty tensors (measured with 0.7.0); edgeseg installs the wheel with ``--no-deps`` (see the README).
 Two facts of these machines are handled here, not in the user's shell: the backend stub loads the
 first ``libpython3.X.so`` the loader finds (a system 3.11.2 under a 3.11.7 interpreter breaks its
-standard library), so this interpreter's LIBDIR leads ``LD_LIBRARY_PATH``; and the stub must import
-edgeseg and its packages, so this interpreter's ``sys.path`` is its ``PYTHONPATH``.
+standard library), so this interpreter's LIBDIR leads ``LD_LIBRARY_PATH``; it finds its Python home from
+the first ``python3`` on PATH, so this interpreter's folder leads PATH; and the stub must import edgeseg
+and its packages, so this interpreter's ``sys.path`` is its ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def server_env(files: ServerFiles) -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, str(files.libs), env.get("LD_LIBRARY_PATH", "")) if p)
     env["PYTHONPATH"] = ":".join(p for p in sys.path if p)
+    # the stub's embedded Python finds its home from the first python3 on PATH (a system one, when this
+    # interpreter's folder is not on PATH, brings its own standard library: "No module named '_struct'")
+    env["PATH"] = ":".join(p for p in (str(Path(sys.prefix) / "bin"), env.get("PATH", "")) if p)
     return env
 
 
