@@ -143,7 +143,7 @@ def write_repo(model: Path, outdir: Path, opts: RepoOptions, force: bool = False
     with tempfile.TemporaryDirectory(prefix=f".{opts.name}.", dir=outdir) as tmp:
         stage = Path(tmp) / opts.name
         (stage / "1").mkdir(parents=True)
-        next_step = _stage_files(model, stage, opts)
+        next_step = _stage_files(model, stage, opts, folder)
         if folder.exists():
             shutil.rmtree(folder)
         stage.rename(folder)  # the whole folder or none of it
@@ -151,7 +151,7 @@ def write_repo(model: Path, outdir: Path, opts: RepoOptions, force: bool = False
     return RepoReport(str(folder), str(folder / "config.pbtxt"), files, next_step)
 
 
-def _stage_files(model: Path, stage: Path, opts: RepoOptions) -> str | None:
+def _stage_files(model: Path, stage: Path, opts: RepoOptions, folder: Path) -> str | None:
     from edgeseg.runtime.backends.predictor import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES
 
     suffix = model.suffix.lower()
@@ -161,22 +161,22 @@ def _stage_files(model: Path, stage: Path, opts: RepoOptions) -> str | None:
                                f"{opts.platform}", model)
         return _engine_files(model, stage, opts)
     onnx_path = _exported(model, stage.parent) if suffix in CHECKPOINT_SUFFIXES else model
-    pixels = opts.platform != "tensorrt"
-    if opts.platform == "python":  # the Predictor scales the pixels itself (edgeseg.runtime.images.to_tensor)
-        data, meta = served_onnx(onnx_path, pixels=False)
-    else:
-        data, meta = served_onnx(onnx_path, pixels=pixels)
+    # uint8 pixels in for ONNX Runtime; the python platform's Predictor scales them itself (to_tensor)
+    data, meta = served_onnx(onnx_path, pixels=opts.platform == "onnxruntime")
     target = stage / ("model.onnx" if opts.platform == "tensorrt" else "1/model.onnx")
     target.write_bytes(data)
     if opts.platform == "python":
         (stage / "1" / "model.py").write_text(MODEL_PY)
-    output, classes = _output_of(data)
-    config = model_config(meta, opts, output, classes)
+    graph = _graph(data)
+    props = {p.key: p.value for p in graph.metadata_props}
+    output = graph.graph.output[0]
+    classes = len(output.type.tensor_type.shape.dim) == 3  # an ArgMax head: class ids, not scores
+    config = model_config(meta, opts, output.name, classes)
     atomic_write(stage / "config.pbtxt", lambda p: p.write_text(config.text()))
     if opts.platform == "tensorrt":
-        precision = "int8" if _props(data).get("precision", "fp32").startswith("int8") else "fp16"
-        return (f"on the GPU that serves it: edgeseg build {opts.name}/model.onnx --precision {precision} "
-                f"--max-batch {opts.max_batch} -o {opts.name}/1/model.plan")
+        precision = "int8" if props.get("precision", "fp32").startswith("int8") else "fp16"
+        return (f"on the GPU that serves it: edgeseg build {folder}/model.onnx --precision {precision} "
+                f"--max-batch {opts.max_batch} -o {folder}/1/model.plan")
     return None
 
 
@@ -208,15 +208,7 @@ def _exported(checkpoint: Path, workdir: Path) -> Path:
     return out
 
 
-def _props(data: bytes) -> dict[str, str]:
+def _graph(data: bytes):
     import onnx
 
-    return {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
-
-
-def _output_of(data: bytes) -> tuple[str, bool]:
-    """The output's name and whether it holds class ids (an ArgMax head) rather than scores."""
-    import onnx
-
-    out = onnx.load_from_string(data).graph.output[0]
-    return out.name, len(out.type.tensor_type.shape.dim) == 3
+    return onnx.load_from_string(data)
