@@ -97,11 +97,14 @@ def test_eval_reads_the_shared_scene_sets(cli):
     import json
 
     root = DATASETS / "people-and-scenes"
-    r = cli("eval", REPO / "models" / "segnet_dsc.onnx", "--yolo", root / "coco128-cats-dogs", "--person-masks",
-            root / "people", "--numbered", "201-300", "--json")
+    r = cli("eval", REPO / "models" / "segnet_dsc.onnx", "--yolo", root / "coco128-cats-dogs", "--yolo",
+            root / "coco128", "--person-masks", root / "people", "--numbered", "201-300", "--json")
     assert r.code == 0, r.err
     out = json.loads(r.out)
-    (y,) = out["yolo"]["models"]
-    assert y["with_animal"] == 12 and 0 < y["animal_iou_mean"] < 1
+    cats_dogs, coco = out["yolo"]
+    (y,) = cats_dogs["models"]
+    assert cats_dogs["folder"].endswith("coco128-cats-dogs") and y["with_animal"] == 12 and 0 < y["animal_iou_mean"] < 1
+    (c,) = coco["models"]
+    assert c["images"] == 94 and c["with_animal"] == 0 and 0 <= c["pet_share_without_animal"] < 1
     (p,) = out["people"]["models"]
     assert p["images"] == 90 and 0 < p["person_share_mean"] < 1

@@ -94,6 +94,15 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     r = cli("eval", out, "--data", pets3, "--limit", "3", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["models"][0]["images"] == 3
+    # several --data folders, each scored alone, in one run (the card's aims come from one command)
+    r = cli("eval", out, "--data", pets3, "--data", pets3.parent / "oxford-pets-extra", "--limit", "2", "--json")
+    assert r.code == 0, r.err
+    first, extra = json.loads(r.out)["datasets"]
+    assert first["data"] == str(pets3) and extra["data"].endswith("oxford-pets-extra")
+    assert first["models"][0]["images"] == extra["models"][0]["images"] == 2
+    assert first["models"][0]["miou"] != extra["models"][0]["miou"]
+    r = cli("eval", out, "--data", pets3, "--data", pets3.parent / "oxford-pets-extra", "--limit", "2")
+    assert r.code == 0 and "oxford-pets-3breeds / test" in r.out and "oxford-pets-extra / test" in r.out
 
 
 def test_lovasz_loss_is_one_minus_the_benchmarks_iou_on_hard_predictions(cli, pets3, tmp_path):

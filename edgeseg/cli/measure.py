@@ -25,7 +25,8 @@ from edgeseg.errors import EdgesegError
 def eval_(
     models: Annotated[list[str], typer.Argument(help=(
         "Checkpoints and/or ONNX models, compared side by side; triton://HOST:PORT/NAME for a served one."))],
-    data: Annotated[Path | None, typer.Option(help="Oxford-IIIT Pet layout folder (images/, annotations/).")] = None,
+    data: Annotated[list[Path] | None, typer.Option(help=(
+        "Oxford-IIIT Pet layout folder (images/, annotations/); repeat it for several, each scored alone."))] = None,
     no_animal: Annotated[Path | None, typer.Option(help=(
         "Folder of photos without any animal: the share of pixels each model calls pet (all wrong)."))] = None,
     split: Annotated[str, typer.Option(help="Split file in annotations/: test, trainval or list.")] = "test",
@@ -35,9 +36,9 @@ def eval_(
                        ] = "auto",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
-    yolo: Annotated[Path | None, typer.Option(help=(
+    yolo: Annotated[list[Path] | None, typer.Option(help=(
         "A YOLO segmentation folder (Ultralytics: images/, labels/*.txt polygons): animal IoU per photo, pet "
-        "called on photos without an animal, person pixels called pet."))] = None,
+        "called on photos without an animal, person pixels called pet; repeatable."))] = None,
     animal_classes: Annotated[str, typer.Option(help="With --yolo: the class ids that are animals (COCO-80: 15 cat, "
                                                      "16 dog).")] = "15,16",
     person_class: Annotated[int, typer.Option(help="With --yolo: the class id of people (-1: none).")] = 0,
@@ -59,7 +60,7 @@ def eval_(
     from edgeseg.loader import load_predictor
     from edgeseg.runtime.images import list_images
 
-    if data is None and no_animal is None and yolo is None and person_masks is None:
+    if not data and no_animal is None and not yolo and person_masks is None:
         raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
                            "--yolo (a YOLO segmentation folder) and/or --person-masks (photos with person masks)")
     try:
@@ -68,8 +69,8 @@ def eval_(
         raise EdgesegError(f"--animal-classes {animal_classes!r}: write class ids, e.g. 15,16") from None
     people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \
         if person_masks is not None else []
-    yolo_pairs = scenes.yolo_pairs(yolo) if yolo is not None else []
-    samples = load_split(data, split, limit) if data is not None else []
+    yolo_sets = [(folder, scenes.yolo_pairs(folder)) for folder in yolo or ()]
+    splits = [(folder, load_split(folder, split, limit)) for folder in data or ()]
     free = list_images(no_animal) if no_animal is not None else []
     if no_animal is not None and not free:
         raise EdgesegError("no images in this folder", no_animal)
@@ -78,20 +79,23 @@ def eval_(
         p.upsample = check_upsample(upsample)
     out: dict = {"upsample": upsample}
     with progress(quiet=as_json) as bar:
-        if samples:
+        for folder, samples in splits:
             task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))
-            results = evaluate(predictors, samples, progress=lambda i, n: bar.update(task, completed=i),
+            results = evaluate(predictors, samples, progress=lambda i, n, t=task: bar.update(t, completed=i),
                                by_breed=by_breed > 0)
-            out.update(data=str(data), split=split, images=len(samples), models=results)
+            out.setdefault("datasets", []).append(
+                {"data": str(folder), "split": split, "images": len(samples), "models": results, "upsample": upsample})
+        if splits:  # the first folder's figures at the top too, where scripts reading one --data find them
+            out.update({k: v for k, v in out["datasets"][0].items() if k != "upsample"})
         if free:
             task = bar.add_task(f"{len(free)} photos without animals", total=len(free))
             out["no_animal"] = {"folder": str(no_animal), "models": animal_free(
                 predictors, free, progress=lambda i, n: bar.update(task, completed=i))}
-        if yolo_pairs:
-            task = bar.add_task(f"{len(yolo_pairs)} YOLO-labelled photos", total=len(yolo_pairs))
-            out["yolo"] = {"folder": str(yolo), "animal_classes": animals, "models": scenes.score_yolo(
-                predictors, yolo, animals, None if person_class < 0 else person_class,
-                progress=lambda i, n: bar.update(task, completed=i))}
+        for folder, pairs in yolo_sets:
+            task = bar.add_task(f"{len(pairs)} YOLO-labelled photos", total=len(pairs))
+            scores = scenes.score_yolo(predictors, folder, animals, None if person_class < 0 else person_class,
+                                       progress=lambda i, n, t=task: bar.update(t, completed=i))
+            out.setdefault("yolo", []).append({"folder": str(folder), "animal_classes": animals, "models": scores})
         if people:
             task = bar.add_task(f"{len(people)} photos of people", total=len(people))
             out["people"] = {"folder": str(person_masks), "numbered": numbered, "models": scenes.score_people(
@@ -99,10 +103,10 @@ def eval_(
     if as_json:
         print_json(out)
         return
-    if samples:
-        _accuracy_table(out, predictors)
+    for section in out.get("datasets", ()):
+        _accuracy_table(section, predictors)
         if by_breed:
-            _breed_table(out, by_breed)
+            _breed_table(section, by_breed)
     if free:
         table = Table(title=f"{no_animal}: {len(free)} photos without animals ({upsample} upsampling)",
                       title_justify="left")
@@ -113,8 +117,8 @@ def eval_(
                           f"{100 * r['animal_share']:.1f}",
                           f"{100 * r['worst_pet_share']:.1f} ({Path(r['worst_image']).name})")
         print_table(table)
-    if yolo_pairs:
-        _yolo_table(out["yolo"])
+    for section in out.get("yolo", ()):
+        _yolo_table(section)
     if people:
         _people_table(out["people"])
 

@@ -130,36 +130,64 @@ def train(
 
 
 def composites(
-    objects: Annotated[list[Path], typer.Argument(help=(
+    output: Annotated[Path, typer.Option("-o", "--output", help=(
+        "Folder to write: animal-free pictures for train --no-animal, or with --pets an Oxford-layout folder "
+        "for train --data."))],
+    objects: Annotated[list[Path] | None, typer.Argument(help=(
         "Folders of cut-out objects: PNGs with an alpha channel, none of an animal (e.g. tuxpaint-stamps-default's "
-        "food/, household/, vehicles/)."))],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write (then train --no-animal it).")],
+        "food/, household/, vehicles/). Not with --pets."), show_default=False)] = None,
+    pets: Annotated[Path | None, typer.Option(help=(
+        "A train --cache: its pets, cut out by their trimaps, are pasted at 10-90% of the frame on the --scenes "
+        "photos (people are background), labelled; the validation hold-out's photos (train's default --seed) are "
+        "never used."))] = None,
     count: Annotated[int, typer.Option(min=1, help="Composites to write.")] = 600,
-    scenes: Annotated[Path | None, typer.Option(help=(
-        "Folder of animal-free scene photos: crops of them are backgrounds, and each is also written whole."))
-    ] = None,
+    scenes: Annotated[list[Path] | None, typer.Option(help=(
+        "Folder of scene photos without animals (repeatable): crops of them are backgrounds, and each is also "
+        "written whole."))] = None,
+    numbered: Annotated[str | None, typer.Option(help=(
+        "Only the --scenes photos whose name is a number in this range, e.g. 1-200 (a training split)."))] = None,
     cache: Annotated[Path | None, typer.Option(help=(
         "A train --cache: its photos' background-only crops are backgrounds too (not the validation hold-out's "
-        "of train's default --seed)."))] = None,
+        "of train's default --seed). Not with --pets."))] = None,
     skip: Annotated[str, typer.Option(help="Comma-separated words: cut-outs whose file name has one are left out.")
                     ] = "",
     size: Annotated[int, typer.Option(min=16, help="Side of the square pictures (train's input side).")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the draws: the same seed, the same pictures.")] = 1,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
-    """Animal-free training pictures: cut-out objects pasted on backgrounds, so that a model learns that an
-    object in the middle of the frame is not necessarily a pet (train --no-animal takes the folder)."""
+    """Training pictures made by pasting: objects on backgrounds, so that a model learns that an object in the
+    middle of the frame is not necessarily a pet (train --no-animal takes the folder); or with --pets, pets
+    pasted small and large into photos of people and rooms, with their trimaps (train --data takes the folder)."""
+    from edgeseg.evaluation.scenes import parse_range
 
-    from edgeseg.training.composites import write_composites
-
+    if bool(objects) == bool(pets):
+        raise EdgesegError("give folders of cut-out objects, or --pets CACHE with --scenes, not both")
+    if pets and (cache or skip):
+        raise EdgesegError("--cache and --skip are for object cut-outs; --pets takes its pets from its own cache")
+    if pets and not scenes:
+        raise EdgesegError("--pets needs --scenes: the photos (of people, of rooms) to paste the pets into")
+    span = parse_range(numbered) if numbered else None
+    common = {"size": size, "seed": seed, "val_seed": RECIPE.seed, "val_fraction": RECIPE.val_fraction,
+              "force": force}
     with progress() as bar:
         task = bar.add_task("composites", total=count)
-        result = write_composites(objects, output, count, scenes=scenes, cache=cache,
-                                  skip=[w for w in skip.split(",") if w], size=size, seed=seed,
-                                  val_seed=RECIPE.seed, val_fraction=RECIPE.val_fraction, force=force,
-                                  progress=lambda done, _: bar.update(task, completed=done))
-    console.print(f"{result['composites']} composites ({result['cutouts']} cut-outs on {result['training_crops']} "
-                  f"training-photo crops, {result['scenes']} scene photos and gradients) and the scene photos whole: "
-                  f"{result['out']}")
 
+        def done(n: int, _: int) -> None:
+            bar.update(task, completed=n)
 
+        if pets:
+            from edgeseg.training.pasted import write_pasted
+
+            r = write_pasted(pets, scenes, output, count, numbered=span, progress=done, **common)
+        else:
+            from edgeseg.training.composites import write_composites
+
+            r = write_composites(objects, output, count, scenes=scenes or (), numbered=span, cache=cache,
+                                 skip=[w for w in skip.split(",") if w], progress=done, **common)
+    if pets:
+        console.print(f"{r['composites']} composites ({r['pets']} pets on {r['scenes']} scene photos) and the scene "
+                      f"photos whole, in the Oxford layout (train --data takes it): {r['out']}")
+    else:
+        console.print(f"{r['composites']} composites ({r['cutouts']} cut-outs on {r['training_crops']} "
+                      f"training-photo crops, {r['scenes']} scene photos and gradients) and the scene photos whole: "
+                      f"{r['out']}")

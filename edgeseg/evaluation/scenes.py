@@ -143,7 +143,7 @@ def person_pairs(root: Path, numbered: tuple[int, int] | None = None) -> list[tu
         raise EdgesegError("expected images/ and masks/ (person masks, 0 background) side by side", root)
     pairs = []
     for image in list_images(images):
-        if numbered and not (image.stem.isdigit() and numbered[0] <= int(image.stem) <= numbered[1]):
+        if not in_range(image, numbered):
             continue
         mask = masks / f"{image.stem}.png"
         if not mask.is_file():
@@ -153,6 +153,11 @@ def person_pairs(root: Path, numbered: tuple[int, int] | None = None) -> list[tu
         raise EdgesegError("no photo with a person mask" + (f" numbered {numbered[0]}-{numbered[1]}" if numbered
                                                             else ""), root)
     return pairs
+
+
+def in_range(path: Path, numbered: tuple[int, int] | None) -> bool:
+    """Whether a file's name is a number within ``numbered`` (always, without a range)."""
+    return numbered is None or (path.stem.isdigit() and numbered[0] <= int(path.stem) <= numbered[1])
 
 
 def parse_range(text: str) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluation.scenes import in_range
 from edgeseg.files import check_folder
 from edgeseg.runtime.images import ImageError, decode_image, list_images, read_image
 
@@ -121,13 +122,16 @@ def training_crops(cache: str | Path, val_fraction: float, seed: int) -> list[np
             for i in np.flatnonzero(ts.negative) if ts.names[i] not in held_out]
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), img):  # OpenCV reports a full disk or a lost folder only by returning False
+def write_image(path: Path, img: np.ndarray, params: Sequence[int] = ()) -> None:
+    """cv2.imwrite (the format its suffix names) that fails loudly: OpenCV reports a full disk or a lost folder
+    only by returning False."""
+    if not cv2.imwrite(str(path), img, list(params)):
         raise EdgesegError("could not be written (disk full or folder removed?); free space and run again", path)
 
 
-def write_composites(objects: Sequence[str | Path], out: str | Path, count: int, scenes: str | Path | None = None,
-                     cache: str | Path | None = None, skip: Sequence[str] = (), size: int = 128, seed: int = 1,
+def write_composites(objects: Sequence[str | Path], out: str | Path, count: int, scenes: Sequence[str | Path] = (),
+                     numbered: tuple[int, int] | None = None, cache: str | Path | None = None,
+                     skip: Sequence[str] = (), size: int = 128, seed: int = 1,
                      val_fraction: float = 0.1, val_seed: int = 0, force: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> dict:
     """Write ``count`` composites as ``cNNNN.png`` and every scene photo whole as ``sNN.png`` to the folder
@@ -141,7 +145,7 @@ def write_composites(objects: Sequence[str | Path], out: str | Path, count: int,
         raise EdgesegError(f"output folder {out.parent} does not exist; create it first", out)
     cutouts = load_cutouts(objects, skip)
     scene_images = []
-    for p in list_images(scenes) if scenes else []:
+    for p in [p for folder in scenes for p in list_images(folder) if in_range(p, numbered)]:
         try:
             scene_images.append(read_image(p))
         except ImageError as e:
@@ -152,11 +156,11 @@ def write_composites(objects: Sequence[str | Path], out: str | Path, count: int,
     tmp.mkdir()
     try:
         for i, img in enumerate(composites(cutouts, crops, scene_images, count, size, seed)):
-            _write_png(tmp / f"c{i:04d}.png", img)
+            write_image(tmp / f"c{i:04d}.png", img)
             if progress:
                 progress(i + 1, count)
         for j, img in enumerate(scene_images):
-            _write_png(tmp / f"s{j:02d}.png", cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
+            write_image(tmp / f"s{j:02d}.png", cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
     except BaseException:  # interrupted or failed: nothing half-written stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

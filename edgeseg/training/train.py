@@ -218,7 +218,9 @@ def load_data(cfg: TrainConfig, progress: Progress | None = None) -> TrainingDat
         n_extra = len(ex_images)
     n_negative = int(ts.negative[train_idx].sum())
     n_free = sum(1 for i in train_idx if ts.names[i].startswith("no-animal:"))
-    counts = {"train_images": int((~ts.negative[train_idx]).sum()), "negative_crops": n_negative - n_free,
+    n_composite = sum(1 for i in train_idx if ts.names[i].startswith(trainset.COMPOSITE) and not ts.negative[i])
+    counts = {"train_images": int((~ts.negative[train_idx]).sum()) - n_composite, "composite_images": n_composite,
+              "negative_crops": n_negative - n_free,
               "no_animal_images": n_free, "val_images": len(held_out), "extra_images": n_extra}
     draw = torch.from_numpy(weights / weights.sum()) if cfg.balance != "none" or cfg.negatives else None
     return TrainingData(torch.from_numpy(images), torch.from_numpy(masks).long(), draw,
@@ -233,7 +235,8 @@ def model_meta(cfg: TrainConfig, recipe: dict, data: TrainingData) -> ModelMeta:
         arch=cfg.arch, kernel_size=cfg.kernel_size, input_size=tuple(cfg.size), interpolation=cfg.interpolation,
         provenance={"trained_with": f"edgeseg {__version__} train", "data": recipe["data"] or recipe["cache"],
                     "split": "trainval", "train_images": c["train_images"], "negative_crops": c["negative_crops"],
-                    "no_animal_images": c["no_animal_images"], "val_images": c["val_images"], "seed": cfg.seed,
+                    "composite_images": c["composite_images"], "no_animal_images": c["no_animal_images"],
+                    "val_images": c["val_images"], "seed": cfg.seed,
                     "extra_data": recipe["extra_data"], "extra_images": c["extra_images"]},
     )
 

@@ -24,6 +24,7 @@ from edgeseg.runtime.images import ImageError, list_images, read_image, resize
 from edgeseg.runtime.masks import BACKGROUND
 
 BALANCE = ("none", "breed", "species")
+COMPOSITE = "composite_"  # photos named so (edgeseg composites --pets) are never held out for validation
 MIN_NEGATIVE_SIDE = 0.3  # a background crop is kept when its side is at least this share of the photo's short side
 
 
@@ -146,8 +147,10 @@ def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, ba
 
 def validation_split(ts: TrainSet, fraction: float, seed: int) -> tuple[np.ndarray, set[str]]:
     """Indices of the photos held out for validation and their names (their negatives are held out with them);
-    with a single photo there is nothing to hold out: it serves as both (quick runs, tests)."""
-    real = np.flatnonzero(~ts.negative)  # photos in their split order; negatives follow their photo
+    with a single photo there is nothing to hold out: it serves as both (quick runs, tests). Composites are
+    never held out: validation scores real photos, and adding a composites folder leaves the hold-out as it was."""
+    real = np.array([i for i in np.flatnonzero(~ts.negative) if not ts.names[i].startswith(COMPOSITE)],
+                    dtype=np.int64)  # photos in their split order; negatives follow their photo
     order = np.random.default_rng(seed).permutation(len(real))
     n_val = max(1, round(len(real) * fraction)) if len(real) > 1 else 0
     if not n_val:
