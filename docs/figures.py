@@ -8,7 +8,10 @@ fp32, so they do not depend on the CPU), on test-split photos only (the model tr
   ids blown up with nearest neighbour, the border class as an outline) beside the default (scores
   upsampled, the animal one soft-edged shape);
 - docs/failures.jpg: the four test photos of both test splits with the lowest animal IoU, each beside
-  its trimap's animal (white), with the IoU printed.
+  its trimap's animal (white), with the IoU printed;
+- docs/scenes.jpg: the default overlay on pet-camera scenes no training saw: the first three people
+  photos of the report split (201-300) and the three COCO cats/dogs whose animal fills the least of the
+  frame.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import numpy as np
 
 from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap
 from edgeseg.evaluation.metrics import ConfusionMatrix
+from edgeseg.evaluation.scenes import COCO_ANIMALS, in_range, rasterize, read_yolo_labels, yolo_pairs
 from edgeseg.runtime.backends.predictor import Predictor
-from edgeseg.runtime.images import read_image
+from edgeseg.runtime.images import list_images, read_image
 from edgeseg.runtime.loop.overlay import Renderer
 from edgeseg.runtime.masks import BACKGROUND, Masks
 
@@ -106,6 +110,18 @@ def failures(predictor: Predictor, samples: list[Sample], n: int = 4) -> np.ndar
     return tile(panels, columns=2, height=220)
 
 
+def scene_frames(root: Path) -> list[np.ndarray]:
+    """The first three people photos numbered 201-300, and the three cats/dogs filling the least of their frame."""
+    people = [read_image(p) for p in list_images(root / "people" / "images") if in_range(p, (201, 300))][:3]
+    sized = []
+    for image, label in yolo_pairs(root / "coco128-cats-dogs"):
+        frame = read_image(image)
+        shapes = read_yolo_labels(label) if label else []
+        sized.append((rasterize(shapes, set(COCO_ANIMALS), frame.shape[:2]).mean(), str(image), frame))
+    small = [frame for _, _, frame in sorted(sized, key=lambda t: t[:2])[:3]]
+    return people + small
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=REPO / "models" / "segnet_dsc.onnx")
@@ -120,6 +136,9 @@ def main() -> None:
     pairs = [comparison(predictor, read_image(s.image)) for s in first_of(tests, EDGE_BREEDS)]
     save(args.out / "edges.jpg", tile(pairs, columns=1, height=240))
     save(args.out / "failures.jpg", failures(predictor, tests))
+    frames = scene_frames(args.datasets / "people-and-scenes")
+    save(args.out / "scenes.jpg", tile([Renderer().render(f, masks_of(predictor, f)) for f in frames],
+                                       columns=3, height=200))
 
 
 if __name__ == "__main__":

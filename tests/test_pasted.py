@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.evaluation.datasets import oxford_split, read_trimap
+from edgeseg.evaluation.datasets import IGNORE, oxford_split, read_trimap
 from edgeseg.runtime.masks import BACKGROUND, BORDER, PET
 from edgeseg.training import pasted, trainset
 
@@ -51,8 +51,9 @@ def test_pets_are_cut_by_their_trimap_without_the_frame_edge_border(tmp_path):
     pet_cache(tmp_path / "c.npz")
     cuts = pasted.pet_cutouts(tmp_path / "c.npz", 0.2, 0)
     image, ids = cuts[0]
-    assert ids.shape == (18, 18)  # the pet and one pixel of border, not the border along the top edge
-    assert (ids[1:-1, 1:-1] == PET).all() and (ids[0] == BORDER).all() and set(np.unique(ids)) == {PET, BORDER}
+    assert ids.shape == (18, 18)  # the pet and its border ring, not the border along the top edge
+    # the ring is pasted with the pet but left out of the loss: a pasted edge is not Oxford's border band
+    assert (ids[1:-1, 1:-1] == PET).all() and (ids[0] == IGNORE).all() and set(np.unique(ids)) == {PET, IGNORE}
     assert image.shape == (18, 18, 3)
 
 
@@ -67,6 +68,7 @@ def test_composites_hold_no_validation_photo_and_only_numbered_scenes(tmp_path, 
         assert image[:, :, 0].max() < 60 and (image[:, :, 1][labels == BACKGROUND] < 100).all()
         pet = labels == PET
         assert pet.any() and (image[:, :, 2][pet] > 0).mean() > 0.5  # the pet's own pixels where it is labelled
+        assert not (labels == BORDER).any()
         ys, xs = np.nonzero(labels != BACKGROUND)
         scales.append(max(np.ptp(ys), np.ptp(xs)) + 1)
     # its long side log-uniform in 10-90% of the frame (less where part of it is outside): small and large
@@ -85,6 +87,11 @@ def test_the_folder_is_the_oxford_layout(tmp_path, scenes):
         tri = read_trimap(s.mask)
         assert cv2.imread(str(s.image)).shape == (SIDE, SIDE, 3) and tri.shape == (SIDE, SIDE)
         assert (tri == PET).any() != s.name.startswith("composite_scene")  # scenes whole: all background
+        assert set(np.unique(cv2.imread(str(s.mask), cv2.IMREAD_UNCHANGED))) <= {0, 1, 2}  # 0: ignored ring
+    # train reads the scenes whole as "no animal" examples (drawn within --negatives' share), the rest as photos
+    ts = trainset.load(samples, (SIDE, SIDE), "area")
+    assert [n for n, neg in zip(ts.names, ts.negative, strict=True) if neg] == [
+        f"composite_scene_{j:04d}" for j in range(3)]
 
 
 def test_same_seed_same_composites(tmp_path, scenes):

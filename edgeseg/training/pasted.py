@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluation.datasets import IGNORE
 from edgeseg.evaluation.scenes import in_range
 from edgeseg.files import check_folder
 from edgeseg.runtime.images import ImageError, list_images, read_image
@@ -50,7 +51,7 @@ def pet_cutouts(cache: str | Path, val_fraction: float, seed: int) -> list[tuple
         # (the band holds the photo's own background, as it does in the trimaps); not the border drawn along
         # the frame's edge where the animal leaves the photo, which would paste a line
         ring = (mask == BORDER) & (cv2.dilate(pet.view(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0)
-        ids = np.where(pet | ring, mask, BACKGROUND).astype(np.uint8)
+        ids = np.where(pet, PET, np.where(ring, IGNORE, BACKGROUND)).astype(np.uint8)
         ys, xs = np.nonzero(pet | ring)
         box = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
         cutouts.append((np.ascontiguousarray(ts.images[i].transpose(1, 2, 0)[:, :, ::-1][box]), ids[box]))
@@ -147,7 +148,7 @@ def write_pasted(pets_cache: str | Path, scenes: Sequence[str | Path], out: str 
 
     def add(name: str, image: np.ndarray, labels: np.ndarray) -> None:
         write_image(tmp / "images" / f"{name}.jpg", image, quality)
-        write_image(tmp / "annotations" / "trimaps" / f"{name}.png", labels + 1)
+        write_image(tmp / "annotations" / "trimaps" / f"{name}.png", np.where(labels == IGNORE, 0, labels + 1))
         names.append(name)
 
     try:

@@ -21,7 +21,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap, resize_mask, species
 from edgeseg.files import atomic_write
 from edgeseg.runtime.images import ImageError, list_images, read_image, resize
-from edgeseg.runtime.masks import BACKGROUND
+from edgeseg.runtime.masks import BACKGROUND, BORDER, PET
 
 BALANCE = ("none", "breed", "species")
 COMPOSITE = "composite_"  # photos named so (edgeseg composites --pets) are never held out for validation
@@ -90,7 +90,9 @@ def load(samples: list[Sample], size: tuple[int, int], interpolation: str, negat
 
     for i, s in enumerate(samples):
         image, trimap = read_image(s.image), read_trimap(s.mask)
-        add(image, trimap, s.name, False)
+        # a photo whose trimap holds no animal (a scene written whole by composites --pets) is a "no animal"
+        # example: drawn within --negatives' share, never held out for validation
+        add(image, trimap, s.name, not np.isin(trimap, (PET, BORDER)).any())
         if negatives and (box := background_square(trimap)) is not None:
             x, y, side = box
             crop = image[y:y + side, x:x + side]
