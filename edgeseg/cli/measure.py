@@ -84,9 +84,9 @@ def eval_(
             results = evaluate(predictors, samples, progress=lambda i, n, t=task: bar.update(t, completed=i),
                                by_breed=by_breed > 0)
             out.setdefault("datasets", []).append(
-                {"data": str(folder), "split": split, "images": len(samples), "models": results, "upsample": upsample})
+                {"data": str(folder), "split": split, "images": len(samples), "models": results})
         if splits:  # the first folder's figures at the top too, where scripts reading one --data find them
-            out.update({k: v for k, v in out["datasets"][0].items() if k != "upsample"})
+            out.update(out["datasets"][0])
         if free:
             task = bar.add_task(f"{len(free)} photos without animals", total=len(free))
             out["no_animal"] = {"folder": str(no_animal), "models": animal_free(
@@ -104,7 +104,7 @@ def eval_(
         print_json(out)
         return
     for section in out.get("datasets", ()):
-        _accuracy_table(section, predictors)
+        _accuracy_table(section, upsample, predictors)
         if by_breed:
             _breed_table(section, by_breed)
     if free:
@@ -156,9 +156,9 @@ def _people_table(section: dict) -> None:
     print_table(table)
 
 
-def _accuracy_table(out: dict, predictors: list) -> None:
+def _accuracy_table(out: dict, upsample: str, predictors: list) -> None:
     table = Table(title=f"{out['data']} / {out['split']}: {out['images']} images, scored at original resolution "
-                        f"({out['upsample']} upsampling)",
+                        f"({upsample} upsampling)",
                   title_justify="left")
     names = list(predictors[0].meta.class_names)
     for col in ["model", "backend", "precision", "pixel acc", "mIoU", *[f"IoU {n}" for n in names],

@@ -30,7 +30,7 @@ from edgeseg.training.composites import random_crop, write_image
 SMALLEST, LARGEST = 0.1, 0.9  # the pasted pet's long side, as a share of the frame's side (log-uniform)
 TWO_PETS = 0.2  # share of composites with a second pet
 WHOLE_FRAME = 0.5  # share of backgrounds that are the whole scene squeezed to the square, as the runtime does
-RING = 3  # pixels of the trimap's border class pasted around the pet
+RING = 3  # pixels of the trimap's border class pasted around the pet, left out of the loss
 SCENE_SIDE = 512  # scenes are kept at most this long a side: 200 photos in about 120 MB
 
 
@@ -90,7 +90,7 @@ def paste_pet(canvas: np.ndarray, labels: np.ndarray, pet: tuple[np.ndarray, np.
               rng: np.random.Generator) -> None:
     """Paste a pet cut-out in place: long side SMALLEST-LARGEST of the frame, aspect 0.8-1.25, mirrored half
     the time, brightness 0.4-1.2x (dark animals), anywhere with at most a fifth of it outside the frame;
-    its trimap classes (pet, border) overwrite ``labels`` where it lands."""
+    its labels (pet, IGNORE on the ring) overwrite ``labels`` where it lands."""
     image, mask = pet
     size = canvas.shape[0]
     side = size * np.exp(rng.uniform(np.log(SMALLEST), np.log(LARGEST)))
@@ -129,8 +129,8 @@ def write_pasted(pets_cache: str | Path, scenes: Sequence[str | Path], out: str 
                  numbered: tuple[int, int] | None = None, size: int = 128, seed: int = 1, val_fraction: float = 0.1,
                  val_seed: int = 0, force: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write ``count`` composites and every scene whole (no animal) as an Oxford-layout folder: images/NAME.jpg,
-    annotations/trimaps/NAME.png (1 pet, 2 background, 3 border) and annotations/trainval.txt; filled beside
-    ``out`` and renamed, never half-written."""
+    annotations/trimaps/NAME.png (1 pet, 2 background, 0 the pasted ring: ignored) and annotations/trainval.txt;
+    filled beside ``out`` and renamed, never half-written."""
     out = Path(out)
     check_folder(out, force)
     if not Path(pets_cache).is_file():
