@@ -35,23 +35,11 @@ def test_model_card_test_split_metrics_are_reproduced(pets3, upsample, column):
     assert abs(100 * r["pixel_accuracy"] - 100 * card_value("pixel accuracy", column)) <= 0.1
 
 
-@pytest.mark.slow
-def test_model_card_160_variant_is_reproduced(pets3):
-    m = re.search(r"^\| 160x160 \| \**([0-9.]+)\** \(([0-9.]+)\) \| \**([0-9.]+)\** \|",
-                  (MODELS / "README.md").read_text(), flags=re.M)
-    assert m, "models/README.md has no '| 160x160 | mIoU (nearest) | pixel accuracy |' row"
-    predictor = load_predictor(MODELS / "segnet_dsc_160.onnx", backend="onnxruntime", precision="fp32", threads=2)
-    r = evaluate([predictor], load_split(pets3, "test"))[0]
-    assert abs(100 * r["miou"] - 100 * float(m.group(1))) <= 0.1
-    assert abs(100 * r["pixel_accuracy"] - 100 * float(m.group(3))) <= 0.1
-
-
-@pytest.mark.parametrize(("name", "size"), [("segnet_dsc", 128), ("segnet_dsc_160", 160)])
-def test_bundled_onnx_is_the_export_of_the_bundled_checkpoint(name, size):
+def test_bundled_onnx_is_the_export_of_the_bundled_checkpoint():
     ckpt = load_checkpoint(MODELS / "segnet_dsc.pth")
-    assert ckpt.meta.arch == "segnet-dsc" and ckpt.meta.input_size == (128, 128)
-    model = onnx.load(str(MODELS / f"{name}.onnx"))
+    assert ckpt.meta.arch == "segnet-dsc" and ckpt.meta.input_size == (160, 160)
+    model = onnx.load(str(MODELS / "segnet_dsc.onnx"))
     props = {p.key: p.value for p in model.metadata_props}
     assert props["source_sha256"] == sha256_file(MODELS / "segnet_dsc.pth")
-    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, size, size]
-    assert (MODELS / f"{name}.calib.json").stat().st_size > 1000
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 160, 160]
+    assert (MODELS / "segnet_dsc.calib.json").stat().st_size > 1000

@@ -37,7 +37,7 @@ def test_served_onnx_takes_pixels_in_batches_bit_exact():
     got = session.run(None, {PIXELS_INPUT: resized(frames, meta)})[0]
     local = Predictor.load(BUNDLED, backend="onnxruntime", precision="fp32", lower_unpool=False)
     want = np.concatenate([local.scores(local.preprocess(f)) for f in frames])
-    assert got.shape == (5, 3, 128, 128) and np.array_equal(got, want)
+    assert got.shape == (5, 3, 160, 160) and np.array_equal(got, want)
 
 
 def _parse(path):
@@ -58,20 +58,20 @@ def test_triton_repo_parses_with_tritons_own_protobuf(platform, tmp_path, cli):
     # dims leave out the batch dimension, which max_batch_size adds
     if platform == "tensorrt":
         assert (cfg.platform, inp.data_type, list(inp.dims)) == ("tensorrt_plan", model_config_pb2.TYPE_FP32,
-                                                                 [3, 128, 128])
+                                                                 [3, 160, 160])
         assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
         onnx_file = tmp_path / "edgeseg" / "model.onnx"
         assert "edgeseg build" in r.out and "model.plan" in r.out
     else:
-        assert (inp.name, inp.data_type, list(inp.dims)) == ("image", model_config_pb2.TYPE_UINT8, [128, 128, 3])
+        assert (inp.name, inp.data_type, list(inp.dims)) == ("image", model_config_pb2.TYPE_UINT8, [160, 160, 3])
         assert inp.format == model_config_pb2.ModelInput.FORMAT_NHWC
         onnx_file = tmp_path / "edgeseg" / "1" / "model.onnx"
         assert (cfg.platform or cfg.backend) == {"onnxruntime": "onnxruntime_onnx", "python": "python"}[platform]
-    assert (out.name, list(out.dims)) == ("logits", [3, 128, 128])
+    assert (out.name, list(out.dims)) == ("logits", [3, 160, 160])
     from edgeseg.runtime.backends.triton import meta_from_parameters
 
     params = {k: {"string_value": v.string_value} for k, v in cfg.parameters.items()}
-    assert meta_from_parameters(params).input_size == (128, 128)
+    assert meta_from_parameters(params).input_size == (160, 160)
     import onnx
 
     batch = onnx.load(str(onnx_file)).graph.input[0].type.tensor_type.shape.dim[0]
@@ -182,7 +182,7 @@ def test_deepstream_configs_use_nvidias_keys_and_the_models_values(tmp_path, cli
     prop = infer["property"]
     assert set(prop) <= NVINFER_KEYS, set(prop) - NVINFER_KEYS
     assert prop["network-type"] == "2" and prop["output-blob-names"] == "logits"
-    assert prop["infer-dims"] == "3;128;128" and prop["num-detected-classes"] == "3"
+    assert prop["infer-dims"] == "3;160;160" and prop["num-detected-classes"] == "3"
     assert float(prop["net-scale-factor"]) == pytest.approx(1 / 255) and "offsets" not in prop
     assert prop["model-color-format"] == "0" and prop["network-mode"] == "2" and prop["batch-size"] == "6"
     assert prop["maintain-aspect-ratio"] == "0" and prop["scaling-filter"] == "3"  # area: GPU super-sampling

@@ -268,7 +268,7 @@ def test_dynamic_batch_profile_and_argmax_head(trt, tmp_path, photos, tmp_path_f
     engine = tmp_path / "dyn.engine"
     r, log = fake(trt, "build", model, "--precision", "fp32", "--max-batch", "4", "-o", engine, tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert log["builds"][0]["profiles"] == [{"input": [[1, 3, 128, 128], [4, 3, 128, 128], [4, 3, 128, 128]]}]
+    assert log["builds"][0]["profiles"] == [{"input": [[1, 3, 160, 160], [4, 3, 160, 160], [4, 3, 160, 160]]}]
     r, log = fake(trt, "run", engine, "--source", photos, "--warmup", "0", "--save-masks", tmp_path / "masks",
                   "--report", tmp_path / "r.json", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr

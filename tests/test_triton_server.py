@@ -115,7 +115,7 @@ def test_http_and_grpc_clients_agree(served):
     grpc = load_predictor(served.url)
     http = load_predictor(f"triton+http://127.0.0.1:{served.http}/edgeseg")
     a, b = grpc.scores(grpc.preprocess(frames)), http.scores(http.preprocess(frames))
-    assert a.shape == (4, 3, 128, 128) and np.array_equal(a, b)
+    assert a.shape == (4, 3, 160, 160) and np.array_equal(a, b)
 
 
 def test_bench_concurrency_like_perf_analyzer(served, tmp_path, cli):
