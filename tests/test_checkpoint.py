@@ -178,17 +178,17 @@ def test_info_summarizes_a_training_record_in_a_few_lines(cli):
 
     r = cli("info", REPO / "models" / "segnet_dsc.pth")
     assert r.code == 0, r.err
-    assert "batch 8, lr 5e-05, cosine down to lr/100, 160px, seed 0" in r.out
-    assert "4 of 4 planned" in r.out and "4: validation mIoU 0.6755" in r.out
+    assert "batch 8, lr 0.0003, cosine down to lr/100, 160px, seed 0" in r.out
+    assert "30 of 30 planned" in r.out and "27: validation mIoU 0.6888" in r.out
     # how it was trained: augmentation and "no animal" data, each in a line
-    assert "whole frames, rotation within 10 degrees" in r.out
-    assert "border class x1.5; 'no animal' 30% of draws (background crops and folder neg)" in r.out
+    assert "zoom-in crops to 0.6 of the side, zoom-out to 1/1.5, rotation within 10 degrees" in r.out
+    assert "border class x1.5; 'no animal' 30% of draws (background crops and folder neg160)" in r.out
     # the stage it was fine-tuned from, in one line
-    assert "started from" in r.out and "8 epochs, best validation mIoU 0.6865" in r.out
+    assert "started from" in r.out and "4 epochs, best validation mIoU 0.6755" in r.out
     assert "'val_miou'" not in r.out and len(r.out.splitlines()) < 32  # no raw per-epoch dicts
     full = json.loads(cli("info", REPO / "models" / "segnet_dsc.pth", "--json").out)
-    assert len(full["extra"]["history"]) == 4
+    assert len(full["extra"]["history"]) == 30
     first = full["extra"]
-    for _ in range(5):  # the from-scratch stage, five parents up (model card: stages 1, 2, 3, A, E, T160)
+    for _ in range(6):  # the from-scratch stage, six parents up (model card: stages 1, 2, 3, A, E, T160, Z)
         first = first["init_from"]
     assert len(first["history"]) == 60 and first["best"]["epoch"] == 57
