@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,28 @@ def test_several_folders_give_their_trainval_lines_once(pets3, pets37):
     tests = {s.name for s in oxford_split(pets3, "test")}
     assert not tests & set(names)  # never a test line
     assert trainset.trainval_samples([pets3, pets3]) == trainset.trainval_samples([pets3])
+
+
+def test_a_name_taken_by_another_photo_is_kept_under_its_folder(pets3, tmp_path):
+    """Two composites folders both start at composite_00000: the second folder's photo is not dropped."""
+    from edgeseg.evaluation.datasets import oxford_split
+
+    photos = oxford_split(pets3, "trainval")[:2]
+
+    def folder(name: str, photo) -> str:
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        (root / "annotations" / "trimaps").mkdir(parents=True)
+        (root / "annotations" / "trainval.txt").write_text("composite_00000\n")
+        (root / "images" / "composite_00000.jpg").write_bytes(photo.image.read_bytes())
+        (root / "annotations" / "trimaps" / "composite_00000.png").write_bytes(photo.mask.read_bytes())
+        return str(root)
+
+    a, b, same = folder("a", photos[0]), folder("b", photos[1]), folder("c", photos[0])
+    samples = trainset.trainval_samples([a, b, same])
+    assert [s.name for s in samples] == ["composite_00000", "composite_00000@b"]  # c repeats a's photo
+    assert samples[1].image == Path(b) / "images" / "composite_00000.jpg"
+    assert all(s.name.startswith(trainset.COMPOSITE) and breed(s.name) == "composite" for s in samples)
 
 
 def test_background_crops_hold_only_background(pets3):

@@ -47,15 +47,25 @@ class TrainSet:
 
 
 def trainval_samples(folders: Sequence[str | Path]) -> list[Sample]:
-    """The trainval lines of every folder, each photo once: a name listed in two folders (the
-    37-breed folder repeats some 3-breed trainval photos) is taken from the first."""
-    samples, seen = [], set()
+    """The trainval lines of every folder, each photo once: a photo listed in two folders with the
+    same bytes (the 37-breed folder repeats some 3-breed trainval photos) is taken from the first; a
+    different photo under a name already taken (two ``composites`` folders both start at
+    ``composite_00000``) is kept, as ``name@folder``."""
+    samples: list[Sample] = []
+    seen: dict[str, Sample] = {}
     for folder in folders:
         for s in oxford_split(folder, "trainval"):
-            if s.name not in seen:
-                seen.add(s.name)
+            first = seen.get(s.name)
+            if first is None:
+                seen[s.name] = s
                 samples.append(s)
+            elif not _same_files(first, s):
+                samples.append(Sample(f"{s.name}@{Path(folder).name}", s.image, s.mask))
     return samples
+
+
+def _same_files(a: Sample, b: Sample) -> bool:
+    return a.image.read_bytes() == b.image.read_bytes() and a.mask.read_bytes() == b.mask.read_bytes()
 
 
 def background_square(trimap: np.ndarray) -> tuple[int, int, int] | None:
