@@ -71,6 +71,24 @@ def test_yolo_scores_iou_people_and_photos_without_animals(tmp_path):
     assert r["person_pixels_called_pet"] == pytest.approx(1.0, abs=0.02) and r["missed"] == 1
 
 
+def test_pet_pixels_without_an_animal_split_by_the_label_they_fall_on(tmp_path):
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    cv2.imwrite(str(root / "images" / "table.jpg"), np.full((100, 200, 3), 128, np.uint8))
+    # a table (60) over the left 60% of the frame, a pizza (53) on it: the box x 0.1-0.3, y 0.25-0.75
+    (root / "labels" / "table.txt").write_text("60 0 0 0.6 0 0.6 1 0 1\n53 0.2 0.5 0.2 0.5\n")
+    (r,) = scenes.score_yolo([Painter((0, 0, 0.8, 1))], root)  # 80% of the frame called pet
+    by = r["pet_share_by_label"]
+    assert list(by) == ["60", "unlabelled", "53"]  # largest first; the pizza's pixels are the pizza's
+    assert by["53"] == pytest.approx(0.1, abs=0.01) and by["60"] == pytest.approx(0.5, abs=0.01)
+    assert by["unlabelled"] == pytest.approx(0.2, abs=0.01)
+    assert sum(by.values()) == pytest.approx(r["pet_share_without_animal"])
+    (root / "classes.txt").write_text("\n".join(f"c{i}" for i in range(53)) + "\npizza\n")
+    (r,) = scenes.score_yolo([Painter((0, 0, 0.8, 1))], root)
+    assert set(r["pet_share_by_label"]) == {"pizza", "60", "unlabelled"}  # 60 has no name in classes.txt
+
+
 def test_person_masks_smaller_than_their_photo_and_numbered(tmp_path):
     root = tmp_path / "people"
     (root / "images").mkdir(parents=True)
@@ -106,5 +124,6 @@ def test_eval_reads_the_shared_scene_sets(cli):
     assert cats_dogs["folder"].endswith("coco128-cats-dogs") and y["with_animal"] == 12 and 0 < y["animal_iou_mean"] < 1
     (c,) = coco["models"]
     assert c["images"] == 94 and c["with_animal"] == 0 and 0 <= c["pet_share_without_animal"] < 1
+    assert sum(c["pet_share_by_label"].values()) == pytest.approx(c["pet_share_without_animal"])
     (p,) = out["people"]["models"]
     assert p["images"] == 90 and 0 < p["person_share_mean"] < 1

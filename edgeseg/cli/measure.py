@@ -21,6 +21,7 @@ from edgeseg.cli.common import (
 )
 from edgeseg.errors import EdgesegError
 
+LABELS_SHOWN = 5  # the eval table names the labels taking most of the pet pixels; --json has them all
 
 def eval_(
     models: Annotated[list[str], typer.Argument(help=(
@@ -139,6 +140,12 @@ def _yolo_table(section: dict) -> None:
                       "" if r["animal_iou_pooled"] is None else f"{r['animal_iou_pooled']:.4f}",
                       f"{r['missed']}/{r['with_animal']}", _pct(r["pet_share_without_animal"]),
                       _pct(r["person_pixels_called_pet"]))
+    if any(r["pet_share_by_label"] for r in rows):
+        table.caption = "pet % without animal, by the label the pixels fall on: " + "; ".join(
+            f"{_name(r['model'])}: " + ", ".join(f"{'class ' * k.isdigit()}{k} {100 * v:.2f}" for k, v in
+                                                list(r["pet_share_by_label"].items())[:LABELS_SHOWN])
+            for r in rows)
+        table.caption_justify = "left"
     print_table(table)
 
 

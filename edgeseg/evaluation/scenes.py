@@ -4,7 +4,9 @@
   image, each line a class id and a polygon of x y pairs in 0..1; several per file; an image without a
   label file has no object), scored with a class map saying which ids are animals: the animal IoU
   (pet and border against the animal's polygons) per photo, and on photos without an animal the share
-  of pixels called pet; pixels of people (``--person-class``) called pet, where the labels have them;
+  of pixels called pet, and the labels those pixels fall on (the smallest shape holding each; names
+  from a ``classes.txt``, one per line, beside ``images/`` or in ``labels/``); pixels of people
+  (``--person-class``) called pet, where the labels have them;
 - photos with person masks (``images/N.jpg``, ``masks/N.png``: 0 background, anything else person;
   a mask smaller than its photo is resized, nearest): the share of person pixels called pet.
 
@@ -88,6 +90,24 @@ def yolo_pairs(root: Path) -> list[tuple[Path, Path | None]]:
     return pairs
 
 
+def class_names(root: Path) -> dict[int, str]:
+    """A YOLO folder's class names from ``classes.txt`` (the darknet and LabelImg convention), else none."""
+    for path in (root / "classes.txt", root / "labels" / "classes.txt"):
+        if path.is_file():
+            return {i: n.strip() for i, n in enumerate(path.read_text(errors="replace").splitlines()) if n.strip()}
+    return {}
+
+
+def label_map(shapes: Sequence[Shape], shape: tuple[int, int]) -> np.ndarray:
+    """Per pixel the class of the smallest shape holding it (a pizza on a table is pizza), -1 where none."""
+    h, w = shape
+    out = np.full((h, w), -1, np.int32)
+    polygons = [(s.cls, np.round(s.points * [w, h] - 0.5).astype(np.int32)) for s in shapes]
+    for cls, pts in sorted(polygons, key=lambda p: -abs(cv2.contourArea(p[1]))):
+        cv2.fillPoly(out, [pts], int(cls))
+    return out
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 1.0
@@ -97,16 +117,20 @@ def score_yolo(predictors: Sequence[Predictor], root: Path, animal_classes: Sequ
                person_class: int | None = COCO_PERSON, progress: Callable[[int, int], None] | None = None
                ) -> list[dict]:
     """Per model: mean animal IoU over the photos with an animal (and pooled over their pixels), photos whose
-    animal was missed (IoU under 0.1), the share of pixels called pet on the photos without one, and the
-    share of labelled person pixels called pet."""
+    animal was missed (IoU under 0.1), the share of pixels called pet on the photos without one (and its
+    split by the label those pixels fall on, largest first; the parts sum to it), and the share of
+    labelled person pixels called pet."""
     pairs = yolo_pairs(root)
     animals = set(animal_classes)
-    acc = [{"ious": [], "inter": 0, "union": 0, "free": [], "person": [0, 0], "per_image": {}} for _ in predictors]
+    names = class_names(root)
+    acc = [{"ious": [], "inter": 0, "union": 0, "free": [], "by_label": {}, "person": [0, 0], "per_image": {}}
+           for _ in predictors]
     for i, (image_path, label) in enumerate(pairs):
         image = read_image(image_path)
         shapes = read_yolo_labels(label) if label else []
         truth = rasterize(shapes, animals, image.shape[:2])
         person = rasterize(shapes, {person_class}, image.shape[:2]) & ~truth if person_class is not None else None
+        labels = None if truth.any() else label_map(shapes, image.shape[:2])
         for p, a in zip(predictors, acc, strict=True):
             animal = p.predict(image) != 1
             if truth.any():
@@ -117,6 +141,9 @@ def score_yolo(predictors: Sequence[Predictor], root: Path, animal_classes: Sequ
                 a["per_image"][image_path.name] = iou
             else:
                 a["free"].append(float(animal.mean()))
+                found, counts = np.unique(labels[animal], return_counts=True)
+                for cls, n in zip(found.tolist(), counts.tolist(), strict=True):
+                    a["by_label"][cls] = a["by_label"].get(cls, 0.0) + n / animal.size
             if person is not None:  # a person holding a cat: the cat's pixels are the cat's
                 a["person"][0] += int(np.count_nonzero(animal & person))
                 a["person"][1] += int(np.count_nonzero(person))
@@ -130,6 +157,8 @@ def score_yolo(predictors: Sequence[Predictor], root: Path, animal_classes: Sequ
                     "animal_iou_pooled": a["inter"] / a["union"] if a["union"] else None,
                     "missed": int((ious < 0.1).sum()), "without_animal": len(a["free"]),
                     "pet_share_without_animal": float(np.mean(a["free"])) if a["free"] else None,
+                    "pet_share_by_label": {("unlabelled" if c < 0 else names.get(c, str(c))): v / len(a["free"])
+                                           for c, v in sorted(a["by_label"].items(), key=lambda kv: -kv[1])},
                     "person_pixels_called_pet": a["person"][0] / a["person"][1] if a["person"][1] else None,
                     "per_image_iou": a["per_image"]})
     return out
