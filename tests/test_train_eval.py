@@ -78,16 +78,19 @@ def test_eval_scores_each_breed_on_its_own_photos(pets3):
 def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     out = tmp_path / "tiny.pth"
     r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "1", "--batch", "3",
-            "--size", "32x32", "--seed", "1")
+            "--size", "32x32", "--seed", "1", "--dark", "0.5")
     assert r.code == 0, r.err
     ck = load_checkpoint(out)
     assert ck.meta.arch == "segnet-dsc" and ck.meta.input_size == (32, 32)
+    assert json.loads(cli("info", out, "--json").out)["extra"]["recipe"]["dark"] == 0.5
+    table = " ".join(cli("info", out).out.replace("│", " ").split())
+    assert "blur on 10% of samples, dimmed on 50% of samples" in table  # the record names its augmentations
     assert ck.meta.interpolation == "area"
     assert ck.meta.provenance["train_images"] == 5 and ck.meta.provenance["val_images"] == 1
     assert len(ck.extra["history"]) == 1 and np.isfinite(ck.extra["history"][0]["loss"])
     # resume continues the same run
     r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "2", "--batch", "3",
-            "--size", "32x32", "--seed", "1", "--resume", out.with_name("tiny.last.pth"))
+            "--size", "32x32", "--seed", "1", "--dark", "0.5", "--resume", out.with_name("tiny.last.pth"))
     assert r.code == 0, r.err
     assert [h["epoch"] for h in load_checkpoint(out).extra["history"]] == [1, 2]
     # and the result goes through eval
@@ -328,6 +331,24 @@ def test_gray_turns_about_its_share_of_the_batch_grey_and_leaves_the_rest():
     luma = 0.299 * x[grey, 0] + 0.587 * x[grey, 1] + 0.114 * x[grey, 2]
     assert torch.allclose(y[grey, 0], luma)
     assert torch.equal(random_gray(x, 0.0, torch.Generator()), x)
+
+
+def test_dark_dims_about_its_share_of_the_batch_with_noise_and_leaves_the_rest():
+    import torch
+
+    from edgeseg.training.augment import DARK_GAIN, random_dark
+
+    x = torch.rand(400, 3, 16, 16) * 0.5 + 0.5  # bright photos, 0.5-1
+    y = random_dark(x, 0.25, torch.Generator().manual_seed(0))
+    untouched = (y == x).flatten(1).all(1)
+    dimmed = ~untouched
+    assert 70 <= int(dimmed.sum()) <= 130 and float(y.min()) >= 0 and float(y.max()) <= 1
+    means = y[dimmed].mean(dim=(1, 2, 3))
+    assert float(means.max()) < DARK_GAIN[1] + 0.05 and float(means.min()) > 0.02  # dim, not black
+    assert float(means.std()) > 0.03  # a range of gains, not one
+    flat = random_dark(torch.full((50, 3, 16, 16), 0.8), 1.0, torch.Generator().manual_seed(1))
+    assert float(flat.std(dim=(1, 2, 3)).max()) > 0.01  # sensor noise on a flat grey wall
+    assert torch.equal(random_dark(x, 0.0, torch.Generator()), x)
 
 
 def test_random_crop_zooms_in_and_keeps_labels_valid():

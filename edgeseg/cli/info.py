@@ -66,7 +66,8 @@ def _recipe_rows(recipe: dict) -> list[tuple[str, object]]:
         aug.append(zoom + (f", zoom-out to 1/{g('zoom_out')}" if (g("zoom_out") or 1) > 1 else ""))
     if g("rotate"):
         aug.append(f"rotation within {g('rotate'):g} degrees")
-    aug += [f"{label} on {g(k):.0%} of samples" for k, label in (("blur", "blur"), ("gray", "grey")) if g(k)]
+    shares = (("blur", "blur"), ("gray", "grey"), ("dark", "dimmed"))
+    aug += [f"{label} on {g(k):.0%} of samples" for k, label in shares if g(k)]
     data = [f"cross-entropy, border class x{g('border_weight', 1)}"]
     if g("lovasz"):
         data.append(f"Lovasz x{g('lovasz')}")

@@ -77,6 +77,9 @@ def train(
     gray: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
         "Share of samples turned grey at random, for monochrome and night-vision cameras (0: off)."))
     ] = RECIPE.gray,
+    dark: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "Share of samples dimmed at random as in a dim room at night (gamma, low gain, sensor noise) (0: off)."))
+    ] = RECIPE.dark,
     cache: Annotated[Path | None, typer.Option(help=(
         "Training-set cache (.npz, about 8 KB a photo): written from --data when missing, read when present; "
         "with no --data it trains from the cache alone (a GPU machine without the photos)."))] = None,
@@ -98,7 +101,7 @@ def train(
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
                       border_weight=border_weight, lovasz=lovasz, average=average, rotate=rotate, blur=blur, gray=gray,
-                      cache=str(cache) if cache else None,
+                      dark=dark, cache=str(cache) if cache else None,
                       epochs=epochs, batch=batch, precision=precision, schedule=schedule,
                       init=str(init) if init else None, no_animal=str(no_animal) if no_animal else None,
                       size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,

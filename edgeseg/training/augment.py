@@ -76,6 +76,25 @@ def random_gray(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor
     return torch.where(chosen, luma, x)
 
 
+DARK_GAIN = (0.15, 0.5)  # what is left of the light: a lamp-lit room to a dim one, before the camera's gain
+DARK_GAMMA = (1.0, 2.0)  # shadows sink faster than highlights
+DARK_NOISE = 0.04  # the largest per-pixel noise sigma (of the [0, 1] range): the gain the camera then applies
+
+
+def random_dark(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """A share ``p`` of the batch dimmed as a dim room or dusk looks to a small camera: a gamma that sinks
+    the shadows, a gain well under one, and sensor noise; the dark animals a pet camera misses at night."""
+    n = x.shape[0]
+
+    def draw(lo: float, hi: float) -> torch.Tensor:
+        return (lo + torch.rand(n, 1, 1, 1, generator=gen) * (hi - lo)).to(x.device)
+
+    chosen = (torch.rand(n, generator=gen) < p)[:, None, None, None].to(x.device)
+    noise = torch.randn(x.shape, generator=gen).to(x.device) * draw(0.0, DARK_NOISE)
+    dim = (x.clamp_min(0) ** draw(*DARK_GAMMA) * draw(*DARK_GAIN) + noise).clamp(0, 1)
+    return torch.where(chosen, dim, x)
+
+
 def epoch_batches(images: torch.Tensor, masks: torch.Tensor, draw: torch.Tensor | None, steps: int,
                   cfg: TrainConfig, gen: torch.Generator, device: torch.device
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -93,6 +112,8 @@ def epoch_batches(images: torch.Tensor, masks: torch.Tensor, draw: torch.Tensor 
         if cfg.scale_aug < 1.0 or cfg.zoom_out > 1.0 or cfg.rotate:
             x, y = random_crop(x, y, cfg.scale_aug, gen, cfg.rotate, cfg.zoom_out)
         x = random_blur(x, cfg.blur, gen)
+        if cfg.dark:
+            x = random_dark(x, cfg.dark, gen)
         if cfg.gray:
             x = random_gray(x, cfg.gray, gen)
         yield x.contiguous(memory_format=torch.channels_last), y

@@ -46,6 +46,7 @@ class TrainConfig:
     rotate: float = 10.0  # random rotation within +-degrees (0: off, the notebook's recipe)
     blur: float = 0.1  # share of samples given a random Gaussian blur (0: off)
     gray: float = 0.0  # share of samples turned grey (0: off)
+    dark: float = 0.0  # share of samples dimmed as in a dim room at night, with sensor noise (0: off)
     cache: str | None = None  # .npz of the decoded training set: written when missing, read when present
     precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 where the device computes it natively
     init: str | None = None  # start from this checkpoint's weights (fine-tuning) instead of a random init
