@@ -49,7 +49,7 @@ def test_yolo_labels_polygons_boxes_and_bad_lines(tmp_path):
     mask = scenes.rasterize(shapes, {16}, (100, 100))
     assert abs(int(mask.sum()) - 400) <= 45  # a 20 x 20 box
     for bad, what in (("15 0.1 0.2 0.3\n", "line 1"), ("x 0.1 0.2 0.3 0.4 0.5 0.6\n", "line 1"),
-                      ("1 0 0 1 1 1 0\n2 nan 0 1 1 1 0\n", "line 2")):
+                      ("1 0 0 1 1 1 0\n2 nan 0 1 1 1 0\n", "line 2"), ("99999999999 0 0 1 1 1 0\n", "class id")):
         path.write_text(bad)
         with pytest.raises(EdgesegError, match=what):
             scenes.read_yolo_labels(path)

@@ -30,6 +30,7 @@ from edgeseg.runtime.images import ImageError, list_images, read_image
 
 COCO_ANIMALS = (15, 16)  # COCO-80's cat and dog, as Ultralytics numbers them
 COCO_PERSON = 0
+MAX_CLASS_ID = 2**31 - 1  # label_map paints class ids into an int32 image
 PAINTED = 0.2  # a person "painted" when more than this share of their pixels is called pet
 
 
@@ -53,6 +54,8 @@ def read_yolo_labels(path: Path) -> list[Shape]:
             raise EdgesegError(f"line {n} is not a class id and numbers (YOLO segmentation format)", path) from None
         if not np.isfinite(values).all() or cls < 0:
             raise EdgesegError(f"line {n} has a negative class or a value that is not a number", path)
+        if cls > MAX_CLASS_ID:
+            raise EdgesegError(f"line {n} has class id {cls}; class ids run from 0 to at most {MAX_CLASS_ID}", path)
         if len(values) == 4:
             cx, cy, w, h = values
             values = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy - h / 2, cx + w / 2, cy + h / 2,
