@@ -42,9 +42,9 @@ def test_a_name_taken_by_another_photo_is_kept_under_its_folder(pets3, tmp_path)
         (root / "annotations" / "trimaps" / "composite_00000.png").write_bytes(photo.mask.read_bytes())
         return str(root)
 
-    a, b, same = folder("a", photos[0]), folder("b", photos[1]), folder("c", photos[0])
-    samples = trainset.trainval_samples([a, b, same])
-    assert [s.name for s in samples] == ["composite_00000", "composite_00000@b"]  # c repeats a's photo
+    a, b = folder("a", photos[0]), folder("b", photos[1])
+    samples = trainset.trainval_samples([a, b, folder("c", photos[0]), folder("d", photos[1])])
+    assert [s.name for s in samples] == ["composite_00000", "composite_00000@b"]  # c repeats a's, d b's
     assert samples[1].image == Path(b) / "images" / "composite_00000.jpg"
     assert all(s.name.startswith(trainset.COMPOSITE) and breed(s.name) == "composite" for s in samples)
 

@@ -141,10 +141,12 @@ def _yolo_table(section: dict) -> None:
                       f"{r['missed']}/{r['with_animal']}", _pct(r["pet_share_without_animal"]),
                       _pct(r["person_pixels_called_pet"]))
     if any(r["pet_share_by_label"] for r in rows):
+        def largest(by_label: dict[str, float]) -> str:
+            parts = list(by_label.items())[:LABELS_SHOWN]
+            return ", ".join(f"{'class ' + k if k.isdigit() else k} {100 * v:.2f}" for k, v in parts)
+
         table.caption = "pet % without animal, by the label the pixels fall on: " + "; ".join(
-            f"{_name(r['model'])}: " + ", ".join(f"{'class ' * k.isdigit()}{k} {100 * v:.2f}" for k, v in
-                                                list(r["pet_share_by_label"].items())[:LABELS_SHOWN])
-            for r in rows)
+            f"{_name(r['model'])}: {largest(r['pet_share_by_label'])}" for r in rows)
         table.caption_justify = "left"
     print_table(table)
 

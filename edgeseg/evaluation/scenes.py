@@ -67,14 +67,18 @@ def read_yolo_labels(path: Path) -> list[Shape]:
     return shapes
 
 
+def _pixels(s: Shape, shape: tuple[int, int]) -> np.ndarray:
+    """A shape's polygon in pixel coordinates of an image of ``shape`` (h, w), as cv2.fillPoly takes it."""
+    h, w = shape
+    return np.round(s.points * [w, h] - 0.5).astype(np.int32)
+
+
 def rasterize(shapes: Sequence[Shape], classes: set[int], shape: tuple[int, int]) -> np.ndarray:
     """A bool mask of the pixels inside any polygon of ``classes`` (even-odd within one polygon)."""
-    h, w = shape
-    out = np.zeros((h, w), np.uint8)
+    out = np.zeros(shape, np.uint8)
     for s in shapes:
         if s.cls in classes:
-            pts = np.round(s.points * [w, h] - 0.5).astype(np.int32)
-            cv2.fillPoly(out, [pts], 1)
+            cv2.fillPoly(out, [_pixels(s, shape)], 1)
     return out.astype(bool)
 
 
@@ -103,11 +107,10 @@ def class_names(root: Path) -> dict[int, str]:
 
 def label_map(shapes: Sequence[Shape], shape: tuple[int, int]) -> np.ndarray:
     """Per pixel the class of the smallest shape holding it (a pizza on a table is pizza), -1 where none."""
-    h, w = shape
-    out = np.full((h, w), -1, np.int32)
-    polygons = [(s.cls, np.round(s.points * [w, h] - 0.5).astype(np.int32)) for s in shapes]
+    out = np.full(shape, -1, np.int32)
+    polygons = [(s.cls, _pixels(s, shape)) for s in shapes]
     for cls, pts in sorted(polygons, key=lambda p: -abs(cv2.contourArea(p[1]))):
-        cv2.fillPoly(out, [pts], int(cls))
+        cv2.fillPoly(out, [pts], cls)
     return out
 
 

@@ -52,15 +52,16 @@ def trainval_samples(folders: Sequence[str | Path]) -> list[Sample]:
     different photo under a name already taken (two ``composites`` folders both start at
     ``composite_00000``) is kept, as ``name@folder``."""
     samples: list[Sample] = []
-    seen: dict[str, Sample] = {}
+    seen: dict[str, list[Sample]] = {}
     for folder in folders:
         for s in oxford_split(folder, "trainval"):
-            first = seen.get(s.name)
-            if first is None:
-                seen[s.name] = s
-                samples.append(s)
-            elif not _same_files(first, s):
-                samples.append(Sample(f"{s.name}@{Path(folder).name}", s.image, s.mask))
+            taken = seen.setdefault(s.name, [])
+            if any(_same_files(t, s) for t in taken):
+                continue
+            if taken:
+                s = Sample(f"{s.name}@{Path(folder).name}", s.image, s.mask)
+            taken.append(s)
+            samples.append(s)
     return samples
 
 
