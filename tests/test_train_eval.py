@@ -283,12 +283,19 @@ def test_photos_without_animals_train_as_background_and_never_validate(cli, pets
         cv2.imwrite(str(free / f"frame{i}.jpg"), np.full((90, 160, 3), 40 * i, np.uint8))
     ts = trainset.load_no_animal(free, (32, 32), "area")
     assert ts.images.shape == (3, 3, 32, 32) and (ts.masks == BACKGROUND).all() and ts.negative.all()
+    porch = tmp_path / "porch"  # a second folder, repeated --no-animal: both train, none dropped
+    porch.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(porch / f"frame{i}.jpg"), np.full((90, 160, 3), 200 - 40 * i, np.uint8))
     out = tmp_path / "t.pth"
     r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "1", "--batch", "3", "--size", "32x32",
-            "--no-animal", free)
+            "--no-animal", free, "--no-animal", porch)
     assert r.code == 0, r.err
-    prov = load_checkpoint(out).meta.provenance
-    assert prov["no_animal_images"] == 3 and prov["train_images"] == 5 and prov["val_images"] == 1
+    ck = load_checkpoint(out)
+    prov = ck.meta.provenance
+    assert prov["no_animal_images"] == 5 and prov["train_images"] == 5 and prov["val_images"] == 1
+    assert ck.extra["recipe"]["no_animal"] == "empty-room, porch"
+    assert "(background crops and folders empty-room, porch)" in cli("info", out).out
     # an empty folder is refused before the photos load, naming the folder
     (tmp_path / "none").mkdir()
     r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--no-animal", tmp_path / "none")
@@ -425,6 +432,19 @@ def test_eval_reports_what_share_of_animal_free_photos_is_called_pet(cli, tmp_pa
     r = cli("eval", model, "--no-animal", folder)
     assert r.code == 0 and "photos without animals" in r.out and "worst photo pet %" in r.out
     assert cli("eval", model).code == 1
+    # repeated, each folder is scored alone (none silently dropped); "no_animal" stays the first one's
+    other = tmp_path / "porch"
+    other.mkdir()
+    cv2.imwrite(str(other / "grey.png"), np.full((100, 100, 3), 128, np.uint8))
+    r = cli("eval", model, "--no-animal", folder, "--no-animal", other, "--backend", "onnxruntime", "--precision",
+            "fp32", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert [(s["folder"], s["models"][0]["images"]) for s in out["no_animal_folders"]] == [(str(folder), 2),
+                                                                                          (str(other), 1)]
+    assert out["no_animal"] == out["no_animal_folders"][0] and out["no_animal"]["models"][0] == got
+    r = cli("eval", model, "--no-animal", folder, "--no-animal", other)
+    assert r.code == 0 and "2 photos without animals" in r.out and "porch: 1 photos without animals" in r.out
 
 
 def test_rotation_moves_labels_with_the_image_and_ignores_what_came_from_outside():

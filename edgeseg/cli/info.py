@@ -72,7 +72,8 @@ def _recipe_rows(recipe: dict) -> list[tuple[str, object]]:
     if g("lovasz"):
         data.append(f"Lovasz x{g('lovasz')}")
     if g("negatives"):
-        extra = f" and folder {g('no_animal')}" if g("no_animal") else ""
+        folders = g("no_animal")  # recorded as file names, joined by ", " when several
+        extra = f" and {'folders' if ', ' in folders else 'folder'} {folders}" if folders else ""
         data.append(f"'no animal' {g('negatives'):.0%} of draws (background crops{extra})")
     if g("balance") not in (None, "none"):
         data.append(f"balanced by {g('balance')}")

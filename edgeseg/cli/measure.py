@@ -28,8 +28,9 @@ def eval_(
         "Checkpoints and/or ONNX models, compared side by side; triton://HOST:PORT/NAME for a served one."))],
     data: Annotated[list[Path] | None, typer.Option(help=(
         "Oxford-IIIT Pet layout folder (images/, annotations/); repeat it for several, each scored alone."))] = None,
-    no_animal: Annotated[Path | None, typer.Option(help=(
-        "Folder of photos without any animal: the share of pixels each model calls pet (all wrong)."))] = None,
+    no_animal: Annotated[list[Path] | None, typer.Option(help=(
+        "Folder of photos without any animal: the share of pixels each model calls pet (all wrong); repeat it "
+        "for several, each scored alone."))] = None,
     split: Annotated[str, typer.Option(help="Split file in annotations/: test, trainval or list.")] = "test",
     limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
@@ -61,7 +62,7 @@ def eval_(
     from edgeseg.loader import load_predictor
     from edgeseg.runtime.images import list_images
 
-    if not data and no_animal is None and not yolo and person_masks is None:
+    if not data and not no_animal and not yolo and person_masks is None:
         raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
                            "--yolo (a YOLO segmentation folder) and/or --person-masks (photos with person masks)")
     try:
@@ -72,9 +73,10 @@ def eval_(
         if person_masks is not None else []
     yolo_sets = [(folder, scenes.yolo_pairs(folder)) for folder in yolo or ()]
     splits = [(folder, load_split(folder, split, limit)) for folder in data or ()]
-    free = list_images(no_animal) if no_animal is not None else []
-    if no_animal is not None and not free:
-        raise EdgesegError("no images in this folder", no_animal)
+    free_sets = [(folder, list_images(folder)) for folder in no_animal or ()]
+    for folder, photos in free_sets:
+        if not photos:
+            raise EdgesegError("no images in this folder", folder)
     predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
     for p in predictors:
         p.upsample = check_upsample(upsample)
@@ -88,10 +90,12 @@ def eval_(
                 {"data": str(folder), "split": split, "images": len(samples), "models": results})
         if splits:  # the first folder's figures at the top too, where scripts reading one --data find them
             out.update(out["datasets"][0])
-        if free:
-            task = bar.add_task(f"{len(free)} photos without animals", total=len(free))
-            out["no_animal"] = {"folder": str(no_animal), "models": animal_free(
-                predictors, free, progress=lambda i, n: bar.update(task, completed=i))}
+        for folder, photos in free_sets:
+            task = bar.add_task(f"{len(photos)} photos without animals", total=len(photos))
+            out.setdefault("no_animal_folders", []).append({"folder": str(folder), "models": animal_free(
+                predictors, photos, progress=lambda i, n, t=task: bar.update(t, completed=i))})
+        if free_sets:  # the first folder's figures under "no_animal" too, where scripts reading one find them
+            out["no_animal"] = out["no_animal_folders"][0]
         for folder, pairs in yolo_sets:
             task = bar.add_task(f"{len(pairs)} YOLO-labelled photos", total=len(pairs))
             scores = scenes.score_yolo(predictors, folder, animals, None if person_class < 0 else person_class,
@@ -108,16 +112,8 @@ def eval_(
         _accuracy_table(section, upsample, predictors)
         if by_breed:
             _breed_table(section, by_breed)
-    if free:
-        table = Table(title=f"{no_animal}: {len(free)} photos without animals ({upsample} upsampling)",
-                      title_justify="left")
-        for col in ("model", "backend", "precision", "pet % (mean)", "pet+border % (mean)", "worst photo pet %"):
-            table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
-        for r in out["no_animal"]["models"]:
-            table.add_row(_name(r["model"]), r["backend"], r["precision"], f"{100 * r['pet_share']:.1f}",
-                          f"{100 * r['animal_share']:.1f}",
-                          f"{100 * r['worst_pet_share']:.1f} ({Path(r['worst_image']).name})")
-        print_table(table)
+    for section in out.get("no_animal_folders", ()):
+        _animal_free_table(section, upsample)
     for section in out.get("yolo", ()):
         _yolo_table(section)
     if people:
@@ -126,6 +122,19 @@ def eval_(
 
 def _pct(v: float | None) -> str:
     return "" if v is None else f"{100 * v:.1f}"
+
+
+def _animal_free_table(section: dict, upsample: str) -> None:
+    rows = section["models"]
+    table = Table(title=f"{section['folder']}: {rows[0]['images']} photos without animals ({upsample} upsampling)",
+                  title_justify="left")
+    for col in ("model", "backend", "precision", "pet % (mean)", "pet+border % (mean)", "worst photo pet %"):
+        table.add_column(col, justify="left" if col in ("model", "backend", "precision") else "right")
+    for r in rows:
+        table.add_row(_name(r["model"]), r["backend"], r["precision"], f"{100 * r['pet_share']:.1f}",
+                      f"{100 * r['animal_share']:.1f}",
+                      f"{100 * r['worst_pet_share']:.1f} ({Path(r['worst_image']).name})")
+    print_table(table)
 
 
 def _yolo_table(section: dict) -> None:

@@ -57,9 +57,10 @@ def train(
     negatives: Annotated[float, typer.Option(min=0.0, max=0.9, help=(
         "Share of each epoch drawn from 'no animal' examples, labelled background: background-only crops of "
         "the training photos, and the --no-animal photos (0: no crops)."))] = RECIPE.negatives,
-    no_animal: Annotated[Path | None, typer.Option(help=(
+    no_animal: Annotated[list[Path] | None, typer.Option(help=(
         "A folder of photos without animals (the empty scene your camera will watch, say), labelled "
-        "background and drawn among --negatives' share; score on other ones with eval --no-animal."))] = None,
+        "background and drawn among --negatives' share; repeatable; score on other ones with eval --no-animal."))
+    ] = None,
     border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")
                              ] = RECIPE.border_weight,
     average: Annotated[int, typer.Option(min=0, help=(
@@ -103,7 +104,8 @@ def train(
                       border_weight=border_weight, lovasz=lovasz, average=average, rotate=rotate, blur=blur, gray=gray,
                       dark=dark, cache=str(cache) if cache else None,
                       epochs=epochs, batch=batch, precision=precision, schedule=schedule,
-                      init=str(init) if init else None, no_animal=str(no_animal) if no_animal else None,
+                      init=str(init) if init else None,
+                      no_animal=tuple(str(f) for f in no_animal) if no_animal else None,
                       size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
                       scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

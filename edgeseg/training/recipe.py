@@ -38,7 +38,8 @@ class TrainConfig:
     extra_band: int = 4  # pixels either side of a rough outline that the loss ignores
     device: str = "auto"
     balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
-    no_animal: str | None = None  # a folder of photos without animals, labelled background, drawn among the negatives
+    no_animal: str | tuple[str, ...] | None = None  # folder(s) of photos without animals, labelled background, drawn
+    # among the negatives
     negatives: float = 0.15  # share of each epoch's draws that are "no animal": background crops and no_animal photos
     border_weight: float = 1.5  # cross-entropy weight of the thin border class (pet and background: 1)
     average: int = 0  # also try the mean of the last N epochs' weights (BN refreshed), kept if it validates better
@@ -54,3 +55,7 @@ class TrainConfig:
     @property
     def folders(self) -> tuple[str, ...]:
         return (self.data,) if isinstance(self.data, str) else tuple(self.data)
+
+    @property
+    def no_animal_folders(self) -> tuple[str, ...]:
+        return (self.no_animal,) if isinstance(self.no_animal, str) else tuple(self.no_animal or ())

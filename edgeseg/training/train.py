@@ -200,10 +200,10 @@ def load_data(cfg: TrainConfig, progress: Progress | None = None) -> TrainingDat
     """The training set (from its cache or the folders), the --no-animal photos and --extra-data, split into
     training and the validation hold-out (a photo's crops are held out with it)."""
     t0 = time.perf_counter()
-    free = trainset.load_no_animal(cfg.no_animal, tuple(cfg.size), cfg.interpolation) if cfg.no_animal else None
+    free = [trainset.load_no_animal(f, tuple(cfg.size), cfg.interpolation) for f in cfg.no_animal_folders]
     ts = training_set(cfg, progress)
-    if free is not None:
-        ts = ts + free
+    for folder in free:
+        ts = ts + folder
     val_idx, held_out = trainset.validation_split(ts, cfg.val_fraction, cfg.seed)
     train_idx = np.array([i for i in range(len(ts)) if ts.names[i] not in held_out], dtype=np.int64)
     images, masks = ts.images[train_idx], ts.masks[train_idx]
