@@ -29,7 +29,7 @@ def load_predictor(path: str | Path, backend: str = "auto", threads: int | None 
 
         if precision not in ("auto", "fp32"):
             raise EdgesegError(f"--precision {precision}: the PyTorch reference runs in fp32 only", path)
-        return Predictor(TorchBackend(path, threads), path)
+        return Predictor(TorchBackend.load(path, threads), path)
     if kind == "tensorrt" and path.suffix.lower() == ".onnx":
         from edgeseg.compile.engine import cached_engine
         from edgeseg.runtime.backends.tensorrt import TensorRTBackend

@@ -464,3 +464,60 @@ def test_rotation_moves_labels_with_the_image_and_ignores_what_came_from_outside
     assert torch.equal(random_blur(x, 0.0, g), x)
     blurred = random_blur(x, 1.0, g)
     assert not torch.equal(blurred, x) and torch.allclose(blurred.mean(), x.mean(), atol=1e-3)
+
+
+def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint(cli, pets3, tmp_path):
+    from conftest import REPO
+
+    from edgeseg.runtime.images import read_image
+
+    cal = REPO / "calibration"
+    people = tmp_path / "people"  # person masks: numbered photos, 1 left out by --val-numbered
+    (people / "images").mkdir(parents=True)
+    (people / "masks").mkdir()
+    for n, name in ((1, "Bombay_10.jpg"), (2, "beagle_10.jpg"), (3, "Persian_106.jpg")):
+        image = read_image(cal / name)
+        cv2.imwrite(str(people / "images" / f"{n}.jpg"), image)
+        mask = np.zeros(image.shape[:2], np.uint8)
+        mask[:, : image.shape[1] // 2] = 255  # "the person": the left half
+        cv2.imwrite(str(people / "masks" / f"{n}.png"), mask)
+    free = tmp_path / "rooms"
+    free.mkdir()
+    cv2.imwrite(str(free / "beagle.jpg"), read_image(cal / "beagle_10.jpg"))  # every pet pixel here is wrong
+    cv2.imwrite(str(free / "grey.png"), np.full((90, 120, 3), 128, np.uint8))
+    yolo = tmp_path / "yolo"
+    (yolo / "images").mkdir(parents=True)
+    (yolo / "labels").mkdir()
+    for name in ("Bengal_107.jpg", "Ragdoll_10.jpg", "Birman_121.jpg"):
+        cv2.imwrite(str(yolo / "images" / name), read_image(cal / name))
+    (yolo / "labels" / "Bengal_107.txt").write_text("15 0.5 0.5 0.6 0.8\n")  # a box around the middle
+    (yolo / "labels" / "Ragdoll_10.txt").write_text("0 0.1 0.1 0.9 0.1 0.9 0.9 0.1 0.9\n")  # "a person": no animal
+    out = tmp_path / "t.pth"
+    sets = ("--val-people", people, "--val-numbered", "2-3", "--val-no-animal", free, "--val-yolo", yolo)
+    r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "2", "--batch", "3", "--size", "96x96",
+            "--init", REPO / "models" / "segnet_dsc.pth", "--lr", "1e-5", *sets)
+    assert r.code == 0, r.err
+    assert "people 2-3: " in r.out and "rooms: " in r.out and "yolo: animal IoU" in r.out
+    ck = load_checkpoint(out)
+    rows = [h["scenes"] for h in ck.extra["history"]]
+    assert len(rows) == 2 and [s["set"] for s in rows[0]] == ["people", "no_animal", "yolo"]
+    assert ck.extra["recipe"]["val_yolo"] == "yolo" and ck.extra["recipe"]["val_numbered"] == "2-3"
+    # the kept epoch's figures are eval's figures of the checkpoint written
+    people_row, free_row, yolo_row = rows[ck.extra["best"]["epoch"] - 1]
+    r = cli("eval", out, "--person-masks", people, "--numbered", "2-3", "--no-animal", free, "--yolo", yolo, "--json")
+    assert r.code == 0, r.err
+    ev = json.loads(r.out)
+    (p,), (f,), (y,) = ev["people"]["models"], ev["no_animal"]["models"], ev["yolo"][0]["models"]
+    assert p["images"] == 2 and 0 < p["person_pixels_called_pet"] < 1 and 0.05 < f["pet_share"] < 1
+    assert people_row["person_pixels_called_pet"] == pytest.approx(p["person_pixels_called_pet"], abs=2e-3)
+    assert people_row["all_pixels_called_pet"] == pytest.approx(p["all_pixels_called_pet"], abs=2e-3)
+    assert free_row["pet_share"] == pytest.approx(f["pet_share"], abs=2e-3)
+    assert yolo_row["animal_iou_mean"] == pytest.approx(y["animal_iou_mean"], abs=2e-3) and y["with_animal"] == 1
+    assert yolo_row["pet_share_without_animal"] == pytest.approx(y["pet_share_without_animal"], abs=2e-3)
+    # a folder that is not a scene set is refused before the photos load, naming it (small: were a check
+    # missing, these would train for a few seconds, not for an hour)
+    quick = ("--data", pets3, "-o", tmp_path / "x.pth", "--limit", "6", "--epochs", "1", "--size", "32x32")
+    r = cli("train", *quick, "--val-yolo", tmp_path / "nothing")
+    assert r.code == 1 and "nothing" in r.err and not (tmp_path / "x.pth").exists()
+    r = cli("train", *quick, "--val-numbered", "1-2")
+    assert r.code == 1 and "--val-people" in r.err and not (tmp_path / "x.pth").exists()

@@ -30,6 +30,14 @@ def check_upsample(text: str) -> str:
     return text
 
 
+def parse_classes(text: str, option: str = "--animal-classes") -> list[int]:
+    """``"15,16"`` -> [15, 16]: YOLO class ids."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EdgesegError(f"{option} {text!r}: write class ids, e.g. 15,16") from None
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"128x160"`` or ``"128"`` -> (height, width)."""
     parts = text.lower().replace(" ", "").split("x")

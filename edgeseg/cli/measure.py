@@ -15,6 +15,7 @@ from edgeseg.cli.common import (
     check_upsample,
     console,
     kv_table,
+    parse_classes,
     print_json,
     print_table,
     progress,
@@ -65,10 +66,7 @@ def eval_(
     if not data and not no_animal and not yolo and person_masks is None:
         raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
                            "--yolo (a YOLO segmentation folder) and/or --person-masks (photos with person masks)")
-    try:
-        animals = [int(v) for v in animal_classes.split(",") if v.strip()]
-    except ValueError:
-        raise EdgesegError(f"--animal-classes {animal_classes!r}: write class ids, e.g. 15,16") from None
+    animals = parse_classes(animal_classes)
     people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \
         if person_masks is not None else []
     yolo_sets = [(folder, scenes.yolo_pairs(folder)) for folder in yolo or ()]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, parse_size, progress
+from edgeseg.cli.common import console, parse_classes, parse_size, progress
 from edgeseg.cli.info import best_epoch
 from edgeseg.errors import EdgesegError
 from edgeseg.training.recipe import TrainConfig
@@ -87,12 +87,30 @@ def train(
     precision: Annotated[str, typer.Option(help=(
         "Training compute: auto (bf16 autocast where the CPU or GPU has bf16 arithmetic, else fp32), fp32 or "
         "bf16. Weights stay FP32 and validation runs in FP32."))] = RECIPE.precision,
+    val_people: Annotated[Path | None, typer.Option(help=(
+        "Photos with person masks (as eval --person-masks), scored after every epoch: the share of person "
+        "pixels called pet, beside validation mIoU, which cannot see a model that paints people."))] = None,
+    val_numbered: Annotated[str | None, typer.Option(help=(
+        "With --val-people: only the photos numbered in this range, e.g. 181-200 (keep training's and your "
+        "report's photos out of it)."))] = None,
+    val_no_animal: Annotated[list[Path] | None, typer.Option(help=(
+        "Photos without animals scored after every epoch: the share called pet (as eval --no-animal); "
+        "repeatable."))] = None,
+    val_yolo: Annotated[list[Path] | None, typer.Option(help=(
+        "A YOLO segmentation folder scored after every epoch (as eval --yolo): animal IoU, pet called without "
+        "an animal; repeatable. The best epoch is still chosen by validation mIoU; all are recorded."))] = None,
+    animal_classes: Annotated[str, typer.Option(help="With --val-yolo: the class ids that are animals (COCO-80: "
+                                                     "15 cat, 16 dog).")
+                          ] = ",".join(map(str, RECIPE.animal_classes)),
+    person_class: Annotated[int, typer.Option(help="With --val-yolo: the class id of people (-1: none).")
+                            ] = RECIPE.person_class,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
     """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe of the bundled model's first
     stage, which --init then fine-tuned twice (models/README.md). Keeps the best epoch by validation mIoU."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
+    from edgeseg.training.scene_checks import summary as scene_summary
     from edgeseg.training.train import train as run_training
 
     h, w = parse_size(size)
@@ -107,7 +125,11 @@ def train(
                       init=str(init) if init else None,
                       no_animal=tuple(str(f) for f in no_animal) if no_animal else None,
                       size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
-                      scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None)
+                      scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None,
+                      val_people=str(val_people) if val_people else None, val_numbered=val_numbered,
+                      val_no_animal=tuple(str(f) for f in val_no_animal or ()),
+                      val_yolo=tuple(str(f) for f in val_yolo or ()),
+                      animal_classes=tuple(parse_classes(animal_classes)), person_class=person_class)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with progress(*columns) as bar:
@@ -128,6 +150,8 @@ def train(
                 bar.console.print(
                     f"epoch {ev['epoch']:3d}  loss {ev['loss']:.4f}  val mIoU {ev['val_miou']:.4f}  "
                     f"val acc {ev['val_pixel_accuracy']:.4f}  {ev['seconds']:.0f}s {ev['precision']}{mark}")
+                if ev.get("scenes"):
+                    bar.console.print(f"          {scene_summary(ev['scenes'])}")
 
         result = run_training(cfg, output, resume=resume, force=force, progress=report)
     b = result["best"]

@@ -1,5 +1,6 @@
 """The PyTorch model as trained, behind the same backend interface as the deployed runtimes: the
-reference that eval, bench and doctor compare deployed files against."""
+reference that eval, bench and doctor compare deployed files against, and what training scores its scene
+sets with after every epoch (edgeseg.training.scene_checks)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,27 @@ import numpy as np
 
 from edgeseg.compile.checkpoint import load_checkpoint
 from edgeseg.runtime.backends.base import BackendInfo
+from edgeseg.runtime.meta import ModelMeta
 
 
 class TorchBackend:
-    """A checkpoint on the CPU in FP32: a reference for accuracy, not a deployment path."""
+    """A PyTorch model in FP32 (on the CPU, or the device it trains on): a reference for accuracy, not a
+    deployment path."""
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, model, meta: ModelMeta, device: str = "cpu", extra: dict | None = None) -> None:
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.meta = meta
+        self.device = device
+        self.info = BackendInfo(name="torch", provider=str(device), precision="fp32",
+                                threads=torch.get_num_threads(), output="logits", static_batch=None,
+                                extra={"torch": torch.__version__, **(extra or {})})
+
+    @classmethod
+    def load(cls, path: Path, threads: int | None) -> TorchBackend:
+        """A checkpoint file on the CPU."""
         import torch
 
         if threads:
@@ -24,13 +40,8 @@ class TorchBackend:
         # CPUs without the control, where nothing changes.
         flushed = torch.set_flush_denormal(True)
         ckpt = load_checkpoint(path)
-        self.torch = torch
-        self.model = ckpt.model
-        self.meta = ckpt.meta
-        self.info = BackendInfo(name="torch", provider="cpu", precision="fp32", threads=torch.get_num_threads(),
-                                output="logits", static_batch=None,
-                                extra={"torch": torch.__version__, "denormals_flushed": flushed})
+        return cls(ckpt.model, ckpt.meta, extra={"denormals_flushed": flushed})
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(x)).numpy()
+            return self.model(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()

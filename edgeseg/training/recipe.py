@@ -51,6 +51,15 @@ class TrainConfig:
     cache: str | None = None  # .npz of the decoded training set: written when missing, read when present
     precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 where the device computes it natively
     init: str | None = None  # start from this checkpoint's weights (fine-tuning) instead of a random init
+    # scene sets scored after every epoch beside validation mIoU, as eval scores them (reported and recorded;
+    # the best epoch is still the one with the best validation mIoU): photos with person masks (optionally
+    # only those numbered in a range), folders of photos without animals, YOLO segmentation folders
+    val_people: str | None = None
+    val_numbered: str | None = None
+    val_no_animal: tuple[str, ...] = ()
+    val_yolo: tuple[str, ...] = ()
+    animal_classes: tuple[int, ...] = (15, 16)  # with val_yolo: the animal class ids (COCO-80: cat, dog)
+    person_class: int = 0  # with val_yolo: the person class id (-1: none)
 
     @property
     def folders(self) -> tuple[str, ...]:

@@ -40,6 +40,7 @@ from edgeseg.training import trainset
 from edgeseg.training.augment import epoch_batches
 from edgeseg.training.losses import training_loss
 from edgeseg.training.recipe import SCHEDULES, TrainConfig
+from edgeseg.training.scene_checks import SceneChecks
 
 Progress = Callable[[dict], None]
 
@@ -96,7 +97,7 @@ def scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_sc
     return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma) if cfg.step_size else None
 
 
-PATH_FIELDS = ("data", "cache", "init", "extra_data", "no_animal")
+PATH_FIELDS = ("data", "cache", "init", "extra_data", "no_animal", "val_people", "val_no_animal", "val_yolo")
 
 
 def portable(recipe: dict) -> dict:
@@ -337,6 +338,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     if cfg.schedule not in SCHEDULES:  # refused before anything loads
         raise EdgesegError(f"--schedule {cfg.schedule!r}: expected {' or '.join(SCHEDULES)}")
     model, parent = initial_model(cfg)  # a bad --init is refused before the photos load
+    checks = SceneChecks.from_config(cfg)  # so is a bad --val-* folder
     data = load_data(cfg, progress)
     # channels-last: oneDNN's and cuDNN's fast layout for these convolutions (1.4x per CPU step in fp32)
     run = Run.start(cfg, model.to(device, memory_format=torch.channels_last), gen, resume)
@@ -349,8 +351,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
         loss = train_epoch(run, data.batches(cfg, gen, device), loss_fn, data.steps, precision, device, progress,
                            epoch)
         val = evaluate_arrays(run.model, data.val_images, data.val_masks, device)
+        seen = {"scenes": checks.score(run.model, meta, str(device))} if checks else {}
         row = {"epoch": epoch, "loss": loss, "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
-               "seconds": time.perf_counter() - t_epoch, "lr": run.opt.param_groups[0]["lr"], "precision": precision}
+               **seen, "seconds": time.perf_counter() - t_epoch, "lr": run.opt.param_groups[0]["lr"],
+               "precision": precision}
         improved = run.record(row)
         if improved:
             extra = {"recipe": recipe, "history": run.history, "best": run.best, "epochs_run": epoch, **parent}

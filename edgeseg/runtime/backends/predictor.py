@@ -147,9 +147,9 @@ def resolve_backend(path: Path, backend: str = "auto") -> str:
 class Predictor:
     """A loaded model plus the preprocessing and postprocessing its metadata asks for."""
 
-    def __init__(self, backend, path: Path | str) -> None:
+    def __init__(self, backend, path: Path | str | None) -> None:
         self._backend = backend
-        self.path = path  # a file, or the triton:// address of a served model
+        self.path = path  # a file, the triton:// address of a served model, or None: a model in memory
         self.remote = isinstance(path, str)
         self.meta: ModelMeta = backend.meta
         self.info: BackendInfo = backend.info
@@ -205,8 +205,8 @@ class Predictor:
 
     @property
     def sha256(self) -> str | None:
-        """The model file's hash (None for a served model: its server holds the file)."""
-        if self._sha256 is None and not self.remote:
+        """The model file's hash (None for a served model, whose server holds the file, or one in memory)."""
+        if self._sha256 is None and not self.remote and self.path is not None:
             self._sha256 = sha256_file(self.path)
         return self._sha256
 
@@ -259,10 +259,11 @@ class Predictor:
             close()
 
     def describe(self) -> dict:
-        return {"model": str(self.path), "sha256": self.sha256, "backend": self.info.name,
-                "provider": self.info.provider, "precision": self.info.label, "file_precision": self.info.precision,
-                "compute_precision": self.info.compute, "threads": self.info.threads,
-                "output": self.info.output, "input_size": list(self.input_size), **self.info.extra}
+        return {"model": "(in memory)" if self.path is None else str(self.path), "sha256": self.sha256,
+                "backend": self.info.name, "provider": self.info.provider, "precision": self.info.label,
+                "file_precision": self.info.precision, "compute_precision": self.info.compute,
+                "threads": self.info.threads, "output": self.info.output, "input_size": list(self.input_size),
+                **self.info.extra}
 
 
 def _pad(x: np.ndarray, n: int) -> np.ndarray:
