@@ -502,6 +502,8 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
     rows = [h["scenes"] for h in ck.extra["history"]]
     assert len(rows) == 2 and [s["set"] for s in rows[0]] == ["people", "no_animal", "yolo"]
     assert ck.extra["recipe"]["val_yolo"] == "yolo" and ck.extra["recipe"]["val_numbered"] == "2-3"
+    shown = [line for line in cli("info", out).out.splitlines() if "best epoch on scenes" in line]
+    assert len(shown) == 1 and "people 2-3: " in shown[0] and "rooms: " in shown[0]
     # the kept epoch's figures are eval's figures of the checkpoint written
     people_row, free_row, yolo_row = rows[ck.extra["best"]["epoch"] - 1]
     r = cli("eval", out, "--person-masks", people, "--numbered", "2-3", "--no-animal", free, "--yolo", yolo, "--json")

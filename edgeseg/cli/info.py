@@ -55,6 +55,23 @@ def best_epoch(best: dict) -> str:
     return f"mean of epochs {span[0]}-{span[1]}" if span else str(best.get("epoch"))
 
 
+def scene_summary(rows: list[dict]) -> str:
+    """Scene figures of an epoch (edgeseg.training.scene_checks) in one line, as train and info print them."""
+    parts = []
+    for r in rows:
+        if r["set"] == "people":
+            parts.append(f"{r['folder']}: {100 * r['person_pixels_called_pet']:.2f}% of person px called pet")
+        elif r["set"] == "no_animal":
+            parts.append(f"{r['folder']}: {100 * r['pet_share']:.2f}% called pet")
+        else:
+            found = [f"animal IoU {r['animal_iou_mean']:.3f} ({r['missed']}/{r['with_animal']} missed)"
+                     if r["with_animal"] else "",
+                     f"{100 * r['pet_share_without_animal']:.2f}% called pet without animal"
+                     if r["pet_share_without_animal"] is not None else ""]
+            parts.append(f"{r['folder']}: " + ", ".join(f for f in found if f))
+    return "; ".join(parts)
+
+
 def _recipe_rows(recipe: dict) -> list[tuple[str, object]]:
     """Augmentation and the loss's data in a line each (keys an older record lacks are left out)."""
     g = recipe.get
@@ -101,6 +118,9 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
     if best:
         rows.append(("best epoch", f"{best_epoch(best)}: validation mIoU {best.get('miou', float('nan')):.4f}, "
                                    f"pixel accuracy {best.get('pixel_accuracy', float('nan')):.4f}"))
+    scenes = next((h.get("scenes") for h in history if h.get("epoch") == best.get("epoch")), None)
+    if scenes and not best.get("averaged"):
+        rows.append(("best epoch on scenes", scene_summary(scenes)))
     avg = extra.get("average")
     if avg:
         kept = "kept" if best.get("averaged") else "not kept: the best epoch validated higher"

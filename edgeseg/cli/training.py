@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edgeseg.cli.common import console, parse_classes, parse_size, progress
-from edgeseg.cli.info import best_epoch
+from edgeseg.cli.info import best_epoch, scene_summary
 from edgeseg.errors import EdgesegError
 from edgeseg.training.recipe import TrainConfig
 
@@ -110,7 +110,6 @@ def train(
     stage, which --init then fine-tuned twice (models/README.md). Keeps the best epoch by validation mIoU."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    from edgeseg.training.scene_checks import summary as scene_summary
     from edgeseg.training.train import train as run_training
 
     h, w = parse_size(size)

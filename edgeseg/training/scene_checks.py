@@ -76,19 +76,3 @@ def _plain(figures: dict, *keys: str) -> dict:
     return {k: None if figures[k] is None else int(figures[k]) if k in ("with_animal", "missed")
             else float(figures[k]) for k in keys}
 
-
-def summary(rows: list[dict]) -> str:
-    """The rows of :meth:`SceneChecks.score` in one line, as the epoch report prints them."""
-    parts = []
-    for r in rows:
-        if r["set"] == "people":
-            parts.append(f"{r['folder']}: {100 * r['person_pixels_called_pet']:.2f}% of person px called pet")
-        elif r["set"] == "no_animal":
-            parts.append(f"{r['folder']}: {100 * r['pet_share']:.2f}% called pet")
-        else:
-            found = [f"animal IoU {r['animal_iou_mean']:.3f} ({r['missed']}/{r['with_animal']} missed)"
-                     if r["with_animal"] else "",
-                     f"{100 * r['pet_share_without_animal']:.2f}% called pet without animal"
-                     if r["pet_share_without_animal"] is not None else ""]
-            parts.append(f"{r['folder']}: " + ", ".join(f for f in found if f))
-    return "; ".join(parts)
