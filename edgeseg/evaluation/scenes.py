@@ -195,10 +195,10 @@ def in_range(path: Path, numbered: tuple[int, int] | None) -> bool:
     return numbered is None or (path.stem.isdigit() and numbered[0] <= int(path.stem) <= numbered[1])
 
 
-def parse_range(text: str) -> tuple[int, int]:
+def parse_range(text: str, option: str = "--numbered") -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
     if not m or int(m[1]) > int(m[2]):
-        raise EdgesegError(f"--numbered {text!r}: write a range of file numbers, e.g. 201-300")
+        raise EdgesegError(f"{option} {text!r}: write a range of file numbers, e.g. 201-300")
     return int(m[1]), int(m[2])
 
 

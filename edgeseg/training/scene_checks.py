@@ -39,7 +39,7 @@ class SceneChecks:
             raise EdgesegError("--val-numbered selects photos of --val-people: give that folder too")
         if not (cfg.val_people or cfg.val_no_animal or cfg.val_yolo):
             return None
-        numbered = scenes.parse_range(cfg.val_numbered) if cfg.val_numbered else None
+        numbered = scenes.parse_range(cfg.val_numbered, "--val-numbered") if cfg.val_numbered else None
         people = scenes.person_pairs(Path(cfg.val_people), numbered) if cfg.val_people else []
         name = Path(cfg.val_people).name + (f" {cfg.val_numbered}" if cfg.val_numbered else "") if people else ""
         free = [(Path(f), list_images(f)) for f in cfg.val_no_animal]
