@@ -445,6 +445,9 @@ def test_eval_reports_what_share_of_animal_free_photos_is_called_pet(cli, tmp_pa
     assert out["no_animal"] == out["no_animal_folders"][0] and out["no_animal"]["models"][0] == got
     r = cli("eval", model, "--no-animal", folder, "--no-animal", other)
     assert r.code == 0 and "2 photos without animals" in r.out and "porch: 1 photos without animals" in r.out
+    (tmp_path / "empty").mkdir()
+    r = cli("eval", model, "--no-animal", folder, "--no-animal", tmp_path / "empty")
+    assert r.code == 1 and "empty" in r.err and "no images in this folder (--no-animal)" in r.err
 
 
 def test_rotation_moves_labels_with_the_image_and_ignores_what_came_from_outside():
@@ -525,3 +528,6 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
     assert r.code == 1 and "--val-people" in r.err and not (tmp_path / "x.pth").exists()
     r = cli("train", *quick, "--val-people", people, "--val-numbered", "3-2")
     assert r.code == 1 and "--val-numbered '3-2'" in r.err and not (tmp_path / "x.pth").exists()
+    (tmp_path / "empty").mkdir()
+    r = cli("train", *quick, "--val-no-animal", tmp_path / "empty")
+    assert r.code == 1 and "no images in this folder (--val-no-animal)" in r.err and not (tmp_path / "x.pth").exists()

@@ -61,7 +61,7 @@ def eval_(
     from edgeseg.evaluation import scenes
     from edgeseg.evaluation.evaluate import animal_free, evaluate, load_split
     from edgeseg.loader import load_predictor
-    from edgeseg.runtime.images import list_images
+    from edgeseg.runtime.images import images_in
 
     if not data and not no_animal and not yolo and person_masks is None:
         raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
@@ -71,10 +71,7 @@ def eval_(
         if person_masks is not None else []
     yolo_sets = [(folder, scenes.yolo_pairs(folder)) for folder in yolo or ()]
     splits = [(folder, load_split(folder, split, limit)) for folder in data or ()]
-    free_sets = [(folder, list_images(folder)) for folder in no_animal or ()]
-    for folder, photos in free_sets:
-        if not photos:
-            raise EdgesegError("no images in this folder", folder)
+    free_sets = [(folder, images_in(folder, "--no-animal")) for folder in no_animal or ()]
     predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
     for p in predictors:
         p.upsample = check_upsample(upsample)

@@ -44,4 +44,4 @@ class TorchBackend:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+            return self.model(self.torch.from_numpy(x).to(self.device)).cpu().numpy()

@@ -172,6 +172,14 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     )
 
 
+def images_in(folder: str | Path, hint: str = "") -> list[Path]:
+    """:func:`list_images`, refusing a folder with none (naming it; ``hint`` says what it was for)."""
+    paths = list_images(folder)
+    if not paths:
+        raise EdgesegError("no images in this folder" + (f" ({hint})" if hint else ""), folder)
+    return paths
+
+
 def read_images(paths: Iterable[Path]) -> tuple[list[tuple[Path, np.ndarray]], list[Path]]:
     """Decode what can be decoded; return (decoded, skipped) and warn once with the skip count."""
     good, bad = [], []

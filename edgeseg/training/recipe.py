@@ -38,8 +38,8 @@ class TrainConfig:
     extra_band: int = 4  # pixels either side of a rough outline that the loss ignores
     device: str = "auto"
     balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
-    no_animal: str | tuple[str, ...] | None = None  # folder(s) of photos without animals, labelled background, drawn
-    # among the negatives
+    # folder(s) of photos without animals, labelled background, drawn among the negatives
+    no_animal: str | tuple[str, ...] | None = None
     negatives: float = 0.15  # share of each epoch's draws that are "no animal": background crops and no_animal photos
     border_weight: float = 1.5  # cross-entropy weight of the thin border class (pet and background: 1)
     average: int = 0  # also try the mean of the last N epochs' weights (BN refreshed), kept if it validates better

@@ -18,7 +18,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.evaluation import scenes
 from edgeseg.evaluation.evaluate import animal_free
 from edgeseg.runtime.backends.predictor import Predictor
-from edgeseg.runtime.images import list_images
+from edgeseg.runtime.images import images_in
 from edgeseg.runtime.meta import ModelMeta
 from edgeseg.training.recipe import TrainConfig
 
@@ -41,11 +41,8 @@ class SceneChecks:
             return None
         numbered = scenes.parse_range(cfg.val_numbered, "--val-numbered") if cfg.val_numbered else None
         people = scenes.person_pairs(Path(cfg.val_people), numbered) if cfg.val_people else []
-        name = Path(cfg.val_people).name + (f" {cfg.val_numbered}" if cfg.val_numbered else "") if people else ""
-        free = [(Path(f), list_images(f)) for f in cfg.val_no_animal]
-        for folder, photos in free:
-            if not photos:
-                raise EdgesegError("no images in this folder (--val-no-animal)", folder)
+        name = f"{Path(cfg.val_people).name} {cfg.val_numbered or ''}".strip() if cfg.val_people else ""
+        free = [(Path(f), images_in(f, "--val-no-animal")) for f in cfg.val_no_animal]
         for folder in cfg.val_yolo:
             scenes.yolo_pairs(Path(folder))  # a folder that is not YOLO's layout is refused now, not after an epoch
         return cls(people, name, free, [Path(f) for f in cfg.val_yolo], tuple(cfg.animal_classes),

@@ -16,7 +16,9 @@ costs the network's compute, not JPEG decoding. The best epoch by validation mIo
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -203,8 +205,8 @@ def load_data(cfg: TrainConfig, progress: Progress | None = None) -> TrainingDat
     t0 = time.perf_counter()
     free = [trainset.load_no_animal(f, tuple(cfg.size), cfg.interpolation) for f in cfg.no_animal_folders]
     ts = training_set(cfg, progress)
-    for folder in free:
-        ts = ts + folder
+    if free:  # one concatenation: each one copies the whole training set
+        ts = ts + functools.reduce(operator.add, free)
     val_idx, held_out = trainset.validation_split(ts, cfg.val_fraction, cfg.seed)
     train_idx = np.array([i for i in range(len(ts)) if ts.names[i] not in held_out], dtype=np.int64)
     images, masks = ts.images[train_idx], ts.masks[train_idx]

@@ -20,7 +20,7 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap, resize_mask, species
 from edgeseg.files import atomic_write
-from edgeseg.runtime.images import ImageError, list_images, read_image, resize
+from edgeseg.runtime.images import ImageError, images_in, read_image, resize
 from edgeseg.runtime.masks import BACKGROUND, BORDER, PET
 
 BALANCE = ("none", "breed", "species")
@@ -119,9 +119,7 @@ def load_no_animal(folder: str | Path, size: tuple[int, int], interpolation: str
     """Photos without an animal (for example frames of the empty scene a camera will watch), each whole and
     labelled background: "no animal" examples beside the background crops. Named ``no-animal:<file>``,
     so they are never held out for validation (which scores animals)."""
-    paths = list_images(folder)
-    if not paths:
-        raise EdgesegError("no images in this folder (--no-animal takes a folder of photos without animals)", folder)
+    paths = images_in(folder, "--no-animal takes a folder of photos without animals")
     images = []
     for p in paths:  # resized as read: a folder of camera frames need not fit in memory at full size
         try:
