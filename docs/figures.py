@@ -24,7 +24,8 @@ import numpy as np
 
 from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap
 from edgeseg.evaluation.metrics import ConfusionMatrix
-from edgeseg.evaluation.scenes import COCO_ANIMALS, in_range, rasterize, read_yolo_labels, yolo_pairs
+from edgeseg.evaluation.scenes import COCO_ANIMALS, in_range, rasterize
+from edgeseg.evaluation.yolo_data import load_yolo_set, read_yolo_labels
 from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import list_images, read_image
 from edgeseg.runtime.loop.overlay import Renderer
@@ -114,7 +115,7 @@ def scene_frames(root: Path) -> list[np.ndarray]:
     """The first three people photos numbered 201-300, and the three cats/dogs filling the least of their frame."""
     people = [read_image(p) for p in list_images(root / "people" / "images") if in_range(p, (201, 300))][:3]
     sized = []
-    for image, label in yolo_pairs(root / "coco128-cats-dogs"):
+    for image, label in load_yolo_set(root / "coco128-cats-dogs").pairs:
         frame = read_image(image)
         shapes = read_yolo_labels(label) if label else []
         sized.append((rasterize(shapes, set(COCO_ANIMALS), frame.shape[:2]).mean(), str(image), frame))

@@ -8,7 +8,7 @@ import pytest
 from conftest import DATASETS, REPO
 
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluation import scenes
+from edgeseg.evaluation import scenes, yolo_data
 
 
 class Painter:
@@ -43,7 +43,7 @@ def _yolo_folder(tmp_path):
 def test_yolo_labels_polygons_boxes_and_bad_lines(tmp_path):
     path = tmp_path / "a.txt"
     path.write_text("15 0.1 0.1 0.9 0.1 0.5 0.9\n\n16 0.5 0.5 0.2 0.2\n")
-    shapes = scenes.read_yolo_labels(path)
+    shapes = yolo_data.read_yolo_labels(path)
     assert [s.cls for s in shapes] == [15, 16] and shapes[1].points.shape == (4, 2)
     assert np.allclose(shapes[1].points[0], [0.4, 0.4])
     mask = scenes.rasterize(shapes, {16}, (100, 100))
@@ -52,23 +52,83 @@ def test_yolo_labels_polygons_boxes_and_bad_lines(tmp_path):
                       ("1 0 0 1 1 1 0\n2 nan 0 1 1 1 0\n", "line 2"), ("99999999999 0 0 1 1 1 0\n", "class id")):
         path.write_text(bad)
         with pytest.raises(EdgesegError, match=what):
-            scenes.read_yolo_labels(path)
+            yolo_data.read_yolo_labels(path)
 
 
 def test_yolo_scores_iou_people_and_photos_without_animals(tmp_path):
     root = _yolo_folder(tmp_path)
-    pairs = scenes.yolo_pairs(root)
-    assert sorted(p.name for p, _ in pairs) == ["cat.jpg", "dog.png", "empty.jpg"]
-    assert dict((p.name, lbl is None) for p, lbl in pairs)["empty.jpg"]
-    (r,) = scenes.score_yolo([Painter()], root)
+    data = yolo_data.load_yolo_set(root)
+    assert sorted(p.name for p, _ in data.pairs) == ["cat.jpg", "dog.png", "empty.jpg"]
+    assert dict((p.name, lbl is None) for p, lbl in data.pairs)["empty.jpg"]
+    (r,) = scenes.score_yolo([Painter()], data)
     assert (r["with_animal"], r["without_animal"]) == (2, 1)
     # cat: the left half exactly (IoU 1); dog: the centre box (0.25-0.75) against the left half: 0.25/0.75
     assert r["per_image_iou"]["cat.jpg"] == pytest.approx(1.0, abs=0.02)
     assert r["per_image_iou"]["dog.png"] == pytest.approx(1 / 3, abs=0.02)
     assert r["pet_share_without_animal"] == pytest.approx(0.5)
     assert r["person_pixels_called_pet"] == pytest.approx(0.0, abs=0.02)  # the person is on the right half
-    (r,) = scenes.score_yolo([Painter((0.5, 0, 1, 1))], root, animal_classes=[15, 16])
+    (r,) = scenes.score_yolo([Painter((0.5, 0, 1, 1))], data, animal_classes=[15, 16])
     assert r["person_pixels_called_pet"] == pytest.approx(1.0, abs=0.02) and r["missed"] == 1
+
+
+def _image(path, shape=(60, 80)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((*shape, 3), 128, np.uint8))
+
+
+def test_an_ultralytics_dataset_yaml_one_split_its_names_and_label_pairing(tmp_path, monkeypatch):
+    ds = tmp_path / "datasets" / "pets"  # Ultralytics' coco8-seg layout: images/ and labels/, split by folder
+    for split, names in (("train", ("a.jpg", "b.jpg")), ("val", ("c.jpg", "d.png"))):
+        for name in names:
+            _image(ds / "images" / split / name)
+    (ds / "labels" / "val").mkdir(parents=True)
+    (ds / "labels" / "val" / "c.txt").write_text("1 0 0 1 0 1 1\n")  # d.png has no label file: no object
+    cfg = tmp_path / "cfg" / "pets.yaml"  # kept apart from the data, as Ultralytics keeps its own
+    cfg.parent.mkdir()
+    cfg.write_text("path: ../datasets/pets  # root\ntrain: images/train\nval: images/val\n"
+                   "names:\n  0: person\n  1: Cat\n  2: dog\n")
+    ds = ds.resolve()
+    monkeypatch.chdir(tmp_path)  # path: is tried from the working directory first (here: not there) ...
+    data = yolo_data.load_yolo_set(cfg)
+    assert (data.split, sorted(p.name for p, _ in data.pairs)) == ("val", ["c.jpg", "d.png"])  # ... then the YAML's
+    assert dict((p.name, lbl) for p, lbl in data.pairs) == {"c.jpg": ds / "labels" / "val" / "c.txt", "d.png": None}
+    assert data.names == {0: "person", 1: "Cat", 2: "dog"} and data.class_ids(["cat", 2, "DOG"], "-x") == [1, 2, 2]
+    with pytest.raises(EdgesegError, match=r"--animal-classes: no class named 'hamster' here \(names: person, Cat"):
+        data.class_ids(["hamster"], "--animal-classes")
+    assert sorted(p.name for p, _ in yolo_data.load_yolo_set(cfg, "train").pairs) == ["a.jpg", "b.jpg"]
+    with pytest.raises(EdgesegError, match=r"no test: split in it \(it has: train, val\); choose one with --yolo"):
+        yolo_data.load_yolo_set(cfg, "test")
+    (r,) = scenes.score_yolo([Painter((0, 0, 1, 1))], data, data.class_ids(["cat"], "-x"))  # names from names:
+    assert r["per_image_iou"] == {"c.jpg": pytest.approx(0.5, abs=0.05)} and r["pet_share_without_animal"] == 1.0
+
+
+def test_roboflow_and_listed_splits_and_names_as_a_list(tmp_path):
+    root = tmp_path.resolve() / "export"  # a Roboflow export: split/images, split/labels, ../split/images
+    _image(root / "valid" / "images" / "x.jpg")
+    (root / "valid" / "labels").mkdir()
+    (root / "valid" / "labels" / "x.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    _image(root / "extra" / "images" / "y.jpg")
+    (root / "data.yaml").write_text("train: ../train/images\nval: [../valid/images, lists/extra.txt]\n"
+                                    "nc: 2\nnames: ['cat', 'dog']\n")
+    (root / "lists").mkdir()
+    (root / "lists" / "extra.txt").write_text(f"./../extra/images/y.jpg\n\n{root / 'valid' / 'images' / 'x.jpg'}\n")
+    data = yolo_data.load_yolo_set(root / "data.yaml")
+    assert [p.name for p, _ in data.pairs] == ["x.jpg", "y.jpg", "x.jpg"] and data.names == {0: "cat", 1: "dog"}
+    assert data.pairs[0][1] == root / "valid" / "labels" / "x.txt" and data.pairs[1][1] is None
+    # a folder takes its class names from a data.yaml beside images/ when there is no classes.txt
+    (root / "valid" / "data.yaml").write_text("names: {0: cat}\n")
+    assert yolo_data.load_yolo_set(root / "valid").names == {0: "cat"}
+    for text, what in (("val: nowhere\n", r"'nowhere' is neither a folder nor a \.txt list"),
+                       ("path: /no/such/root\nval: images\n", "set path: to the dataset's root"),
+                       ("- a list\n", "not a dataset YAML"), ("val: [unclosed\n", "not valid YAML"),
+                       ("val: ../valid/images\nnames: {0: [cat]}\n", "names: should list"),
+                       ("val: lists/extra.txt\n", None)):
+        (root / "data.yaml").write_text(text)
+        if what is None:  # a listed image that is not there is named with its line
+            (root / "lists" / "extra.txt").write_text("./gone.jpg\n")
+            what = "line 1: ./gone.jpg is not an image file"
+        with pytest.raises(EdgesegError, match=what):
+            yolo_data.load_yolo_set(root / "data.yaml")
 
 
 def test_pet_pixels_without_an_animal_split_by_the_label_they_fall_on(tmp_path):
@@ -78,14 +138,14 @@ def test_pet_pixels_without_an_animal_split_by_the_label_they_fall_on(tmp_path):
     cv2.imwrite(str(root / "images" / "table.jpg"), np.full((100, 200, 3), 128, np.uint8))
     # a table (60) over the left 60% of the frame, a pizza (53) on it: the box x 0.1-0.3, y 0.25-0.75
     (root / "labels" / "table.txt").write_text("60 0 0 0.6 0 0.6 1 0 1\n53 0.2 0.5 0.2 0.5\n")
-    (r,) = scenes.score_yolo([Painter((0, 0, 0.8, 1))], root)  # 80% of the frame called pet
+    (r,) = scenes.score_yolo([Painter((0, 0, 0.8, 1))], yolo_data.load_yolo_set(root))  # 80% of the frame called pet
     by = r["pet_share_by_label"]
     assert list(by) == ["60", "unlabelled", "53"]  # largest first; the pizza's pixels are the pizza's
     assert by["53"] == pytest.approx(0.1, abs=0.01) and by["60"] == pytest.approx(0.5, abs=0.01)
     assert by["unlabelled"] == pytest.approx(0.2, abs=0.01)
     assert sum(by.values()) == pytest.approx(r["pet_share_without_animal"])
     (root / "classes.txt").write_text("\n".join(f"c{i}" for i in range(53)) + "\npizza\n")
-    (r,) = scenes.score_yolo([Painter((0, 0, 0.8, 1))], root)
+    (r,) = scenes.score_yolo([Painter((0, 0, 0.8, 1))], yolo_data.load_yolo_set(root))
     assert set(r["pet_share_by_label"]) == {"pizza", "60", "unlabelled"}  # 60 has no name in classes.txt
 
 

@@ -495,23 +495,30 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
         cv2.imwrite(str(yolo / "images" / name), read_image(cal / name))
     (yolo / "labels" / "Bengal_107.txt").write_text("15 0.5 0.5 0.6 0.8\n")  # a box around the middle
     (yolo / "labels" / "Ragdoll_10.txt").write_text("0 0.1 0.1 0.9 0.1 0.9 0.9 0.1 0.9\n")  # "a person": no animal
+    (yolo / "data.yaml").write_text("val: images\nnames: {0: person, 15: cat, 16: dog}\n")  # as Ultralytics has it
     out = tmp_path / "t.pth"
-    sets = ("--val-people", people, "--val-numbered", "2-3", "--val-no-animal", free, "--val-yolo", yolo)
+    sets = ("--val-people", people, "--val-numbered", "2-3", "--val-no-animal", free, "--val-yolo", yolo / "data.yaml",
+            "--animal-classes", "cat")
     r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "2", "--batch", "3", "--size", "96x96",
             "--init", REPO / "models" / "segnet_dsc.pth", "--lr", "1e-5", *sets)
     assert r.code == 0, r.err
-    assert "people 2-3: " in r.out and "rooms: " in r.out and "yolo: animal IoU" in r.out
+    assert "people 2-3: " in r.out and "rooms: " in r.out and "data.yaml (val): animal IoU" in r.out
     ck = load_checkpoint(out)
     rows = [h["scenes"] for h in ck.extra["history"]]
     assert len(rows) == 2 and [s["set"] for s in rows[0]] == ["people", "no_animal", "yolo"]
-    assert ck.extra["recipe"]["val_yolo"] == "yolo" and ck.extra["recipe"]["val_numbered"] == "2-3"
+    assert ck.extra["recipe"]["val_yolo"] == "data.yaml" and ck.extra["recipe"]["val_numbered"] == "2-3"
+    assert ck.extra["recipe"]["animal_classes"] == ["cat"] and ck.extra["recipe"]["yolo_split"] == "val"
     shown = [line for line in cli("info", out).out.splitlines() if "best epoch on scenes" in line]
     assert len(shown) == 1 and "people 2-3: " in shown[0] and "rooms: " in shown[0]
     # the kept epoch's figures are eval's figures of the checkpoint written
     people_row, free_row, yolo_row = rows[ck.extra["best"]["epoch"] - 1]
-    r = cli("eval", out, "--person-masks", people, "--numbered", "2-3", "--no-animal", free, "--yolo", yolo, "--json")
+    r = cli("eval", out, "--person-masks", people, "--numbered", "2-3", "--no-animal", free, "--yolo",
+            yolo / "data.yaml", "--animal-classes", "cat", "--json")
     assert r.code == 0, r.err
     ev = json.loads(r.out)
+    assert (ev["yolo"][0]["split"], ev["yolo"][0]["animal_classes"]) == ("val", [15])
+    r = cli("eval", out, "--yolo", yolo / "data.yaml", "--yolo-split", "test")
+    assert r.code == 1 and "no test: split in it (it has: val)" in r.err
     (p,), (f,), (y,) = ev["people"]["models"], ev["no_animal"]["models"], ev["yolo"][0]["models"]
     assert p["images"] == 2 and 0 < p["person_pixels_called_pet"] < 1 and 0.05 < f["pet_share"] < 1
     assert people_row["person_pixels_called_pet"] == pytest.approx(p["person_pixels_called_pet"], abs=2e-3)
@@ -524,6 +531,10 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
     quick = ("--data", pets3, "-o", tmp_path / "x.pth", "--limit", "6", "--epochs", "1", "--size", "32x32")
     r = cli("train", *quick, "--val-yolo", tmp_path / "nothing")
     assert r.code == 1 and "nothing" in r.err and not (tmp_path / "x.pth").exists()
+    r = cli("train", *quick, "--val-yolo", yolo / "data.yaml", "--animal-classes", "cat,hamster")
+    assert r.code == 1 and "no class named 'hamster'" in r.err and not (tmp_path / "x.pth").exists()
+    r = cli("train", *quick, "--val-yolo", yolo / "data.yaml", "--yolo-split", "test")
+    assert r.code == 1 and "no test: split" in r.err and not (tmp_path / "x.pth").exists()
     r = cli("train", *quick, "--val-numbered", "1-2")
     assert r.code == 1 and "--val-people" in r.err and not (tmp_path / "x.pth").exists()
     r = cli("train", *quick, "--val-people", people, "--val-numbered", "3-2")

@@ -30,12 +30,13 @@ def check_upsample(text: str) -> str:
     return text
 
 
-def parse_classes(text: str, option: str = "--animal-classes") -> list[int]:
-    """``"15,16"`` -> [15, 16]: YOLO class ids."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise EdgesegError(f"{option} {text!r}: write class ids, e.g. 15,16") from None
+def parse_classes(text: str, option: str = "--animal-classes") -> list[int | str]:
+    """``"15,16"`` -> [15, 16]; ``"cat,dog"`` -> ["cat", "dog"]: YOLO class ids, or names that each set's
+    class names (classes.txt, a dataset YAML's names:) turn into ids."""
+    classes: list[int | str] = [int(v) if v.strip().isdigit() else v.strip() for v in text.split(",") if v.strip()]
+    if not classes:
+        raise EdgesegError(f"{option} {text!r}: write class ids or names, e.g. 15,16 or cat,dog")
+    return classes
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -40,10 +40,12 @@ def eval_(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
     yolo: Annotated[list[Path] | None, typer.Option(help=(
-        "A YOLO segmentation folder (Ultralytics: images/, labels/*.txt polygons): animal IoU per photo, pet "
-        "called on photos without an animal, person pixels called pet; repeatable."))] = None,
-    animal_classes: Annotated[str, typer.Option(help="With --yolo: the class ids that are animals (COCO-80: 15 cat, "
-                                                     "16 dog).")] = "15,16",
+        "A YOLO segmentation folder (Ultralytics: images/, labels/*.txt polygons) or its dataset YAML: animal "
+        "IoU per photo, pet called on photos without an animal, person pixels called pet; repeatable."))] = None,
+    yolo_split: Annotated[str, typer.Option(help="With --yolo DATA.yaml: the split scored (train, val, test).")
+                          ] = "val",
+    animal_classes: Annotated[str, typer.Option(help="With --yolo: the classes that are animals, ids or names "
+                                                     "(COCO-80: 15 cat, 16 dog).")] = "15,16",
     person_class: Annotated[int, typer.Option(help="With --yolo: the class id of people (-1: none).")] = 0,
     person_masks: Annotated[Path | None, typer.Option(help=(
         "Photos with person masks (images/N.jpg, masks/N.png; 0 background): the share of person pixels called "
@@ -60,6 +62,7 @@ def eval_(
 
     from edgeseg.evaluation import scenes
     from edgeseg.evaluation.evaluate import animal_free, evaluate, load_split
+    from edgeseg.evaluation.yolo_data import load_yolo_set
     from edgeseg.loader import load_predictor
     from edgeseg.runtime.images import images_in
 
@@ -69,7 +72,8 @@ def eval_(
     animals = parse_classes(animal_classes)
     people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \
         if person_masks is not None else []
-    yolo_sets = [(folder, scenes.yolo_pairs(folder)) for folder in yolo or ()]
+    yolo_sets = [load_yolo_set(path, yolo_split) for path in yolo or ()]
+    yolo_sets = [(s, s.class_ids(animals, "--animal-classes")) for s in yolo_sets]
     splits = [(folder, load_split(folder, split, limit)) for folder in data or ()]
     free_sets = [(folder, images_in(folder, "--no-animal")) for folder in no_animal or ()]
     predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
@@ -91,11 +95,12 @@ def eval_(
                 predictors, photos, progress=lambda i, n, t=task: bar.update(t, completed=i))})
         if free_sets:  # the first folder's figures under "no_animal" too, where scripts reading one find them
             out["no_animal"] = out["no_animal_folders"][0]
-        for folder, pairs in yolo_sets:
-            task = bar.add_task(f"{len(pairs)} YOLO-labelled photos", total=len(pairs))
-            scores = scenes.score_yolo(predictors, folder, animals, None if person_class < 0 else person_class,
+        for yolo_set, ids in yolo_sets:
+            task = bar.add_task(f"{len(yolo_set.pairs)} YOLO-labelled photos", total=len(yolo_set.pairs))
+            scores = scenes.score_yolo(predictors, yolo_set, ids, None if person_class < 0 else person_class,
                                        progress=lambda i, n, t=task: bar.update(t, completed=i))
-            out.setdefault("yolo", []).append({"folder": str(folder), "animal_classes": animals, "models": scores})
+            out.setdefault("yolo", []).append({"folder": str(yolo_set.source), "split": yolo_set.split,
+                                               "animal_classes": ids, "models": scores})
         if people:
             task = bar.add_task(f"{len(people)} photos of people", total=len(people))
             out["people"] = {"folder": str(person_masks), "numbered": numbered, "models": scenes.score_people(
@@ -134,8 +139,9 @@ def _animal_free_table(section: dict, upsample: str) -> None:
 
 def _yolo_table(section: dict) -> None:
     rows = section["models"]
-    table = Table(title=f"{section['folder']}: {rows[0]['images']} photos, {rows[0]['with_animal']} with an animal "
-                        f"(classes {','.join(map(str, section['animal_classes']))})", title_justify="left")
+    split = f" ({section['split']})" if section["split"] else ""
+    table = Table(title=f"{section['folder']}{split}: {rows[0]['images']} photos, {rows[0]['with_animal']} with "
+                        f"an animal (classes {','.join(map(str, section['animal_classes']))})", title_justify="left")
     for col in ("model", "animal IoU (mean)", "animal IoU (pooled)", "missed", "pet % without animal",
                 "person px called pet %"):
         table.add_column(col, justify="left" if col == "model" else "right")

@@ -97,10 +97,13 @@ def train(
         "Photos without animals scored after every epoch: the share called pet (as eval --no-animal); "
         "repeatable."))] = None,
     val_yolo: Annotated[list[Path] | None, typer.Option(help=(
-        "A YOLO segmentation folder scored after every epoch (as eval --yolo): animal IoU, pet called without "
-        "an animal; repeatable. The best epoch is still chosen by validation mIoU; all are recorded."))] = None,
-    animal_classes: Annotated[str, typer.Option(help="With --val-yolo: the class ids that are animals (COCO-80: "
-                                                     "15 cat, 16 dog).")
+        "A YOLO segmentation folder or dataset YAML scored after every epoch (as eval --yolo): animal IoU, pet "
+        "called without an animal; repeatable. The best epoch is still chosen by validation mIoU; all are "
+        "recorded."))] = None,
+    yolo_split: Annotated[str, typer.Option(help="With --val-yolo DATA.yaml: the split scored (train, val, test)."
+                                            )] = RECIPE.yolo_split,
+    animal_classes: Annotated[str, typer.Option(help="With --val-yolo: the classes that are animals, ids or names "
+                                                     "(COCO-80: 15 cat, 16 dog).")
                           ] = ",".join(map(str, RECIPE.animal_classes)),
     person_class: Annotated[int, typer.Option(help="With --val-yolo: the class id of people (-1: none).")
                             ] = RECIPE.person_class,
@@ -127,7 +130,7 @@ def train(
                       scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None,
                       val_people=str(val_people) if val_people else None, val_numbered=val_numbered,
                       val_no_animal=tuple(str(f) for f in val_no_animal or ()),
-                      val_yolo=tuple(str(f) for f in val_yolo or ()),
+                      val_yolo=tuple(str(f) for f in val_yolo or ()), yolo_split=yolo_split,
                       animal_classes=tuple(parse_classes(animal_classes)), person_class=person_class)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())

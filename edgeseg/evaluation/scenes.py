@@ -1,11 +1,9 @@
 """Labelled sets that are not Oxford portraits, read as a user's own data comes:
 
-- a YOLO segmentation folder (Ultralytics layout: ``images/`` and ``labels/`` with one ``.txt`` per
-  image, each line a class id and a polygon of x y pairs in 0..1; several per file; an image without a
-  label file has no object), scored with a class map saying which ids are animals: the animal IoU
-  (pet and border against the animal's polygons) per photo, and on photos without an animal the share
-  of pixels called pet, and the labels those pixels fall on (the smallest shape holding each; names
-  from a ``classes.txt``, one per line, beside ``images/`` or in ``labels/``); pixels of people
+- a YOLO segmentation set (a folder or a dataset YAML, read by ``yolo_data``), scored with a class
+  map saying which ids are animals: the animal IoU (pet and border against the animal's polygons) per
+  photo, and on photos without an animal the share of pixels called pet, and the labels those pixels
+  fall on (the smallest shape holding each, by the set's class names); pixels of people
   (``--person-class``) called pet, where the labels have them;
 - photos with person masks (``images/N.jpg``, ``masks/N.png``: 0 background, anything else person;
   a mask smaller than its photo is resized, nearest): the share of person pixels called pet.
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -25,46 +22,13 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import resize_mask
+from edgeseg.evaluation.yolo_data import Shape, YoloSet, read_yolo_labels
 from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import ImageError, list_images, read_image
 
 COCO_ANIMALS = (15, 16)  # COCO-80's cat and dog, as Ultralytics numbers them
 COCO_PERSON = 0
-MAX_CLASS_ID = 2**31 - 1  # label_map paints class ids into an int32 image
 PAINTED = 0.2  # a person "painted" when more than this share of their pixels is called pet
-
-
-@dataclass(frozen=True)
-class Shape:
-    cls: int
-    points: np.ndarray  # (N, 2) x, y in 0..1
-
-
-def read_yolo_labels(path: Path) -> list[Shape]:
-    """One label file. A line of a class and 4 numbers is a YOLO box (centre x, y, width, height) and is
-    taken as its rectangle; otherwise a polygon of at least 3 points. Anything else names the line."""
-    shapes = []
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            cls, values = int(parts[0]), np.array([float(v) for v in parts[1:]], dtype=np.float64)
-        except ValueError:
-            raise EdgesegError(f"line {n} is not a class id and numbers (YOLO segmentation format)", path) from None
-        if not np.isfinite(values).all() or cls < 0:
-            raise EdgesegError(f"line {n} has a negative class or a value that is not a number", path)
-        if cls > MAX_CLASS_ID:
-            raise EdgesegError(f"line {n} has class id {cls}; class ids run from 0 to at most {MAX_CLASS_ID}", path)
-        if len(values) == 4:
-            cx, cy, w, h = values
-            values = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy - h / 2, cx + w / 2, cy + h / 2,
-                               cx - w / 2, cy + h / 2])
-        if len(values) < 6 or len(values) % 2:
-            raise EdgesegError(f"line {n} has {len(values)} coordinates; a polygon needs x y pairs, at least 3",
-                               path)
-        shapes.append(Shape(cls, np.clip(values.reshape(-1, 2), 0.0, 1.0)))
-    return shapes
 
 
 def _pixels(s: Shape, shape: tuple[int, int]) -> np.ndarray:
@@ -82,29 +46,6 @@ def rasterize(shapes: Sequence[Shape], classes: set[int], shape: tuple[int, int]
     return out.astype(bool)
 
 
-def yolo_pairs(root: Path) -> list[tuple[Path, Path | None]]:
-    """(image, label file or None) for every image under ``root/images``; labels in ``root/labels`` at
-    the same relative path, as Ultralytics pairs them."""
-    images = root / "images"
-    if not images.is_dir():
-        raise EdgesegError("expected a YOLO segmentation folder: images/ and labels/ (Ultralytics layout)", root)
-    pairs = []
-    for image in list_images(images, recursive=True):
-        label = (root / "labels" / image.relative_to(images)).with_suffix(".txt")
-        pairs.append((image, label if label.is_file() else None))
-    if not pairs:
-        raise EdgesegError("no images in images/", root)
-    return pairs
-
-
-def class_names(root: Path) -> dict[int, str]:
-    """A YOLO folder's class names from ``classes.txt`` (the darknet and LabelImg convention), else none."""
-    for path in (root / "classes.txt", root / "labels" / "classes.txt"):
-        if path.is_file():
-            return {i: n.strip() for i, n in enumerate(path.read_text(errors="replace").splitlines()) if n.strip()}
-    return {}
-
-
 def label_map(shapes: Sequence[Shape], shape: tuple[int, int]) -> np.ndarray:
     """Per pixel the class of the smallest shape holding it (a pizza on a table is pizza), -1 where none."""
     out = np.full(shape, -1, np.int32)
@@ -119,16 +60,14 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 1.0
 
 
-def score_yolo(predictors: Sequence[Predictor], root: Path, animal_classes: Sequence[int] = COCO_ANIMALS,
+def score_yolo(predictors: Sequence[Predictor], data: YoloSet, animal_classes: Sequence[int] = COCO_ANIMALS,
                person_class: int | None = COCO_PERSON, progress: Callable[[int, int], None] | None = None
                ) -> list[dict]:
     """Per model: mean animal IoU over the photos with an animal (and pooled over their pixels), photos whose
     animal was missed (IoU under 0.1), the share of pixels called pet on the photos without one (and its
     split by the label those pixels fall on, largest first; the parts sum to it), and the share of
     labelled person pixels called pet."""
-    pairs = yolo_pairs(root)
-    animals = set(animal_classes)
-    names = class_names(root)
+    pairs, names, animals = data.pairs, data.names, set(animal_classes)
     acc = [{"ious": [], "inter": 0, "union": 0, "free": [], "by_label": {}, "person": [0, 0], "per_image": {}}
            for _ in predictors]
     for i, (image_path, label) in enumerate(pairs):

@@ -53,12 +53,14 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint's weights (fine-tuning) instead of a random init
     # scene sets scored after every epoch beside validation mIoU, as eval scores them (reported and recorded;
     # the best epoch is still the one with the best validation mIoU): photos with person masks (optionally
-    # only those numbered in a range), folders of photos without animals, YOLO segmentation folders
+    # only those numbered in a range), folders of photos without animals, YOLO segmentation sets (folders or
+    # dataset YAMLs)
     val_people: str | None = None
     val_numbered: str | None = None
     val_no_animal: tuple[str, ...] = ()
     val_yolo: tuple[str, ...] = ()
-    animal_classes: tuple[int, ...] = (15, 16)  # with val_yolo: the animal class ids (COCO-80: cat, dog)
+    yolo_split: str = "val"  # with val_yolo: the split of a dataset YAML scored
+    animal_classes: tuple[int | str, ...] = (15, 16)  # with val_yolo: animal class ids or names (COCO-80: cat, dog)
     person_class: int = 0  # with val_yolo: the person class id (-1: none)
 
     @property

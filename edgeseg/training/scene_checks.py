@@ -1,6 +1,6 @@
 """Scene sets scored after every training epoch, beside validation mIoU: the share of person pixels called
 pet on photos with person masks, of pixels called pet on photos without an animal, and animal IoU on YOLO
-segmentation folders. The functions are eval's (edgeseg.evaluation), run on the model being trained at
+segmentation sets. The functions are eval's (edgeseg.evaluation), run on the model being trained at
 each photo's original resolution, so an epoch's figures are the ones `edgeseg eval` gives its checkpoint.
 
 Validation mIoU on held-out pet photos cannot see a model that starts painting people; these can. The best
@@ -17,6 +17,7 @@ from edgeseg.compile.reference import TorchBackend
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation import scenes
 from edgeseg.evaluation.evaluate import animal_free
+from edgeseg.evaluation.yolo_data import YoloSet, load_yolo_set
 from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import images_in
 from edgeseg.runtime.meta import ModelMeta
@@ -28,8 +29,7 @@ class SceneChecks:
     people: list[tuple[Path, Path]]
     people_name: str
     no_animal: list[tuple[Path, list[Path]]]
-    yolo: list[Path]
-    animal_classes: tuple[int, ...]
+    yolo: list[tuple[YoloSet, list[int]]]  # each set with its animal class ids
     person_class: int | None
 
     @classmethod
@@ -43,9 +43,8 @@ class SceneChecks:
         people = scenes.person_pairs(Path(cfg.val_people), numbered) if cfg.val_people else []
         name = f"{Path(cfg.val_people).name} {cfg.val_numbered or ''}".strip() if cfg.val_people else ""
         free = [(Path(f), images_in(f, "--val-no-animal")) for f in cfg.val_no_animal]
-        for folder in cfg.val_yolo:
-            scenes.yolo_pairs(Path(folder))  # a folder that is not YOLO's layout is refused now, not after an epoch
-        return cls(people, name, free, [Path(f) for f in cfg.val_yolo], tuple(cfg.animal_classes),
+        yolo = [load_yolo_set(Path(f), cfg.yolo_split) for f in cfg.val_yolo]  # refused now, not after an epoch
+        return cls(people, name, free, [(s, s.class_ids(cfg.animal_classes, "--animal-classes")) for s in yolo],
                    None if cfg.person_class < 0 else cfg.person_class)
 
     def score(self, model: nn.Module, meta: ModelMeta, device: str) -> list[dict]:
@@ -60,9 +59,10 @@ class SceneChecks:
         for folder, photos in self.no_animal:
             (r,) = animal_free([p], photos)
             rows.append({"set": "no_animal", "folder": folder.name, **_plain(r, "pet_share")})
-        for folder in self.yolo:
-            (r,) = scenes.score_yolo([p], folder, self.animal_classes, self.person_class)
-            rows.append({"set": "yolo", "folder": folder.name, **_plain(
+        for data, animals in self.yolo:
+            (r,) = scenes.score_yolo([p], data, animals, self.person_class)
+            name = data.source.name + (f" ({data.split})" if data.split else "")
+            rows.append({"set": "yolo", "folder": name, **_plain(
                 r, "with_animal", "animal_iou_mean", "missed", "pet_share_without_animal", "person_pixels_called_pet")})
         return rows
 
