@@ -112,7 +112,8 @@ def test_roboflow_and_listed_splits_and_names_as_a_list(tmp_path):
                                     "nc: 2\nnames: ['cat', 'dog']\n")
     (root / "lists").mkdir()
     (root / "lists" / "extra.txt").write_text(f"./../extra/images/y.jpg\n\n{root / 'valid' / 'images' / 'x.jpg'}\n")
-    data = yolo_data.load_yolo_set(root / "data.yaml")
+    data = yolo_data.load_yolo_set(root)  # the export's folder: read through its data.yaml
+    assert data.source == root / "data.yaml" and data.split == "val"
     assert [p.name for p, _ in data.pairs] == ["x.jpg", "y.jpg", "x.jpg"] and data.names == {0: "cat", 1: "dog"}
     assert data.pairs[0][1] == root / "valid" / "labels" / "x.txt" and data.pairs[1][1] is None
     # a folder takes its class names from a data.yaml beside images/ when there is no classes.txt

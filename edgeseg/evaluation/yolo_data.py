@@ -3,7 +3,8 @@
 Two ways in, as ``yolo val data=...`` takes them:
 
 - a folder with ``images/`` and ``labels/``: every image under ``images/``; class names from a
-  ``classes.txt`` (one per line, beside ``images/`` or in ``labels/``) or a ``data.yaml`` beside them;
+  ``classes.txt`` (one per line, beside ``images/`` or in ``labels/``) or a ``data.yaml`` beside them
+  (a folder with a ``data.yaml`` and no ``images/``, as Roboflow exports, is read through its YAML);
 - a dataset YAML (``path:``, ``train:``/``val:``/``test:``, ``names:``): one split of it, each split a
   folder of images, a ``.txt`` list of image paths, or a list of these, resolved as Ultralytics resolves
   them (``path:`` the root, else the YAML's folder; a split that starts ``../`` and is missing is
@@ -97,7 +98,10 @@ def label_path(image: Path) -> Path:
 
 
 def load_yolo_set(path: Path, split: str = "val") -> YoloSet:
-    """A YOLO folder (all its images; ``split`` unused) or one split of a dataset YAML."""
+    """A YOLO folder (all its images; ``split`` unused) or one split of a dataset YAML; a folder without
+    ``images/`` but with a ``data.yaml`` (a Roboflow export) is read through that YAML."""
+    if path.is_dir() and not (path / "images").is_dir() and (path / "data.yaml").is_file():
+        path = path / "data.yaml"
     if path.is_file() and path.suffix.lower() in YAML_SUFFIXES:
         data = _read_yaml(path)
         images = _split_images(data, split, path)
