@@ -93,8 +93,10 @@ def test_an_ultralytics_dataset_yaml_one_split_its_names_and_label_pairing(tmp_p
     assert (data.split, sorted(p.name for p, _ in data.pairs)) == ("val", ["c.jpg", "d.png"])  # ... then the YAML's
     assert dict((p.name, lbl) for p, lbl in data.pairs) == {"c.jpg": ds / "labels" / "val" / "c.txt", "d.png": None}
     assert data.names == {0: "person", 1: "Cat", 2: "dog"} and data.class_ids(["cat", 2, "DOG"], "-x") == [1, 2, 2]
-    with pytest.raises(EdgesegError, match=r"--animal-classes: no class named 'hamster' here \(names: person, Cat"):
+    with pytest.raises(EdgesegError, match=r"--animal-classes: no class named 'hamster' here \(names: 0 person, 1 Cat"):
         data.class_ids(["hamster"], "--animal-classes")
+    with pytest.raises(EdgesegError, match=r"no class 15 here"):  # COCO's ids, the default, in a set that names its own
+        data.class_ids([15, 16], "--animal-classes")
     assert sorted(p.name for p, _ in yolo_data.load_yolo_set(cfg, "train").pairs) == ["a.jpg", "b.jpg"]
     with pytest.raises(EdgesegError, match=r"no test: split in it \(it has: train, val\); choose one with --yolo"):
         yolo_data.load_yolo_set(cfg, "test")

@@ -72,8 +72,8 @@ def eval_(
     animals = parse_classes(animal_classes)
     people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \
         if person_masks is not None else []
-    yolo_sets = [load_yolo_set(path, yolo_split) for path in yolo or ()]
-    yolo_sets = [(s, s.class_ids(animals, "--animal-classes")) for s in yolo_sets]
+    yolo_sets = [(s, s.class_ids(animals, "--animal-classes"))
+                 for s in (load_yolo_set(path, yolo_split) for path in yolo or ())]
     splits = [(folder, load_split(folder, split, limit)) for folder in data or ()]
     free_sets = [(folder, images_in(folder, "--no-animal")) for folder in no_animal or ()]
     predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]

@@ -47,17 +47,20 @@ class YoloSet:
     names: dict[int, str]
 
     def class_ids(self, classes: Sequence[int | str], option: str) -> list[int]:
-        """Class ids from ids and/or names (``cat``), names looked up in this set's ``names``."""
+        """Class ids from ids and/or names (``cat``), names looked up in this set's ``names``. Where the set
+        names its classes, an id it does not name is refused: COCO's 15 and 16 (the default) in a set whose
+        cats are class 0 would score every photo as one without an animal."""
         by_name = {n.lower(): i for i, n in self.names.items()}
+        known = ", ".join(f"{i} {n}" for i, n in self.names.items()) if self.names else "none: give class ids"
         ids = []
         for c in classes:
-            if isinstance(c, int):
+            if isinstance(c, int) and (c in self.names or not self.names):
                 ids.append(c)
-            elif c.lower() in by_name:
+            elif isinstance(c, str) and c.lower() in by_name:
                 ids.append(by_name[c.lower()])
             else:
-                known = ", ".join(self.names.values()) if self.names else "none: give class ids"
-                raise EdgesegError(f"{option}: no class named {c!r} here (names: {known})", self.source)
+                what = f"no class {c}" if isinstance(c, int) else f"no class named {c!r}"
+                raise EdgesegError(f"{option}: {what} here (names: {known})", self.source)
         return ids
 
 
