@@ -29,6 +29,7 @@ from edgeseg.runtime.images import IMAGE_SUFFIXES, list_images
 MAX_CLASS_ID = 2**31 - 1  # scenes.label_map paints class ids into an int32 image
 MAX_YAML_BYTES = 1 << 20  # a dataset YAML is a few KB; anything this large is not one
 YAML_SUFFIXES = (".yaml", ".yml")
+NAMES_SHOWN = 12  # an unknown class's error lists this many of the set's names
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class YoloSet:
         names its classes, an id it does not name is refused: COCO's 15 and 16 (the default) in a set whose
         cats are class 0 would score every photo as one without an animal."""
         by_name = {n.lower(): i for i, n in self.names.items()}
-        known = ", ".join(f"{i} {n}" for i, n in self.names.items()) if self.names else "none: give class ids"
+        shown = [f"{i} {n}" for i, n in self.names.items()]
+        known = ", ".join(shown[:NAMES_SHOWN]) + (f", ... ({len(shown)} in all)" if len(shown) > NAMES_SHOWN else "") \
+            if shown else "none: give class ids"
         ids = []
         for c in classes:
             if isinstance(c, int) and (c in self.names or not self.names):
