@@ -102,6 +102,26 @@ def test_an_ultralytics_dataset_yaml_one_split_its_names_and_label_pairing(tmp_p
         yolo_data.load_yolo_set(cfg, "test")
     (r,) = scenes.score_yolo([Painter((0, 0, 1, 1))], data, data.class_ids(["cat"], "-x"))  # names from names:
     assert r["per_image_iou"] == {"c.jpg": pytest.approx(0.5, abs=0.05)} and r["pet_share_without_animal"] == 1.0
+    # the same folder without its YAML: a split is an images/ subfolder, and one must be named where there are any
+    folder = yolo_data.load_yolo_set(ds, "val")
+    assert (folder.split, [(p.name, lbl) for p, lbl in folder.pairs]) == (
+        "val", [("c.jpg", ds / "labels" / "val" / "c.txt"), ("d.png", None)])
+    with pytest.raises(EdgesegError, match=r"images/ holds the splits train, val: choose one with --yolo-split"):
+        yolo_data.load_yolo_set(ds)
+    with pytest.raises(EdgesegError, match=r"no images/test/ folder here \(images/ has the folders: train, val\)"):
+        yolo_data.load_yolo_set(ds, "test")
+
+
+def test_the_person_class_by_name_or_id_and_none_where_a_set_names_no_person(tmp_path):
+    named = yolo_data.YoloSet(tmp_path, "val", [], {0: "Person", 1: "cat"})
+    cats = yolo_data.YoloSet(tmp_path, "val", [], {0: "cat", 1: "dog"})  # class 0 is no person here
+    bare = yolo_data.YoloSet(tmp_path, None, [], {})  # no names: COCO-80's ids
+    assert (named.person_id("person"), cats.person_id("person"), bare.person_id("person")) == (0, None, 0)
+    assert (named.person_id(None), named.person_id(1), bare.person_id(7), named.person_id("CAT")) == (None, 1, 7, 1)
+    with pytest.raises(EdgesegError, match="--person-class: no class named 'human' here"):
+        cats.person_id("human")
+    with pytest.raises(EdgesegError, match="--person-class: no class 5 here"):
+        cats.person_id(5)
 
 
 def test_roboflow_and_listed_splits_and_names_as_a_list(tmp_path):

@@ -507,7 +507,8 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
     rows = [h["scenes"] for h in ck.extra["history"]]
     assert len(rows) == 2 and [s["set"] for s in rows[0]] == ["people", "no_animal", "yolo"]
     assert ck.extra["recipe"]["val_yolo"] == "data.yaml" and ck.extra["recipe"]["val_numbered"] == "2-3"
-    assert ck.extra["recipe"]["animal_classes"] == ["cat"] and ck.extra["recipe"]["yolo_split"] == "val"
+    assert ck.extra["recipe"]["animal_classes"] == ["cat"] and ck.extra["recipe"]["yolo_split"] is None
+    assert ck.extra["recipe"]["person_class"] == "person"
     shown = [line for line in cli("info", out).out.splitlines() if "best epoch on scenes" in line]
     assert len(shown) == 1 and "people 2-3: " in shown[0] and "rooms: " in shown[0]
     # the kept epoch's figures are eval's figures of the checkpoint written
@@ -516,7 +517,14 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
             yolo / "data.yaml", "--animal-classes", "cat", "--json")
     assert r.code == 0, r.err
     ev = json.loads(r.out)
-    assert (ev["yolo"][0]["split"], ev["yolo"][0]["animal_classes"]) == ("val", [15])
+    assert (ev["yolo"][0]["split"], ev["yolo"][0]["animal_classes"], ev["yolo"][0]["person_class"]) == ("val", [15], 0)
+    r = cli("eval", out, "--yolo", yolo, "--animal-classes", "15", "--person-class", "none", "--json")  # the folder
+    assert r.code == 0, r.err
+    (no_person,) = json.loads(r.out)["yolo"]
+    assert no_person["person_class"] is None and no_person["models"][0]["person_pixels_called_pet"] is None
+    assert no_person["split"] is None and no_person["models"][0]["images"] == 3
+    r = cli("eval", out, "--yolo", yolo, "--yolo-split", "val")
+    assert r.code == 1 and "no images/val/ folder here" in r.err
     r = cli("eval", out, "--yolo", yolo / "data.yaml", "--yolo-split", "test")
     assert r.code == 1 and "no test: split in it (it has: val)" in r.err
     (p,), (f,), (y,) = ev["people"]["models"], ev["no_animal"]["models"], ev["yolo"][0]["models"]

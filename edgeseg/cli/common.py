@@ -39,6 +39,14 @@ def parse_classes(text: str, option: str = "--animal-classes") -> list[int | str
     return classes
 
 
+def parse_person_class(text: str) -> int | str | None:
+    """``--person-class``: ``"0"`` -> 0, ``"person"`` -> "person", ``"none"`` -> None (no people scored)."""
+    text = text.strip()
+    if not text or "," in text:
+        raise EdgesegError(f"--person-class {text!r}: write one class id or name, or none")
+    return None if text.lower() == "none" else int(text) if text.isdigit() else text
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"128x160"`` or ``"128"`` -> (height, width)."""
     parts = text.lower().replace(" ", "").split("x")

@@ -16,6 +16,7 @@ from edgeseg.cli.common import (
     console,
     kv_table,
     parse_classes,
+    parse_person_class,
     print_json,
     print_table,
     progress,
@@ -42,11 +43,14 @@ def eval_(
     yolo: Annotated[list[Path] | None, typer.Option(help=(
         "A YOLO segmentation folder (Ultralytics: images/, labels/*.txt polygons) or its dataset YAML: animal "
         "IoU per photo, pet called on photos without an animal, person pixels called pet; repeatable."))] = None,
-    yolo_split: Annotated[str, typer.Option(help="With --yolo DATA.yaml: the split scored (train, val, test).")
-                          ] = "val",
+    yolo_split: Annotated[str | None, typer.Option(help=(
+        "With --yolo: the split scored, train, val or test (a dataset YAML: default val; a folder: images/SPLIT/, "
+        "default all of images/)."))] = None,
     animal_classes: Annotated[str, typer.Option(help="With --yolo: the classes that are animals, ids or names "
                                                      "(COCO-80: 15 cat, 16 dog).")] = "15,16",
-    person_class: Annotated[int, typer.Option(help="With --yolo: the class id of people (-1: none).")] = 0,
+    person_class: Annotated[str, typer.Option(help=(
+        "With --yolo: the class of people, an id or a name (default: the class named person; in a set without "
+        "names, COCO-80's 0), or none."))] = "person",
     person_masks: Annotated[Path | None, typer.Option(help=(
         "Photos with person masks (images/N.jpg, masks/N.png; 0 background): the share of person pixels called "
         "pet."))] = None,
@@ -72,7 +76,8 @@ def eval_(
     animals = parse_classes(animal_classes)
     people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \
         if person_masks is not None else []
-    yolo_sets = [(s, s.class_ids(animals, "--animal-classes"))
+    person = parse_person_class(person_class)
+    yolo_sets = [(s, s.class_ids(animals, "--animal-classes"), s.person_id(person))
                  for s in (load_yolo_set(path, yolo_split) for path in yolo or ())]
     splits = [(folder, load_split(folder, split, limit)) for folder in data or ()]
     free_sets = [(folder, images_in(folder, "--no-animal")) for folder in no_animal or ()]
@@ -95,12 +100,13 @@ def eval_(
                 predictors, photos, progress=lambda i, n, t=task: bar.update(t, completed=i))})
         if free_sets:  # the first folder's figures under "no_animal" too, where scripts reading one find them
             out["no_animal"] = out["no_animal_folders"][0]
-        for yolo_set, ids in yolo_sets:
+        for yolo_set, ids, person_id in yolo_sets:
             task = bar.add_task(f"{len(yolo_set.pairs)} YOLO-labelled photos", total=len(yolo_set.pairs))
-            scores = scenes.score_yolo(predictors, yolo_set, ids, None if person_class < 0 else person_class,
+            scores = scenes.score_yolo(predictors, yolo_set, ids, person_id,
                                        progress=lambda i, n, t=task: bar.update(t, completed=i))
             out.setdefault("yolo", []).append({"folder": str(yolo_set.source), "split": yolo_set.split,
-                                               "animal_classes": ids, "models": scores})
+                                               "animal_classes": ids, "person_class": person_id,
+                                               "models": scores})
         if people:
             task = bar.add_task(f"{len(people)} photos of people", total=len(people))
             out["people"] = {"folder": str(person_masks), "numbered": numbered, "models": scenes.score_people(

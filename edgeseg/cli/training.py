@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, parse_classes, parse_size, progress
+from edgeseg.cli.common import console, parse_classes, parse_person_class, parse_size, progress
 from edgeseg.cli.info import best_epoch, scene_summary
 from edgeseg.errors import EdgesegError
 from edgeseg.training.recipe import TrainConfig
@@ -100,13 +100,15 @@ def train(
         "A YOLO segmentation folder or dataset YAML scored after every epoch (as eval --yolo): animal IoU, pet "
         "called without an animal; repeatable. The best epoch is still chosen by validation mIoU; all are "
         "recorded."))] = None,
-    yolo_split: Annotated[str, typer.Option(help="With --val-yolo DATA.yaml: the split scored (train, val, test)."
-                                            )] = RECIPE.yolo_split,
+    yolo_split: Annotated[str | None, typer.Option(help=(
+        "With --val-yolo: the split scored, train, val or test (a dataset YAML: default val; a folder: "
+        "images/SPLIT/, default all of images/)."))] = RECIPE.yolo_split,
     animal_classes: Annotated[str, typer.Option(help="With --val-yolo: the classes that are animals, ids or names "
                                                      "(COCO-80: 15 cat, 16 dog).")
                           ] = ",".join(map(str, RECIPE.animal_classes)),
-    person_class: Annotated[int, typer.Option(help="With --val-yolo: the class id of people (-1: none).")
-                            ] = RECIPE.person_class,
+    person_class: Annotated[str, typer.Option(help=(
+        "With --val-yolo: the class of people, an id or a name (default: the class named person; in a set "
+        "without names, COCO-80's 0), or none."))] = str(RECIPE.person_class),
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
     """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe of the bundled model's first
@@ -131,7 +133,8 @@ def train(
                       val_people=str(val_people) if val_people else None, val_numbered=val_numbered,
                       val_no_animal=tuple(str(f) for f in val_no_animal or ()),
                       val_yolo=tuple(str(f) for f in val_yolo or ()), yolo_split=yolo_split,
-                      animal_classes=tuple(parse_classes(animal_classes)), person_class=person_class)
+                      animal_classes=tuple(parse_classes(animal_classes)),
+                      person_class=parse_person_class(person_class))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with progress(*columns) as bar:

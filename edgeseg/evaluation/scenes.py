@@ -22,12 +22,11 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import resize_mask
-from edgeseg.evaluation.yolo_data import Shape, YoloSet, read_yolo_labels
+from edgeseg.evaluation.yolo_data import COCO_PERSON, Shape, YoloSet, read_yolo_labels
 from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import ImageError, list_images, read_image
 
 COCO_ANIMALS = (15, 16)  # COCO-80's cat and dog, as Ultralytics numbers them
-COCO_PERSON = 0
 PAINTED = 0.2  # a person "painted" when more than this share of their pixels is called pet
 
 

@@ -2,7 +2,9 @@
 
 Two ways in, as ``yolo val data=...`` takes them:
 
-- a folder with ``images/`` and ``labels/``: every image under ``images/``; class names from a
+- a folder with ``images/`` and ``labels/``: every image under ``images/``, or under ``images/SPLIT/`` when a
+  split is named (a folder whose ``images/`` holds ``train/``, ``val/`` or ``test/`` needs one named: scoring
+  its training photos beside its validation photos would flatter the model); class names from a
   ``classes.txt`` (one per line, beside ``images/`` or in ``labels/``) or a ``data.yaml`` beside them
   (a folder with a ``data.yaml`` and no ``images/``, as Roboflow exports, is read through its YAML);
 - a dataset YAML (``path:``, ``train:``/``val:``/``test:``, ``names:``): one split of it, each split a
@@ -30,6 +32,9 @@ MAX_CLASS_ID = 2**31 - 1  # scenes.label_map paints class ids into an int32 imag
 MAX_YAML_BYTES = 1 << 20  # a dataset YAML is a few KB; anything this large is not one
 YAML_SUFFIXES = (".yaml", ".yml")
 NAMES_SHOWN = 12  # an unknown class's error lists this many of the set's names
+SPLIT_FOLDERS = ("train", "val", "valid", "test")  # images/ subfolders that are splits, as Ultralytics names them
+COCO_PERSON = 0
+PERSON = "person"  # --person-class's default: the class of that name, else (a set without names) COCO's 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,14 @@ class YoloSet:
                 what = f"no class {c}" if isinstance(c, int) else f"no class named {c!r}"
                 raise EdgesegError(f"{option}: {what} here (names: {known})", self.source)
         return ids
+
+    def person_id(self, person: int | str | None) -> int | None:
+        """``--person-class``: an id or a name, looked up as ``class_ids`` does; None: no people scored. The
+        default, ``person``, is COCO-80's id 0 in a set without class names and nothing in a set whose names
+        have no person (its class 0 may be a cat)."""
+        if person == PERSON and PERSON not in {n.lower() for n in self.names.values()}:
+            return None if self.names else COCO_PERSON
+        return None if person is None else self.class_ids([person], "--person-class")[0]
 
 
 def read_yolo_labels(path: Path) -> list[Shape]:
@@ -103,27 +116,40 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def load_yolo_set(path: Path, split: str = "val") -> YoloSet:
-    """A YOLO folder (all its images; ``split`` unused) or one split of a dataset YAML; a folder without
-    ``images/`` but with a ``data.yaml`` (a Roboflow export) is read through that YAML."""
+def load_yolo_set(path: Path, split: str | None = None) -> YoloSet:
+    """One split of a dataset YAML (default ``val``) or a YOLO folder (``images/SPLIT/`` where a split is
+    named, else all its images); a folder without ``images/`` but with a ``data.yaml`` (a Roboflow export)
+    is read through that YAML."""
     if path.is_dir() and not (path / "images").is_dir() and (path / "data.yaml").is_file():
         path = path / "data.yaml"
     if path.is_file() and path.suffix.lower() in YAML_SUFFIXES:
         data = _read_yaml(path)
+        split = split or "val"
         images = _split_images(data, split, path)
         names = _names(data.get("names"), path)
-        source_split: str | None = split
     elif (path / "images").is_dir():
-        images = list_images(path / "images", recursive=True)
+        images = list_images(_split_folder(path / "images", split), recursive=True)
         names = _folder_names(path)
-        source_split = None
     else:
         raise EdgesegError("expected a YOLO segmentation folder (images/ and labels/, Ultralytics layout) or its "
                            "dataset YAML (data.yaml)", path)
     if not images:
-        raise EdgesegError("no images in " + (f"its {split} split" if source_split else "images/"), path)
+        raise EdgesegError("no images in " + (f"its {split} split" if split else "images/"), path)
     pairs = [(image, label if (label := label_path(image)).is_file() else None) for image in images]
-    return YoloSet(path, source_split, pairs, names)
+    return YoloSet(path, split, pairs, names)
+
+
+def _split_folder(images: Path, split: str | None) -> Path:
+    """``images/SPLIT`` for a named split; ``images/`` itself where it holds no split folders."""
+    splits = [s for s in SPLIT_FOLDERS if (images / s).is_dir()]
+    if split is None and splits:
+        raise EdgesegError(f"images/ holds the splits {', '.join(splits)}: choose one with --yolo-split",
+                           images.parent)
+    if split is not None and not (images / split).is_dir():
+        have = ", ".join(sorted(d.name for d in images.iterdir() if d.is_dir())) or "none"
+        raise EdgesegError(f"no images/{split}/ folder here (images/ has the folders: {have}); choose one with "
+                           "--yolo-split, or leave it out to score every image", images.parent)
+    return images / split if split else images
 
 
 def _read_yaml(path: Path) -> dict:

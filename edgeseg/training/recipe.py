@@ -59,9 +59,9 @@ class TrainConfig:
     val_numbered: str | None = None
     val_no_animal: tuple[str, ...] = ()
     val_yolo: tuple[str, ...] = ()
-    yolo_split: str = "val"  # with val_yolo: the split of a dataset YAML scored
+    yolo_split: str | None = None  # with val_yolo: the split scored (None: a YAML's val, a folder's every image)
     animal_classes: tuple[int | str, ...] = (15, 16)  # with val_yolo: animal class ids or names (COCO-80: cat, dog)
-    person_class: int = 0  # with val_yolo: the person class id (-1: none)
+    person_class: int | str | None = "person"  # with val_yolo: the people's class id or name (None: none)
 
     @property
     def folders(self) -> tuple[str, ...]:

@@ -29,8 +29,7 @@ class SceneChecks:
     people: list[tuple[Path, Path]]
     people_name: str
     no_animal: list[tuple[Path, list[Path]]]
-    yolo: list[tuple[YoloSet, list[int]]]  # each set with its animal class ids
-    person_class: int | None
+    yolo: list[tuple[YoloSet, list[int], int | None]]  # each set with its animal class ids and person class
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> SceneChecks | None:
@@ -44,8 +43,8 @@ class SceneChecks:
         name = f"{Path(cfg.val_people).name} {cfg.val_numbered or ''}".strip() if cfg.val_people else ""
         free = [(Path(f), images_in(f, "--val-no-animal")) for f in cfg.val_no_animal]
         yolo = [load_yolo_set(Path(f), cfg.yolo_split) for f in cfg.val_yolo]  # refused now, not after an epoch
-        return cls(people, name, free, [(s, s.class_ids(cfg.animal_classes, "--animal-classes")) for s in yolo],
-                   None if cfg.person_class < 0 else cfg.person_class)
+        return cls(people, name, free, [(s, s.class_ids(cfg.animal_classes, "--animal-classes"),
+                                         s.person_id(cfg.person_class)) for s in yolo])
 
     def score(self, model: nn.Module, meta: ModelMeta, device: str) -> list[dict]:
         """One row per set: its kind, folder name and figures (shares and IoU in 0..1)."""
@@ -59,8 +58,8 @@ class SceneChecks:
         for folder, photos in self.no_animal:
             (r,) = animal_free([p], photos)
             rows.append({"set": "no_animal", "folder": folder.name, **_plain(r, "pet_share")})
-        for data, animals in self.yolo:
-            (r,) = scenes.score_yolo([p], data, animals, self.person_class)
+        for data, animals, person in self.yolo:
+            (r,) = scenes.score_yolo([p], data, animals, person)
             name = data.source.name + (f" ({data.split})" if data.split else "")
             rows.append({"set": "yolo", "folder": name, **_plain(
                 r, "with_animal", "animal_iou_mean", "missed", "pet_share_without_animal", "person_pixels_called_pet")})
