@@ -51,7 +51,7 @@ def _root(
 COMMANDS = {  # in the order `edgeseg --help` lists them
     "info": info.info, "export": convert.export, "check": convert.check, "eval": measure.eval_, "run": run.run,
     "quantize": convert.quantize, "bench": measure.bench, "build": convert.build, "doctor": measure.doctor,
-    "train": training.train, "composites": training.composites, "deepstream": deploy.deepstream,
+    "train": training.train, "soup": training.soup, "composites": training.composites, "deepstream": deploy.deepstream,
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)

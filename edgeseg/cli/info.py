@@ -132,8 +132,12 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
         rows.append(("started from", f"{parent.get('file')} (sha256 {str(parent.get('sha256'))[:12]}, "
                                      f"{parent.get('epochs_run', '?')} epochs, best validation mIoU "
                                      f"{was.get('miou', float('nan')):.4f}; info --json for its record)"))
+    for part in extra.get("soup_of") or ():
+        was = part.get("best") or {}
+        rows.append(("soup of", f"{part.get('file')} (sha256 {str(part.get('sha256'))[:12]}, best validation mIoU "
+                                f"{was.get('miou', float('nan')):.4f}; info --json for its record)"))
     for k, v in extra.items():
-        if k not in ("recipe", "history", "best", "epochs_run", "init_from", "average"):
+        if k not in ("recipe", "history", "best", "epochs_run", "init_from", "average", "soup_of"):
             rows.append((k, v if not isinstance(v, (list, dict)) or len(str(v)) < 100 else
                          f"{type(v).__name__} of {len(v)} (info --json)"))
     return rows

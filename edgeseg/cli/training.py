@@ -225,3 +225,17 @@ def composites(
         console.print(f"{r['composites']} composites ({r['cutouts']} cut-outs on {r['training_crops']} "
                       f"training-photo crops, {r['scenes']} scene photos and gradients) and the scene photos whole: "
                       f"{r['out']}")
+
+
+def soup(
+    checkpoints: Annotated[list[Path], typer.Argument(help=(
+        "Checkpoints fine-tuned from one parent (two or more), e.g. stages of train --init."), show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write.")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
+) -> None:
+    """Average the weights of checkpoints (a uniform model soup): often better than each, and free at run time.
+    Check it with edgeseg eval before you keep it."""
+    from edgeseg.training.soup import soup as make_soup
+
+    result = make_soup(checkpoints, output, force=force)
+    console.print(f"soup of {', '.join(result['ingredients'])} written to {result['out']}")
