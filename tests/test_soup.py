@@ -42,9 +42,15 @@ def test_a_soup_is_the_mean_of_its_ingredients_and_records_them(cli, tmp_path):
 def test_a_soup_refuses_one_checkpoint_the_same_one_twice_another_model_and_an_existing_output(cli, tmp_path):
     parent = load_checkpoint(BUNDLED)
     other = save_checkpoint(tmp_path / "96.pth", parent.model, dataclasses.replace(parent.meta, input_size=(96, 96)))
+    copy = save_checkpoint(tmp_path / "copy.pth", parent.model, parent.meta)  # another file, the same weights
+    child = load_checkpoint(BUNDLED).model
+    with torch.no_grad():
+        child.dc1.seq[0].depthwise.weight.mul_(0.5)
+    child = save_checkpoint(tmp_path / "child.pth", child, parent.meta)
     out = tmp_path / "soup.pth"
     for args, says in (((BUNDLED,), "at least two checkpoints"),
                        ((BUNDLED, BUNDLED), "the same weights as segnet_dsc.pth"),
+                       ((child, BUNDLED, copy), "copy.pth: the same weights as segnet_dsc.pth"),
                        ((BUNDLED, other), "unlike segnet_dsc.pth: a soup averages checkpoints of one model")):
         r = cli("soup", *args, "-o", out)
         assert r.code == 1 and says in r.err and "Traceback" not in r.err and not out.exists(), r.err

@@ -1,5 +1,6 @@
 """A uniform model soup (Wortsman et al., 2022): the mean of the weights of checkpoints fine-tuned from
-one parent, which often validates better than each of them, at no training cost and no inference cost.
+one parent. Wortsman et al. found such soups often more accurate than each ingredient; it costs no
+training and nothing at run time.
 
 BatchNorm's running statistics are averaged like the weights (a soup of models that share a parent has
 statistics close to each of theirs); measure the result with ``edgeseg eval`` before keeping it. The soup
@@ -21,7 +22,7 @@ from edgeseg.training.train import training_record
 
 def soup(paths: Sequence[str | Path], out: str | Path, force: bool = False) -> dict:
     """Average ``paths`` (at least two checkpoints of one architecture, input size and classes) into
-    ``out``; returns what it wrote: the output, its ingredients and its metadata's source."""
+    ``out`` (the first one's metadata); returns the output's path and the ingredients' file names."""
     if len(paths) < 2:
         raise EdgesegError("a soup needs at least two checkpoints (fine-tuned from one parent)")
     out = check_writable(out, force=force)  # refused before any checkpoint is read
@@ -32,9 +33,11 @@ def soup(paths: Sequence[str | Path], out: str | Path, force: bool = False) -> d
             raise EdgesegError(f"is {c.meta.arch} k={c.meta.kernel_size} at {c.meta.input_size} with classes "
                                f"{', '.join(c.meta.class_names)}, unlike {first.path.name}: a soup averages "
                                "checkpoints of one model", c.path)
-        if c.sha256 == first.sha256:
-            raise EdgesegError(f"the same weights as {first.path.name}: give each checkpoint once", c.path)
     states = [c.model.state_dict() for c in loaded]
+    for i, state in enumerate(states):  # the same weights twice (a copy, a re-save) would weigh them double
+        if twin := next((loaded[j] for j in range(i) if all(torch.equal(v, states[j][k]) for k, v in state.items())),
+                        None):
+            raise EdgesegError(f"the same weights as {twin.path.name}: give each checkpoint once", loaded[i].path)
     mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
             for k, v in states[0].items()}  # num_batches_tracked: the first's (eval mode does not read it)
     first.model.load_state_dict(mean)
