@@ -93,6 +93,9 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
             "--size", "32x32", "--seed", "1", "--dark", "0.5", "--resume", out.with_name("tiny.last.pth"))
     assert r.code == 0, r.err
     assert [h["epoch"] for h in load_checkpoint(out).extra["history"]] == [1, 2]
+    # the training state beside it is not a model (no metadata: its input size would be a guess)
+    r = cli("export", out.with_name("tiny.last.pth"), "-o", tmp_path / "x.onnx")
+    assert r.code == 1 and "not a model; use tiny.pth" in r.err and not (tmp_path / "x.onnx").exists()
     # and the result goes through eval
     r = cli("eval", out, "--data", pets3, "--limit", "3", "--json")
     assert r.code == 0, r.err

@@ -22,6 +22,7 @@ from edgeseg.runtime.meta import ModelMeta
 
 FORMAT = "edgeseg-checkpoint"
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+TRAINING_STATE = {"state_dict", "optimizer", "generator", "epoch"}  # what train's *.last.pth holds (train.Run)
 
 
 @dataclass
@@ -69,6 +70,10 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], dict, dic
     """Return (state_dict, edgeseg meta dict or {}, other entries of an edgeseg checkpoint, form)."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"holds a {type(obj).__name__}, not a state_dict; save model.state_dict()", path)
+    if obj.keys() >= TRAINING_STATE and obj.get("format") != FORMAT:  # no metadata: read as one, it would be wrong
+        kept = path.name.replace(".last.", ".") if ".last." in path.name else "the checkpoint train wrote with it"
+        raise CheckpointError(f"a training state that edgeseg train keeps for --resume, not a model; use {kept}, "
+                              "or continue the run with train --resume", path)
     meta: dict = {}
     extra: dict = {}
     form = "state_dict"
