@@ -233,8 +233,8 @@ def soup(
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write.")],
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
-    """Average the weights of checkpoints (a uniform model soup): often better than each, and free at run time.
-    Check it with edgeseg eval before you keep it."""
+    """Average the weights of checkpoints (a uniform model soup): free at run time, sometimes better than each
+    ingredient, not always; check it with edgeseg eval before you keep it."""
     from edgeseg.training.soup import soup as make_soup
 
     result = make_soup(checkpoints, output, force=force)

@@ -1,6 +1,7 @@
 """A uniform model soup (Wortsman et al., 2022): the mean of the weights of checkpoints fine-tuned from
-one parent. Wortsman et al. found such soups often more accurate than each ingredient; it costs no
-training and nothing at run time.
+one parent. It can be more accurate than each ingredient and is not always (Wortsman et al. keep only
+the ingredients that help, a "greedy" soup; here SZG validated over Z and under ZG, model card); it costs
+no training and nothing at run time.
 
 BatchNorm's running statistics are averaged like the weights (a soup of models that share a parent has
 statistics close to each of theirs); measure the result with ``edgeseg eval`` before keeping it. The soup
