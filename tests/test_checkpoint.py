@@ -173,10 +173,28 @@ def test_torch_free_mac_count_matches_the_hooked_count(arch, k, h, w):
     assert conv_macs(arch, k, h, w) == model_stats(build_model(arch, k), h, w).macs
 
 
-def test_info_summarizes_a_training_record_in_a_few_lines(cli):
+def test_info_shows_the_bundled_soup_and_each_ingredients_lineage(cli):
     from conftest import REPO
 
     r = cli("info", REPO / "models" / "segnet_dsc.pth")
+    assert r.code == 0, r.err
+    assert "stageZG.pth (sha256 72d6ea04e23b, best validation mIoU 0.6890" in r.out
+    assert "segnet_dsc.pth (sha256 d3d0213decf7, best validation mIoU 0.6888" in r.out
+    zg, z = json.loads(cli("info", REPO / "models" / "segnet_dsc.pth", "--json").out)["extra"]["soup_of"]
+    assert zg["init_from"]["sha256"] == z["sha256"]  # ZG was fine-tuned from Z, the other ingredient
+    first = z
+    for _ in range(6):  # the from-scratch stage, six parents up (model card: stages 1, 2, 3, A, E, T160, Z)
+        first = first["init_from"]
+    assert len(first["history"]) == 60 and first["best"]["epoch"] == 57
+
+
+def test_info_summarizes_a_training_record_in_a_few_lines(cli, tmp_path):
+    from conftest import REPO
+
+    bundled = load_checkpoint(REPO / "models" / "segnet_dsc.pth")
+    z = {k: v for k, v in bundled.extra["soup_of"][1].items() if k not in ("file", "sha256")}
+    save_checkpoint(tmp_path / "z.pth", bundled.model, bundled.meta, z)  # stage Z, as train wrote it
+    r = cli("info", tmp_path / "z.pth")
     assert r.code == 0, r.err
     assert "batch 8, lr 0.0003, cosine down to lr/100, 160px, seed 0" in r.out
     assert "30 of 30 planned" in r.out and "27: validation mIoU 0.6888" in r.out
@@ -186,9 +204,11 @@ def test_info_summarizes_a_training_record_in_a_few_lines(cli):
     # the stage it was fine-tuned from, in one line
     assert "started from" in r.out and "4 epochs, best validation mIoU 0.6755" in r.out
     assert "'val_miou'" not in r.out and len(r.out.splitlines()) < 32  # no raw per-epoch dicts
-    full = json.loads(cli("info", REPO / "models" / "segnet_dsc.pth", "--json").out)
-    assert len(full["extra"]["history"]) == 30
-    first = full["extra"]
-    for _ in range(6):  # the from-scratch stage, six parents up (model card: stages 1, 2, 3, A, E, T160, Z)
-        first = first["init_from"]
-    assert len(first["history"]) == 60 and first["best"]["epoch"] == 57
+
+
+def test_info_shows_a_record_edgeseg_did_not_write_as_it_is(cli, tmp_path):
+    m = build_model("segnet-dsc")
+    save_checkpoint(tmp_path / "s.pth", m, ModelMeta(), {"soup_of": ["a.pth", "b.pth"], "init_from": "c.pth"})
+    r = cli("info", tmp_path / "s.pth")
+    assert r.code == 0, r.err
+    assert "['a.pth', 'b.pth']" in r.out and "c.pth" in r.out

@@ -39,7 +39,10 @@ def info(
                       f"resize {meta['interpolation']}"),
         ]
         rows += [(f"provenance.{k}", v) for k, v in meta.get("provenance", {}).items()]
-        rows += _training_rows(d["extra"])
+        try:
+            rows += _training_rows(d["extra"])
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError):  # a record edgeseg did not write
+            rows += [(k, _short(v)) for k, v in d["extra"].items()]
     elif d["kind"] == "engine":
         rows += [(k, v) for k, v in d.items() if k not in ("path", "kind", "file_bytes", "sha256", "model_meta")]
     else:
@@ -138,7 +141,13 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
                                 f"{was.get('miou', float('nan')):.4f}; info --json for its record)"))
     for k, v in extra.items():
         if k not in ("recipe", "history", "best", "epochs_run", "init_from", "average", "soup_of"):
-            rows.append((k, v if not isinstance(v, (list, dict)) or len(str(v)) < 100 else
-                         f"{type(v).__name__} of {len(v)} (info --json)"))
+            rows.append((k, _short(v)))
     return rows
+
+
+def _short(value: object) -> object:
+    """A value as it is when short; a long list or dict as its length (info --json has it whole)."""
+    if isinstance(value, (list, dict)) and len(str(value)) >= 100:
+        return f"{type(value).__name__} of {len(value)} (info --json)"
+    return value
 
