@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -90,6 +91,19 @@ def notebook_ckpt(notebook_models, tmp_path_factory):
         paths[arch] = folder / f"{arch}.pth"
         torch.save(model.state_dict(), paths[arch])
     return paths
+
+
+@pytest.fixture(scope="session")
+def stage_z(tmp_path_factory):
+    """A checkpoint as ``edgeseg train`` writes one: the bundled weights with the training record of stage
+    Z, one of the bundled soup's ingredients (30 epochs from T160, best epoch 27)."""
+    from edgeseg.compile.checkpoint import load_checkpoint, save_checkpoint
+
+    bundled = load_checkpoint(REPO / "models" / "segnet_dsc.pth")
+    z = bundled.extra["soup_of"][1]
+    record = {k: v for k, v in z.items() if k not in ("file", "sha256", "provenance")}
+    meta = dataclasses.replace(bundled.meta, provenance=z["provenance"])
+    return save_checkpoint(tmp_path_factory.mktemp("stage_z") / "segnet_dsc.pth", bundled.model, meta, record)
 
 
 @pytest.fixture(scope="session")

@@ -182,19 +182,15 @@ def test_info_shows_the_bundled_soup_and_each_ingredients_lineage(cli):
     assert "segnet_dsc.pth (sha256 d3d0213decf7, best validation mIoU 0.6888" in r.out
     zg, z = json.loads(cli("info", REPO / "models" / "segnet_dsc.pth", "--json").out)["extra"]["soup_of"]
     assert zg["init_from"]["sha256"] == z["sha256"]  # ZG was fine-tuned from Z, the other ingredient
+    assert z["provenance"]["data"] == "trainP6.npz" and "provenance.made_with" in r.out  # each keeps its own
     first = z
     for _ in range(6):  # the from-scratch stage, six parents up (model card: stages 1, 2, 3, A, E, T160, Z)
         first = first["init_from"]
     assert len(first["history"]) == 60 and first["best"]["epoch"] == 57
 
 
-def test_info_summarizes_a_training_record_in_a_few_lines(cli, tmp_path):
-    from conftest import REPO
-
-    bundled = load_checkpoint(REPO / "models" / "segnet_dsc.pth")
-    z = {k: v for k, v in bundled.extra["soup_of"][1].items() if k not in ("file", "sha256")}
-    save_checkpoint(tmp_path / "z.pth", bundled.model, bundled.meta, z)  # stage Z, as train wrote it
-    r = cli("info", tmp_path / "z.pth")
+def test_info_summarizes_a_training_record_in_a_few_lines(cli, stage_z):
+    r = cli("info", stage_z)
     assert r.code == 0, r.err
     assert "batch 8, lr 0.0003, cosine down to lr/100, 160px, seed 0" in r.out
     assert "30 of 30 planned" in r.out and "27: validation mIoU 0.6888" in r.out

@@ -13,27 +13,28 @@ from edgeseg.compile.checkpoint import load_checkpoint, save_checkpoint
 BUNDLED = REPO / "models" / "segnet_dsc.pth"
 
 
-def test_a_soup_is_the_mean_of_its_ingredients_and_records_them(cli, tmp_path):
-    parent = load_checkpoint(BUNDLED)
-    twin = load_checkpoint(BUNDLED).model
+def test_a_soup_is_the_mean_of_its_ingredients_and_records_them(cli, tmp_path, stage_z):
+    parent = load_checkpoint(stage_z)
+    twin = load_checkpoint(stage_z).model
     with torch.no_grad():
         for v in twin.state_dict().values():
             if v.is_floating_point():
                 v.add_(torch.linspace(-0.1, 0.3, v.numel()).reshape(v.shape))  # another "fine-tuned" child
     child = save_checkpoint(tmp_path / "child.pth", twin, parent.meta, {"best": {"miou": 0.5, "epoch": 2}})
     out = tmp_path / "soup.pth"
-    r = cli("soup", BUNDLED, child, "-o", out)
+    r = cli("soup", stage_z, child, "-o", out)
     assert r.code == 0, r.err
     made = load_checkpoint(out)
     a, b, m = parent.model.state_dict(), twin.state_dict(), made.model.state_dict()
     for k in a:
         want = (a[k] + b[k]) / 2 if a[k].is_floating_point() else a[k]
         assert torch.allclose(m[k], want, atol=1e-6), k
-    assert made.meta == parent.meta
+    assert made.meta == parent.meta and made.meta.provenance["ingredients"] == ["segnet_dsc.pth", "child.pth"]
     recorded = made.extra["soup_of"]
     assert [(i["file"], i["sha256"]) for i in recorded] == [("segnet_dsc.pth", parent.sha256),
                                                             ("child.pth", load_checkpoint(child).sha256)]
     assert recorded[0]["best"] == parent.extra["best"] and recorded[0]["recipe"]["epochs"] == 30
+    assert recorded[0]["provenance"]["data"] == "trainP6.npz"  # where each ingredient was trained
     shown = [line for line in cli("info", out).out.splitlines() if "soup of" in line]
     assert len(shown) == 2 and "child.pth" in shown[1] and "0.5000" in shown[1]
     assert json.loads(cli("info", out, "--json").out)["extra"]["soup_of"][1]["best"]["epoch"] == 2

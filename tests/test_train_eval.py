@@ -512,8 +512,13 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
     assert ck.extra["recipe"]["val_yolo"] == "data.yaml" and ck.extra["recipe"]["val_numbered"] == "2-3"
     assert ck.extra["recipe"]["animal_classes"] == ["cat"] and ck.extra["recipe"]["yolo_split"] is None
     assert ck.extra["recipe"]["person_class"] == "person"
-    shown = [line for line in cli("info", out).out.splitlines() if "best epoch on scenes" in line]
-    assert len(shown) == 1 and "people 2-3: " in shown[0] and "rooms: " in shown[0]
+    shown = cli("info", out).out.splitlines()
+    scenes = [line for line in shown if "best epoch on scenes" in line]
+    assert len(scenes) == 1 and "people 2-3: " in scenes[0] and "rooms: " in scenes[0]
+    # fine-tuned from the bundled soup: both ingredients' records pass on, and info names them
+    assert [p["file"] for p in ck.extra["init_from"]["soup_of"]] == ["stageZG.pth", "segnet_dsc.pth"]
+    assert ck.extra["init_from"]["soup_of"][1]["init_from"]["best"]["epoch"] == 4  # Z's parent, T160
+    assert any("a soup of stageZG.pth, segnet_dsc.pth" in line for line in shown if "started from" in line)
     # the kept epoch's figures are eval's figures of the checkpoint written
     people_row, free_row, yolo_row = rows[ck.extra["best"]["epoch"] - 1]
     r = cli("eval", out, "--person-masks", people, "--numbered", "2-3", "--no-animal", free, "--yolo",

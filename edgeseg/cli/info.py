@@ -132,9 +132,10 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
     parent = extra.get("init_from")
     if parent:
         was = parent.get("best") or {}
-        rows.append(("started from", f"{parent.get('file')} (sha256 {str(parent.get('sha256'))[:12]}, "
-                                     f"{parent.get('epochs_run', '?')} epochs, best validation mIoU "
-                                     f"{was.get('miou', float('nan')):.4f}; info --json for its record)"))
+        what = (f"a soup of {', '.join(str(p.get('file')) for p in parent['soup_of'])}" if parent.get("soup_of") else
+                f"{parent.get('epochs_run', '?')} epochs, best validation mIoU {was.get('miou', float('nan')):.4f}")
+        rows.append(("started from", f"{parent.get('file')} (sha256 {str(parent.get('sha256'))[:12]}, {what}; "
+                                     "info --json for its record)"))
     for part in extra.get("soup_of") or ():
         was = part.get("best") or {}
         rows.append(("soup of", f"{part.get('file')} (sha256 {str(part.get('sha256'))[:12]}, best validation mIoU "

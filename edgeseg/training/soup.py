@@ -10,11 +10,13 @@ records each ingredient's file, hash and training record, as ``train --init`` re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from edgeseg import __version__
 from edgeseg.compile.checkpoint import load_checkpoint, save_checkpoint
 from edgeseg.errors import EdgesegError
 from edgeseg.files import check_writable
@@ -23,7 +25,8 @@ from edgeseg.training.train import training_record
 
 def soup(paths: Sequence[str | Path], out: str | Path, force: bool = False) -> dict:
     """Average ``paths`` (at least two checkpoints of one architecture, input size and classes) into
-    ``out`` (the first one's metadata); returns the output's path and the ingredients' file names."""
+    ``out`` (the first one's metadata, its provenance naming the soup; each ingredient's provenance and
+    training record are kept under ``soup_of``); returns the output's path and the ingredients' file names."""
     if len(paths) < 2:
         raise EdgesegError("a soup needs at least two checkpoints (fine-tuned from one parent)")
     out = check_writable(out, force=force)  # refused before any checkpoint is read
@@ -42,6 +45,9 @@ def soup(paths: Sequence[str | Path], out: str | Path, force: bool = False) -> d
     mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
             for k, v in states[0].items()}  # num_batches_tracked: the first's (eval mode does not read it)
     first.model.load_state_dict(mean)
-    ingredients = [{"file": c.path.name, "sha256": c.sha256, **training_record(c.extra)} for c in loaded]
-    written = save_checkpoint(out, first.model, first.meta, {"soup_of": ingredients}, force=force)
+    ingredients = [{"file": c.path.name, "sha256": c.sha256, "provenance": c.meta.provenance,
+                    **training_record(c.extra)} for c in loaded]
+    meta = dataclasses.replace(first.meta, provenance={"made_with": f"edgeseg {__version__} soup",
+                                                       "ingredients": [c.path.name for c in loaded]})
+    written = save_checkpoint(out, first.model, meta, {"soup_of": ingredients}, force=force)
     return {"out": str(written), "ingredients": [c.path.name for c in loaded]}

@@ -141,6 +141,9 @@ def training_record(extra: dict) -> dict:
     if "init_from" in extra:
         parent = extra["init_from"]
         record["init_from"] = {"file": parent.get("file"), "sha256": parent.get("sha256"), **training_record(parent)}
+    if "soup_of" in extra:  # a soup's ingredients, each with its own record
+        record["soup_of"] = [{k: part[k] for k in ("file", "sha256", "provenance") if k in part}
+                             | training_record(part) for part in extra["soup_of"]]
     return record
 
 
