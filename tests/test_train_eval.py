@@ -223,10 +223,10 @@ def test_training_reports_loading_before_the_first_step_and_defaults_match_the_m
     assert kinds[:first_step] == ["loading"] * 6 and events[first_step - 1] == {"event": "loading", "done": 6,
                                                                                   "total": 6}
     # one truth: the defaults are the recipe the model card says trained the bundled model from scratch
-    # (a model fine-tuned in stages records each parent's recipe under init_from)
+    # (a soup records each ingredient's under soup_of, a stage each parent's under init_from)
     record = load_checkpoint(REPO / "models" / "segnet_dsc.pth").extra
-    while "init_from" in record:
-        record = record["init_from"]
+    while "init_from" in record or "soup_of" in record:
+        record = record["soup_of"][-1] if "soup_of" in record else record["init_from"]
     recipe = record["recipe"]
     defaults = TrainConfig(data="")
     keys = ("batch", "lr", "step_size", "gamma", "jitter", "size", "epochs", "scale_aug", "negatives",
