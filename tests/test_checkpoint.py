@@ -178,8 +178,9 @@ def test_info_shows_the_bundled_soup_and_each_ingredients_lineage(cli):
 
     r = cli("info", REPO / "models" / "segnet_dsc.pth")
     assert r.code == 0, r.err
-    assert "stageZG.pth (sha256 72d6ea04e23b, best validation mIoU 0.6890" in r.out
-    assert "segnet_dsc.pth (sha256 d3d0213decf7, best validation mIoU 0.6888" in r.out
+    assert "stageZG.pth (sha256 72d6ea04e23b, 30 epochs, best validation mIoU 0.6890" in r.out
+    assert "segnet_dsc.pth (sha256 d3d0213decf7, 30 epochs, best validation mIoU 0.6888" in r.out
+    assert sum("soup of" in line for line in r.out.splitlines()) == 2  # one row per ingredient
     zg, z = json.loads(cli("info", REPO / "models" / "segnet_dsc.pth", "--json").out)["extra"]["soup_of"]
     assert zg["init_from"]["sha256"] == z["sha256"]  # ZG was fine-tuned from Z, the other ingredient
     assert z["provenance"]["data"] == "trainP6.npz" and "provenance.made_with" in r.out  # each keeps its own

@@ -129,21 +129,23 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
         kept = "kept" if best.get("averaged") else "not kept: the best epoch validated higher"
         rows.append(("weight average", f"epochs {avg['epochs'][0]}-{avg['epochs'][1]}: validation mIoU "
                                        f"{avg['val_miou']:.4f} ({kept})"))
-    parent = extra.get("init_from")
-    if parent:
-        was = parent.get("best") or {}
-        what = (f"a soup of {', '.join(str(p.get('file')) for p in parent['soup_of'])}" if parent.get("soup_of") else
-                f"{parent.get('epochs_run', '?')} epochs, best validation mIoU {was.get('miou', float('nan')):.4f}")
-        rows.append(("started from", f"{parent.get('file')} (sha256 {str(parent.get('sha256'))[:12]}, {what}; "
-                                     "info --json for its record)"))
-    for part in extra.get("soup_of") or ():
-        was = part.get("best") or {}
-        rows.append(("soup of", f"{part.get('file')} (sha256 {str(part.get('sha256'))[:12]}, best validation mIoU "
-                                f"{was.get('miou', float('nan')):.4f}; info --json for its record)"))
+    if extra.get("init_from"):
+        rows.append(("started from", _stage(extra["init_from"])))
+    rows += [("soup of", _stage(part)) for part in extra.get("soup_of") or ()]
     for k, v in extra.items():
         if k not in ("recipe", "history", "best", "epochs_run", "init_from", "average", "soup_of"):
             rows.append((k, _short(v)))
     return rows
+
+
+def _stage(part: dict) -> str:
+    """A parent or a soup ingredient in one line: its file, hash and what it was."""
+    if part.get("soup_of"):
+        what = f"a soup of {', '.join(str(p.get('file')) for p in part['soup_of'])}"
+    else:
+        runs = f"{part['epochs_run']} epochs, " if "epochs_run" in part else ""
+        what = f"{runs}best validation mIoU {(part.get('best') or {}).get('miou', float('nan')):.4f}"
+    return f"{part.get('file')} (sha256 {str(part.get('sha256'))[:12]}, {what}; info --json for its record)"
 
 
 def _short(value: object) -> object:
