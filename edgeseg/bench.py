@@ -149,7 +149,7 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
     base = float(np.median(times[0]))
     for j, p in enumerate(preds):
         st = summarize(times[j])
-        macs = conv_macs(p.meta.arch, p.meta.kernel_size, *p.input_size) * batch
+        macs = conv_macs(p.meta.arch, p.meta.kernel_size, *p.input_size) * batch * (2 if p.meta.flip_average else 1)
         row = {**p.describe(), "file_mb": None if p.remote else Path(p.path).stat().st_size / 1e6, "batch": batch,
                "latency_ms": st, "fps": 1000.0 * batch / st["p50"], "ratio_to_first": st["p50"] / base,
                "gmacs": macs / (st["p50"] / 1000) / 1e9}

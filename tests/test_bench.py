@@ -76,18 +76,20 @@ def test_bad_inputs(cli, two_models, notebook_ckpt, tmp_path):
 
 def test_a_larger_input_export_is_timed_beside_the_default(cli, two_models, notebook_ckpt, tmp_path):
     """`edgeseg export --size` makes a larger-input variant of one checkpoint; bench times both, each on
-    an input of its own size, and says which is which."""
-    small = tmp_path / "small.onnx"
+    an input of its own size, and says which is which; a mirror-averaging export does twice the work."""
+    small, mirrored = tmp_path / "small.onnx", tmp_path / "mirrored.onnx"
     export(load_checkpoint(notebook_ckpt["segnet-dsc"]), small, ExportOptions(size=(32, 32)))
+    export(load_checkpoint(notebook_ckpt["segnet-dsc"]), mirrored, ExportOptions(size=(32, 32), flip_average=True))
     out = tmp_path / "sizes.json"
-    r = cli("bench", two_models[0], small, "--runs", "2", "--warmup", "0", "--threads", "1", "--no-peak",
+    r = cli("bench", two_models[0], small, mirrored, "--runs", "2", "--warmup", "0", "--threads", "1", "--no-peak",
             "--json", out)
     assert r.code == 0, r.err
     d = json.loads(out.read_text())
     rows = d["models"]
-    assert d["input_size"] is None and [m["input_size"] for m in rows] == [[64, 64], [32, 32]]
+    assert d["input_size"] is None and [m["input_size"] for m in rows] == [[64, 64], [32, 32], [32, 32]]
     macs = [m["gmacs"] * m["latency_ms"]["p50"] / 1000 for m in rows]
     assert macs[0] / macs[1] == pytest.approx(4.0)  # each row's work at its own size
+    assert macs[2] / macs[1] == pytest.approx(2.0)
     assert "input" in r.out and "64x64" in r.out and "32x32" in r.out
 
 

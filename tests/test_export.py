@@ -17,6 +17,7 @@ from edgeseg.compile.export import ExportOptions, _Graph, _unpool, export
 from edgeseg.compile.nets import DeployUnpool, exact_unpool
 from edgeseg.files import sha256_file
 from edgeseg.runtime.backends.onnxruntime import create_session
+from edgeseg.runtime.meta import ModelMeta
 
 
 def tie_heavy(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -119,6 +120,31 @@ def test_dynamic_batch_runs_any_batch(notebook_ckpt, tmp_path):
     assert sess.get_inputs()[0].shape[0] == "batch"
     assert sess.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0].shape == (3, 3, 32, 32)
     assert check(out, "tensorrt") == []
+
+
+def test_flip_average_is_the_mean_of_each_frame_and_its_own_mirror(cli, exported, notebook_ckpt, tmp_path):
+    out = tmp_path / "flip.onnx"
+    r = cli("export", notebook_ckpt["segnet-dsc"], "-o", out, "--size", "64x64", "--dynamic-batch", "--flip-average",
+            "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["verification"]["synthetic_flips"] == 0  # PyTorch's reference averages too
+    plain, flip = create_session(exported["segnet-dsc"][0], threads=1), create_session(out, threads=1)
+    x = np.random.default_rng(3).random((3, 3, 64, 64), dtype=np.float32)  # a batch: each frame meets its own mirror
+    got = flip.run(None, {"input": x})[0]
+    assert got.shape == (3, 3, 64, 64)
+    for i in range(3):
+        a = plain.run(None, {"input": x[i:i + 1]})[0]
+        b = plain.run(None, {"input": np.ascontiguousarray(x[i:i + 1, ..., ::-1])})[0][..., ::-1]
+        np.testing.assert_allclose(got[i:i + 1], (a + b) / 2, rtol=0, atol=1e-5)
+        assert np.abs(got[i:i + 1] - a).max() > 1e-3  # the mirror changed something
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    meta = json.loads(props["edgeseg_meta"])
+    assert meta["flip_average"] is True
+    with pytest.raises(ValueError, match="flip_average"):  # metadata is read from untrusted files
+        ModelMeta.from_dict({**meta, "flip_average": "yes"})
+    assert check(out, "tensorrt") == []
+    info = cli("info", out)
+    assert info.code == 0 and "mirror image" in info.out
 
 
 def _naive_model(dynamic_hw: bool = False) -> onnx.ModelProto:

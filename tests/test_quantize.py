@@ -312,3 +312,38 @@ def test_a_val_folder_of_undecodable_photos_is_an_error_not_a_failed_gate(cli, f
     (bad / "a.jpg").write_bytes(b"not a jpeg")
     r = cli("quantize", fp32, "--calib-ranges", calib_ranges, "-o", tmp_path / "q.onnx", "--val", bad)
     assert r.code == 1 and "none of these photos could be decoded" in r.err and not (tmp_path / "q.onnx").exists()
+
+
+def test_a_flip_averaging_export_needs_its_own_ranges_and_then_quantizes_for_both_targets(cli, notebook_ckpt,
+                                                                                           calib_ranges, tmp_path):
+    """The plain export's ranges lack the mirror-averaging export's last conv (the plain graph names it
+    "logits"): refused by name. Calibrated on its own, each target quantizes every conv and keeps the average."""
+    from conftest import PETS37
+
+    from edgeseg.compile.checkpoint import load_checkpoint
+    from edgeseg.compile.export import ExportOptions, export
+    from edgeseg.runtime.backends.onnxruntime import create_session
+
+    flip = tmp_path / "flip.onnx"
+    export(load_checkpoint(notebook_ckpt["segnet-dsc"]), flip, ExportOptions(size=(64, 64), flip_average=True))
+    r = cli("quantize", flip, "--calib-ranges", calib_ranges, "-o", tmp_path / "x.onnx")
+    assert r.code == 1 and "lack 1 tensor(s)" in r.err and "(uc1.seq." in r.err and "--flip-average" in r.err
+    ranges = tmp_path / "flip.json"
+    q.quantize(flip, tmp_path / "calibrated.onnx", q.QuantizeOptions(num_images=16), calib_dir=PETS37,
+               save_ranges=ranges)
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    fp32_ids = create_session(flip, threads=1).run(None, {"input": x})[0].argmax(1)
+    for target in ("cpu", "tensorrt"):
+        out = tmp_path / f"{target}.onnx"
+        r = q.quantize(flip, out, q.QuantizeOptions(target=target), calib_ranges=ranges)
+        assert r.float_nodes == []
+        m = onnx.load(str(out))
+        assert {"flip/input", "flip/batch", "flip/unmirrored", "logits"} <= {o for n in m.graph.node for o in n.output}
+        props = {p.key: p.value for p in m.metadata_props}
+        assert json.loads(props["edgeseg_meta"])["flip_average"] is True
+        if target == "cpu":
+            assert json.loads(props["quantization"])["integer_unpools"] == 4
+        else:
+            assert check(out, "tensorrt") == []
+        ids = create_session(out, threads=1).run(None, {"input": x})[0].argmax(1)
+        assert (ids == fp32_ids).mean() > 0.9

@@ -34,6 +34,9 @@ def export(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim.")] = True,
     with_argmax: Annotated[str | None, typer.Option(
         "--with-argmax", help="Append an ArgMax head that outputs class ids as uint8 or int32.")] = None,
+    flip_average: Annotated[bool, typer.Option(
+        "--flip-average", help="Average each frame's logits with its mirror image's, in the graph (twice the "
+        "compute; see the model card for what it buys).")] = False,
     verify_images: Annotated[Path | None, typer.Option(help="Also verify on these photos (a folder).")] = None,
     verify_limit: Annotated[int, typer.Option(help="At most this many --verify-images (0: all).")] = 64,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
@@ -48,7 +51,8 @@ def export(
     from edgeseg.files import check_writable
 
     opts = ExportOptions(size=parse_size(size) if size else None, opset=opset,
-                         batch=None if dynamic_batch else batch, simplify=simplify, with_argmax=with_argmax)
+                         batch=None if dynamic_batch else batch, simplify=simplify, with_argmax=with_argmax,
+                         flip_average=flip_average)
     validate_options(opts)
     output = output or checkpoint.with_suffix(".onnx")
     check_writable(output, force)
@@ -62,7 +66,8 @@ def export(
         return
     v = r.verification
     print_table(kv_table(f"edgeseg export: {output}", [
-        ("model", f"{ckpt.meta.arch} {size_hw[0]}x{size_hw[1]}, batch {opts.batch or 'dynamic'}, opset {opset}"),
+        ("model", f"{ckpt.meta.arch} {size_hw[0]}x{size_hw[1]}, batch {opts.batch or 'dynamic'}, opset {opset}"
+                  + (", logits averaged with the mirror image's" if opts.flip_average else "")),
         ("nodes", f"{r.nodes_before} -> {r.nodes_after}" + (" (onnxsim)" if r.simplified else " (not simplified)")),
         ("ops", ", ".join(f"{k} {n}" for k, n in r.op_histogram.items())),
         ("unpool", f"bit-exact: identical to MaxPool indices + MaxUnpool in ONNX Runtime ({v.unpool_flips} flips, "

@@ -62,6 +62,7 @@ class ExportOptions:
     batch: int | None = 1  # None = dynamic batch dimension
     simplify: bool = True
     with_argmax: str | None = None  # None, "uint8" or "int32"
+    flip_average: bool = False  # logits = mean of the frame's and its mirror image's (see _mirror_batch)
 
 
 @dataclass
@@ -170,6 +171,34 @@ def _unpool(g: _Graph, pre: str, x: str, name: str) -> str:
     return g.op("DepthToSpace", [g.op("Concat", parts, f"{name}/windows", axis=1)], name, blocksize=2, mode="DCR")
 
 
+def _mirror(g: _Graph, x: str, axis: int, name: str) -> str:
+    """``x`` reversed along ``axis`` (a Slice with step -1, which TensorRT, ONNX Runtime and OpenVINO take)."""
+    return g.op("Slice", [x, g.shared_const("last", np.array([-1], dtype=np.int64)),
+                          g.shared_const("before_first", np.array([-2**62], dtype=np.int64)),
+                          g.shared_const(f"axis_{axis}", np.array([axis], dtype=np.int64)),
+                          g.shared_const("step_back", np.array([-1], dtype=np.int64))], name)
+
+
+def _mirror_batch(g: _Graph, x: str) -> str:
+    """The batch followed by its mirror images: one network pass serves both halves of the average."""
+    return g.op("Concat", [x, _mirror(g, x, 3, "flip/input")], "flip/batch", axis=0)
+
+
+def _mirror_average(g: _Graph, y: str, h: int, w: int) -> str:
+    """Logits of the doubled batch (2N, C, H, W) -> the mean of each frame's and its mirror's, (N, C, H, W)."""
+    halves = g.op("Reshape", [y, g.const("flip/halves_shape", np.array([2, -1, 3, h, w], dtype=np.int64))],
+                  "flip/halves")
+    plain = g.op("Slice", [halves, g.shared_const("zero_i", np.array([0], dtype=np.int64)),
+                           g.shared_const("one_i", np.array([1], dtype=np.int64)),
+                           g.shared_const("axis_0", np.array([0], dtype=np.int64))], "flip/plain")
+    mirrored = g.op("Slice", [halves, g.shared_const("one_i", np.array([1], dtype=np.int64)),
+                              g.shared_const("two_i", np.array([2], dtype=np.int64)),
+                              g.shared_const("axis_0", np.array([0], dtype=np.int64))], "flip/mirrored")
+    total = g.op("Add", [plain, _mirror(g, mirrored, 4, "flip/unmirrored")], "flip/sum")
+    mean = g.op("Mul", [total, g.const("flip/half", np.array(0.5, dtype=np.float32))], "flip/mean")
+    return g.op("Squeeze", [mean, g.shared_const("axis_0", np.array([0], dtype=np.int64))], "logits")
+
+
 def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions, maxunpool: bool = False) -> onnx.ModelProto:
     """The deploy graph of a loaded checkpoint, before simplification and without metadata.
 
@@ -182,7 +211,7 @@ def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions, maxunpool: bool = F
     g = _Graph()
     bn = model.bn_input
     x = g.op("BatchNormalization", [
-        INPUT_NAME,
+        _mirror_batch(g, INPUT_NAME) if opts.flip_average else INPUT_NAME,
         g.const("bn_input.weight", bn.weight.detach().float().numpy()),
         g.const("bn_input.bias", bn.bias.detach().float().numpy()),
         g.const("bn_input.running_mean", bn.running_mean.float().numpy()),
@@ -202,7 +231,10 @@ def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions, maxunpool: bool = F
             x = _unpool(g, skips[i - 1], x, f"uc{i}.mup")
         x = _conv_bn_relu_stack(g, x, getattr(model, f"uc{i}").seq, f"uc{i}.seq")
     batch: int | str = opts.batch if opts.batch is not None else "batch"
-    g.nodes[-1].output[0] = "logits"
+    if opts.flip_average:
+        _mirror_average(g, x, h, w)
+    else:
+        g.nodes[-1].output[0] = "logits"
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3, h, w])]
     if opts.with_argmax:
         ids = g.op("ArgMax", ["logits"], "argmax", axis=1, keepdims=0, select_last_index=0)
@@ -222,7 +254,8 @@ def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions, maxunpool: bool = F
 
 
 def attach_metadata(m: onnx.ModelProto, ckpt: LoadedCheckpoint, opts: ExportOptions) -> None:
-    meta: ModelMeta = ckpt.meta.with_(input_size=list(opts.size or ckpt.meta.input_size))
+    meta: ModelMeta = ckpt.meta.with_(input_size=list(opts.size or ckpt.meta.input_size),
+                                      flip_average=opts.flip_average)
     shape = m.graph.input[0].type.tensor_type.shape.dim
     props = {
         "edgeseg_version": __version__,
@@ -296,7 +329,8 @@ def verification_inputs(size: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 
 def verify(onnx_bytes: bytes, ckpt: LoadedCheckpoint, size: tuple[int, int], images: np.ndarray | None = None,
-           threads: int | None = None, reference_bytes: bytes | None = None) -> VerifyReport:
+           threads: int | None = None, reference_bytes: bytes | None = None,
+           flip_average: bool = False) -> VerifyReport:
     """Compare ONNX Runtime with PyTorch (notebook model, MaxUnpool path) on synthetic and real inputs,
     and, given ``reference_bytes`` (the same network with MaxUnpool, see :func:`build_graph`), the
     unpool rewrite with MaxUnpool in ONNX Runtime, which must match exactly."""
@@ -320,7 +354,11 @@ def verify(onnx_bytes: bytes, ckpt: LoadedCheckpoint, size: tuple[int, int], ima
         xb = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
         out = sess.run(None, {inp.name: xb})[0][: len(x)]
         with torch.no_grad():
-            ref = ckpt.model(torch.from_numpy(x)).numpy()
+            t = torch.from_numpy(x)
+            ref = ckpt.model(t)
+            if flip_average:
+                ref = (ref + ckpt.model(t.flip(3)).flip(3)) / 2
+            ref = ref.numpy()
         ref_ids = ref.argmax(1)
         non_finite += int((~np.isfinite(ref)).sum()) + (int((~np.isfinite(out)).sum()) if out.ndim == 4 else 0)
         if out.ndim == 4:
@@ -360,7 +398,7 @@ def export(ckpt: LoadedCheckpoint, out: str | Path, opts: ExportOptions, verify_
     if opts.simplify:
         reference, _ = simplify(reference)
     report = verify(data, ckpt, opts.size or ckpt.meta.input_size, verify_images,
-                    reference_bytes=reference.SerializeToString())
+                    reference_bytes=reference.SerializeToString(), flip_average=opts.flip_average)
     if not report.passed:
         if report.non_finite:
             raise EdgesegError(f"verification failed: the model computes {report.non_finite} NaN/inf output "

@@ -100,6 +100,9 @@ def onnx_rows(d: dict) -> list[tuple[str, object]]:
                  ("classes", ", ".join(f"{i} {n}" for i, n in enumerate(m["class_names"]))),
                  ("preprocess", f"{m['color']} {m['layout']}, values {m['value_range'][0]:g}..{m['value_range'][1]:g}, "
                                 f"resize {m['interpolation']}")]
+        if m.get("flip_average"):
+            rows.append(("test time", "logits averaged with the mirror image's, in the graph (edgeseg export "
+                                      "--flip-average): twice the compute"))
     q = d.get("quantization")
     if q:
         n_conv = len(q["quantized_convs"]) + len(q["float_convs"])

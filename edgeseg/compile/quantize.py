@@ -204,8 +204,11 @@ def check_ranges(ranges: Path, model_path: Path, opts: QuantizeOptions) -> None:
                            ranges)
     needed = {n.output[0] for n in src.graph.node if n.op_type in QUANTIZED_OPS[opts.target]}
     if not needed <= cached:
-        raise EdgesegError(f"these ranges lack {len(needed - cached)} tensor(s) --target {opts.target} quantizes "
-                           "(made by an older edgeseg?); calibrate again with --calib DIR", ranges)
+        missing = sorted(needed - cached)
+        raise EdgesegError(f"these ranges lack {len(missing)} tensor(s) --target {opts.target} quantizes "
+                           f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): they were computed for "
+                           "another export of the model (an older edgeseg, or other export options such as "
+                           "--flip-average); calibrate this file with --calib DIR", ranges)
     if opts.method != "auto" and method != opts.method:
         raise EdgesegError(f"these ranges were computed with --method {method}; pass that, or "
                            "calibrate again with --calib DIR", ranges)

@@ -48,6 +48,9 @@ class ModelMeta:
     color: str = "RGB"
     value_range: tuple[float, float] = (0.0, 1.0)
     layout: str = "NCHW"
+    # The graph averages each frame's logits with its mirror image's (edgeseg export --flip-average): the
+    # runtime need do nothing about it, but the work per frame is twice the convolutions'.
+    flip_average: bool = False
     provenance: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,8 +70,9 @@ class ModelMeta:
         if self.color not in ("RGB", "BGR") or self.layout != "NCHW":
             raise ValueError(f"color must be RGB or BGR and layout NCHW, got {self.color!r} and {self.layout!r}")
         if not isinstance(self.arch, str) or not isinstance(self.kernel_size, int) \
-                or not isinstance(self.provenance, dict):
-            raise ValueError("arch must be a name, kernel_size a whole number and provenance a mapping")
+                or not isinstance(self.provenance, dict) or not isinstance(self.flip_average, bool):
+            raise ValueError("arch must be a name, kernel_size a whole number, flip_average true or false and "
+                             "provenance a mapping")
 
     def to_dict(self) -> dict:
         d = asdict(self)
