@@ -184,9 +184,9 @@ def _mirror_batch(g: _Graph, x: str) -> str:
     return g.op("Concat", [x, _mirror(g, x, 3, "flip/input")], "flip/batch", axis=0)
 
 
-def _mirror_average(g: _Graph, y: str, h: int, w: int) -> str:
+def _mirror_average(g: _Graph, y: str, c: int, h: int, w: int) -> str:
     """Logits of the doubled batch (2N, C, H, W) -> the mean of each frame's and its mirror's, (N, C, H, W)."""
-    halves = g.op("Reshape", [y, g.const("flip/halves_shape", np.array([2, -1, 3, h, w], dtype=np.int64))],
+    halves = g.op("Reshape", [y, g.const("flip/halves_shape", np.array([2, -1, c, h, w], dtype=np.int64))],
                   "flip/halves")
     plain = g.op("Slice", [halves, g.shared_const("zero_i", np.array([0], dtype=np.int64)),
                            g.shared_const("one_i", np.array([1], dtype=np.int64)),
@@ -232,7 +232,7 @@ def build_graph(ckpt: LoadedCheckpoint, opts: ExportOptions, maxunpool: bool = F
         x = _conv_bn_relu_stack(g, x, getattr(model, f"uc{i}").seq, f"uc{i}.seq")
     batch: int | str = opts.batch if opts.batch is not None else "batch"
     if opts.flip_average:
-        _mirror_average(g, x, h, w)
+        _mirror_average(g, x, model.out_channels, h, w)
     else:
         g.nodes[-1].output[0] = "logits"
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3, h, w])]
