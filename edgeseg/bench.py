@@ -22,7 +22,6 @@ from edgeseg.runtime.backends.triton import is_triton_url
 from edgeseg.runtime.device import environment
 from edgeseg.runtime.images import list_images, read_image
 from edgeseg.runtime.loop.latency import summarize
-from edgeseg.runtime.meta import conv_macs
 
 
 def _matmul_session(integer: bool, n: int, threads: int | None):
@@ -149,7 +148,7 @@ def bench(models: Sequence[str | Path | Predictor], backend: str = "auto", threa
     base = float(np.median(times[0]))
     for j, p in enumerate(preds):
         st = summarize(times[j])
-        macs = conv_macs(p.meta.arch, p.meta.kernel_size, *p.input_size) * batch * (2 if p.meta.flip_average else 1)
+        macs = p.meta.frame_macs() * batch
         row = {**p.describe(), "file_mb": None if p.remote else Path(p.path).stat().st_size / 1e6, "batch": batch,
                "latency_ms": st, "fps": 1000.0 * batch / st["p50"], "ratio_to_first": st["p50"] / base,
                "gmacs": macs / (st["p50"] / 1000) / 1e9}

@@ -127,7 +127,8 @@ def test_flip_average_is_the_mean_of_each_frame_and_its_own_mirror(cli, exported
     r = cli("export", notebook_ckpt["segnet-dsc"], "-o", out, "--size", "64x64", "--dynamic-batch", "--flip-average",
             "--json")
     assert r.code == 0, r.err
-    assert json.loads(r.out)["verification"]["synthetic_flips"] == 0  # PyTorch's reference averages too
+    v = json.loads(r.out)["verification"]
+    assert v["synthetic_flips"] == 0 and v["max_abs_error"] < 1e-3  # PyTorch's reference averages too
     plain, flip = create_session(exported["segnet-dsc"][0], threads=1), create_session(out, threads=1)
     x = np.random.default_rng(3).random((3, 3, 64, 64), dtype=np.float32)  # a batch: each frame meets its own mirror
     got = flip.run(None, {"input": x})[0]

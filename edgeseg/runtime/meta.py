@@ -74,6 +74,11 @@ class ModelMeta:
             raise ValueError("arch must be a name, kernel_size a whole number, flip_average true or false and "
                              "provenance a mapping")
 
+    def frame_macs(self) -> int:
+        """Multiply-accumulates of the convolutions one frame costs (twice the network's for a mirror average)."""
+        h, w = self.input_size
+        return conv_macs(self.arch, self.kernel_size, h, w) * (2 if self.flip_average else 1)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
