@@ -96,7 +96,8 @@ def test_loop_on_a_video_file_keeps_every_frame(onnx_model, tmp_path, pets3):
     result = run_loop(Predictor.load(onnx_model, threads=1), open_source(str(video)), Renderer(view="side-by-side"),
                       RunOptions(save_video=out_video, warmup=0))
     assert result["latency"]["frames"] == 12 and result["source_stats"]["dropped_stale"] == 0
-    assert result["masks"] == {"upsample": "smooth", "smooth": 0.3, "view": "side-by-side"}  # a video: smoothed
+    assert result["masks"] == {"upsample": "smooth", "region_confidence": 0.0, "smooth": 0.3,  # a video: smoothed
+                               "view": "side-by-side"}
     cap = cv2.VideoCapture(str(out_video))
     n = 0
     while True:

@@ -15,6 +15,8 @@ from edgeseg.errors import EdgesegError
 
 UPSAMPLE_HELP = ("How masks reach the frame's size: smooth (class scores upsampled, then decided: edges on "
                  "any pixel) or nearest (the model's class ids blown up: exactly the ids it computed).")
+REGION_HELP = ("Make background each connected animal region whose mean animal probability is under this (0: off). "
+               "Removes the model's unsure blobs on people and food; models/README.md measures 0.65.")
 PRECISION_HELP = ("auto (CPU: the fastest precision this CPU runs natively that agrees with fp32, measured "
                   "once per model and cached; TensorRT: fp16, or int8 for a quantized file), fp32, bf16 or "
                   "fp16; TensorRT with an ONNX also int8 (the engine is built once, then cached).")
@@ -22,12 +24,17 @@ PRECISION_HELP = ("auto (CPU: the fastest precision this CPU runs natively that 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def check_upsample(text: str) -> str:
+def set_mask_options(predictor, upsample: str, region_confidence: float) -> None:
+    """``--upsample`` and ``--region-confidence`` onto a loaded predictor; a model that outputs class ids
+    (an ArgMax head) has no probabilities to judge regions by."""
     from edgeseg.runtime.masks import UPSAMPLING
 
-    if text not in UPSAMPLING:
-        raise EdgesegError(f"--upsample {text!r}: choose {' or '.join(UPSAMPLING)}")
-    return text
+    if upsample not in UPSAMPLING:
+        raise EdgesegError(f"--upsample {upsample!r}: choose {' or '.join(UPSAMPLING)}")
+    if region_confidence > 0 and predictor.info.output == "classes":
+        raise EdgesegError("--region-confidence needs class scores, and this model outputs class ids (an ArgMax "
+                           "head): export it without --with-argmax", predictor.path)
+    predictor.upsample, predictor.region_confidence = upsample, region_confidence
 
 
 def parse_classes(text: str, option: str = "--animal-classes") -> list[int | str]:

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from edgeseg.cli.common import (
     PRECISION_HELP,
+    REGION_HELP,
     UPSAMPLE_HELP,
-    check_upsample,
     console,
     kv_table,
     parse_classes,
@@ -20,6 +20,7 @@ from edgeseg.cli.common import (
     print_json,
     print_table,
     progress,
+    set_mask_options,
 )
 from edgeseg.errors import EdgesegError
 
@@ -40,6 +41,7 @@ def eval_(
                        ] = "auto",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
+    region_confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help=REGION_HELP)] = 0.0,
     yolo: Annotated[list[Path] | None, typer.Option(help=(
         "A YOLO segmentation folder (Ultralytics: images/, labels/*.txt polygons) or its dataset YAML: animal "
         "IoU per photo, pet called on photos without an animal, person pixels called pet; repeatable."))] = None,
@@ -83,8 +85,8 @@ def eval_(
     free_sets = [(folder, images_in(folder, "--no-animal")) for folder in no_animal or ()]
     predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
     for p in predictors:
-        p.upsample = check_upsample(upsample)
-    out: dict = {"upsample": upsample}
+        set_mask_options(p, upsample, region_confidence)
+    out: dict = {"upsample": upsample, "region_confidence": region_confidence}
     with progress(quiet=as_json) as bar:
         for folder, samples in splits:
             task = bar.add_task(f"evaluating {len(predictors)} model(s) on {len(samples)} images", total=len(samples))

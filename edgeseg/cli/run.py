@@ -11,7 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeseg.cli.common import PRECISION_HELP, UPSAMPLE_HELP, check_upsample, console, print_json, print_table, progress
+from edgeseg.cli.common import (
+    PRECISION_HELP,
+    REGION_HELP,
+    UPSAMPLE_HELP,
+    console,
+    print_json,
+    print_table,
+    progress,
+    set_mask_options,
+)
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.images import MAX_PIXELS
 from edgeseg.runtime.loop.latency import MIN_COUNT
@@ -60,6 +69,7 @@ def run(
         "pet: the border class drawn as part of the animal, with a soft edge; outline: the pet class "
         "tinted and the border class painted as an outline."))] = "pet",
     upsample: Annotated[str, typer.Option(help=UPSAMPLE_HELP)] = "smooth",
+    region_confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help=REGION_HELP)] = 0.0,
     smooth: Annotated[float | None, typer.Option(min=0.0, max=0.95, help=(
         "Temporal smoothing of videos and cameras: the weight of the past frames (0: off; default 0.3). "
         "Never applied across the photos of a folder."))] = None,
@@ -140,7 +150,7 @@ def run(
     check_outputs(opts, renderer.view)
     predictor = load_predictor(model, backend=backend, threads=threads, precision=precision,
                                retry_seconds=3.0 if reconnect is None else reconnect)
-    predictor.upsample = check_upsample(upsample)
+    set_mask_options(predictor, upsample, region_confidence)
     src = open_source(camera if camera is not None else source, recursive=recursive,
                       reconnect=10.0 if reconnect is None else reconnect,
                       width=width, height=height, fps=fps, flip=flip, loop=loop, max_pixels=round(max_pixels * 1e6))

@@ -14,7 +14,8 @@ Blowing class ids up with nearest neighbour turns every edge into a staircase of
 
 Each is computed on first use only (:class:`Masks`), so a loop that only shows an overlay never
 builds the class-id mask. ``nearest`` keeps the old exact-id path. :class:`Smoother` averages the
-margins over time for cameras and videos.
+margins over time for cameras and videos. :func:`drop_unsure_regions` turns each connected animal
+region the model is unsure of, on average, into background (``--region-confidence``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,35 @@ UPSAMPLING = ("smooth", "nearest")
 PET, BACKGROUND, BORDER = 0, 1, 2
 OPACITY_RAMP = (0.25, 0.75)  # animal probability mapped to opacity 0 .. 255
 _FIXED = 256.0  # int16 units per logit: margins within +-128 logits, steps of 0.004
+
+
+def drop_unsure_regions(logits: np.ndarray, min_confidence: float) -> np.ndarray:
+    """(C, h, w) class scores -> the same, with every connected animal region (pet or border by the argmax,
+    8-connected, on the model's grid) whose mean animal probability ``1 - softmax_background`` is under
+    ``min_confidence`` made background (its probability then near 0). A region is one decision: the
+    model's false animals in rooms (faces, food) are mostly a few uncertain blobs, while a real animal is
+    a confident one, so this removes the former without eating into the edges of the latter, as a
+    per-pixel threshold would. 0: off (the scores themselves are returned)."""
+    if min_confidence <= 0.0:
+        return logits
+    logits = logits.astype(np.float32, copy=False)
+    a = np.minimum(logits[PET] - logits[BACKGROUND], 60.0)  # exp stays finite
+    b = np.minimum(logits[BORDER] - logits[BACKGROUND], 60.0)
+    count, regions = cv2.connectedComponents(((a >= 0) | (b > 0)).view(np.uint8), connectivity=8)
+    if count < 2:
+        return logits
+    ea, eb = np.exp(a), np.exp(b)
+    animal = (ea + eb) / (1.0 + ea + eb)
+    mean = np.bincount(regions.ravel(), weights=animal.ravel(), minlength=count) / np.bincount(
+        regions.ravel(), minlength=count)
+    unsure = mean < min_confidence
+    unsure[0] = False  # label 0: the background around the regions
+    drop = unsure[regions]
+    if not drop.any():
+        return logits
+    out = logits.copy()
+    out[BACKGROUND][drop] = np.maximum(logits[PET], logits[BORDER])[drop] + 10.0
+    return out
 
 
 class Smoother:

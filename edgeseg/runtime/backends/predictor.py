@@ -24,7 +24,7 @@ from edgeseg.files import sha256_file
 from edgeseg.runtime.backends.base import BackendInfo, OnnxFacts, class_ids, inspect_onnx, meta_from_props
 from edgeseg.runtime.backends.engine_meta import EngineMeta
 from edgeseg.runtime.images import preprocess, resized
-from edgeseg.runtime.masks import Masks, Smoother
+from edgeseg.runtime.masks import Masks, Smoother, drop_unsure_regions
 from edgeseg.runtime.meta import ModelMeta
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
@@ -157,6 +157,8 @@ class Predictor:
         # how masks reach the frame's size: "smooth" (scores upsampled, then decided) or "nearest"
         # (the model's class ids blown up; exactly the ids the model computed)
         self.upsample = "smooth"
+        # connected animal regions of a lower mean probability become background (masks.drop_unsure_regions)
+        self.region_confidence = 0.0
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", threads: int | None = None,
@@ -237,9 +239,11 @@ class Predictor:
 
     def masks(self, scores: np.ndarray, frame_shape: tuple[int, ...], smoother: Smoother | None = None) -> Masks:
         """One item of :meth:`scores` -> its :class:`Masks` at the frame's size, upsampled as
-        :attr:`upsample` says (``smooth``: scores, then decide; ``nearest``: the model's class ids)."""
+        :attr:`upsample` says (``smooth``: scores, then decide; ``nearest``: the model's class ids), after
+        :attr:`region_confidence` has dropped the regions the model is unsure of."""
         if self.info.output == "classes":
             return Masks(frame_shape, ids=scores.astype(np.uint8, copy=False), upsample="nearest")
+        scores = drop_unsure_regions(scores, self.region_confidence)
         if self.upsample == "nearest" and smoother is None:
             return Masks(frame_shape, ids=class_ids(scores[None])[0], upsample="nearest")
         return Masks.from_logits(scores, frame_shape, self.upsample, smoother)
