@@ -6,6 +6,7 @@ import json
 import shutil
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 from conftest import REPO
@@ -63,7 +64,5 @@ def test_eval_and_run_apply_it(cli, pets3, tmp_path):
             "--report", tmp_path / "r.json", "--threads", "1")
     assert r.code == 0, r.err
     assert json.loads((tmp_path / "r.json").read_text())["masks"]["region_confidence"] == 1.0
-    import cv2
-
     mask = cv2.imread(str(tmp_path / "masks" / "Abyssinian_1.png"), cv2.IMREAD_UNCHANGED)
     assert (mask == BACKGROUND).all()

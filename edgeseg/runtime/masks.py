@@ -31,6 +31,12 @@ OPACITY_RAMP = (0.25, 0.75)  # animal probability mapped to opacity 0 .. 255
 _FIXED = 256.0  # int16 units per logit: margins within +-128 logits, steps of 0.004
 
 
+def animal_probability(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``1 - softmax_background`` from the margins ``a`` (pet) and ``b`` (border) over background."""
+    ea, eb = np.exp(np.minimum(a, 60.0)), np.exp(np.minimum(b, 60.0))  # exp stays finite
+    return (ea + eb) / (1.0 + ea + eb)
+
+
 def drop_unsure_regions(logits: np.ndarray, min_confidence: float) -> np.ndarray:
     """(C, h, w) class scores -> the same, with every connected animal region (pet or border by the argmax,
     8-connected, on the model's grid) whose mean animal probability ``1 - softmax_background`` is under
@@ -41,14 +47,11 @@ def drop_unsure_regions(logits: np.ndarray, min_confidence: float) -> np.ndarray
     if min_confidence <= 0.0:
         return logits
     logits = logits.astype(np.float32, copy=False)
-    a = np.minimum(logits[PET] - logits[BACKGROUND], 60.0)  # exp stays finite
-    b = np.minimum(logits[BORDER] - logits[BACKGROUND], 60.0)
+    a, b = logits[PET] - logits[BACKGROUND], logits[BORDER] - logits[BACKGROUND]
     count, regions = cv2.connectedComponents(((a >= 0) | (b > 0)).view(np.uint8), connectivity=8)
     if count < 2:
         return logits
-    ea, eb = np.exp(a), np.exp(b)
-    animal = (ea + eb) / (1.0 + ea + eb)
-    mean = np.bincount(regions.ravel(), weights=animal.ravel(), minlength=count) / np.bincount(
+    mean = np.bincount(regions.ravel(), weights=animal_probability(a, b).ravel(), minlength=count) / np.bincount(
         regions.ravel(), minlength=count)
     unsure = mean < min_confidence
     unsure[0] = False  # label 0: the background around the regions
@@ -130,9 +133,7 @@ class Masks:
             small = self._ids if self._ids is not None else self._small_ids()
             opaque = np.not_equal(small, BACKGROUND).view(np.uint8) * np.uint8(255)
             return opaque if opaque.shape == (h, w) else cv2.resize(opaque, (w, h), interpolation=cv2.INTER_NEAREST)
-        a, b = np.minimum(self._margins, 60.0)  # exp stays finite
-        ea, eb = np.exp(a), np.exp(b)
-        p = (ea + eb) / (1.0 + ea + eb)
+        p = animal_probability(*self._margins)
         # opaque where the model is sure (p >= 0.75), clear where it is sure of background (p <= 0.25):
         # a cut-out's background must not keep a haze of 10-20% probabilities; soft in between
         opacity = np.rint(np.clip((p - OPACITY_RAMP[0]) / (OPACITY_RAMP[1] - OPACITY_RAMP[0]), 0, 1) * 255)
