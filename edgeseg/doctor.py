@@ -40,7 +40,7 @@ from edgeseg.evaluation.datasets import is_oxford_layout, oxford_split, read_tri
 from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.files import cache_root, write_problem
 from edgeseg.loader import load_predictor
-from edgeseg.runtime.backends.precision import cpu_flags, native_precisions
+from edgeseg.runtime.backends.precision import cpu_flags, int8_pairs_saturate, native_precisions
 from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.backends.triton import is_triton_url
 from edgeseg.runtime.images import ImageError, list_images, read_image
@@ -113,6 +113,7 @@ def facts() -> dict:
         "openvino": _version("openvino"), "onnx": _version("onnx"), "tensorrt": _version("tensorrt"),
         "cuda_python": _cuda_python(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "cpu_native_precisions": ["fp32", *native_precisions(flags)],
+        "cpu_int8_pairs_saturate": int8_pairs_saturate(flags),
     }
     if out["tensorrt"]:
         from edgeseg.runtime.backends.cuda import gpu_info

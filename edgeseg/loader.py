@@ -38,4 +38,4 @@ def load_predictor(path: str | Path, backend: str = "auto", threads: int | None 
             quantized = inspect_onnx(path).props.get("precision", "fp32").startswith("int8")
             precision = "int8" if quantized else "fp16"
         return Predictor(TensorRTBackend(cached_engine(path, precision)), path)
-    return Predictor.load(path, kind, threads, precision, lower_unpool)
+    return Predictor.load(path, backend, threads, precision, lower_unpool)

@@ -30,6 +30,7 @@ def test_doctor_checks_the_cpu_paths_and_says_tensorrt_is_missing(cli, monkeypat
     assert d["facts"]["tensorrt"] is None and d["facts"]["cache_problem"] is None
     table = cli("doctor").out
     assert "TensorRT     │ not installed" in table and "Something failed" not in table
+    assert ("no VNNI" in table) == d["facts"]["cpu_int8_pairs_saturate"]
 
 
 def test_doctor_scores_miou_on_trimaps_and_fails_a_broken_path(cli, monkeypatch, pets3, tmp_path):

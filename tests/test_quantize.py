@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import platform
 import shutil
+import warnings
 
 import numpy as np
 import onnx
@@ -12,6 +15,7 @@ from onnx import numpy_helper
 
 import edgeseg.compile.quantize as q
 from edgeseg.compile.check import check
+from edgeseg.runtime.backends import precision
 from edgeseg.runtime.backends.predictor import Predictor
 from edgeseg.runtime.images import read_image
 
@@ -34,7 +38,7 @@ def calib_ranges(fp32, tmp_path_factory):
 
 
 @pytest.mark.parametrize("target", ["cpu", "tensorrt"])
-def test_both_targets_give_runnable_int8_models_that_pass_the_gate(target, tmp_path, pets3):
+def test_both_targets_give_runnable_int8_models_that_pass_the_gate(target, tmp_path, pets3, monkeypatch):
     """The bundled model with its stored ranges: each target's INT8 file loses at most 1 mIoU point
     (the default gate) on 6 test photos with every conv quantized, and runs."""
     from conftest import REPO
@@ -55,10 +59,25 @@ def test_both_targets_give_runnable_int8_models_that_pass_the_gate(target, tmp_p
         assert check(out, "tensorrt") == []
     else:
         assert any(z.dtype == np.uint8 for z in zps)
+    # cpu: 7-bit weights, whose pairs of u8 x s8 products fit the 16 bits x86 kernels without VNNI add them in
+    bits = json.loads(props["quantization"])["weight_bits"]
+    weights = [numpy_helper.to_array(t) for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8
+               and len(t.dims) == 4]
+    assert bits == {"cpu": 7, "tensorrt": 8}[target]
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == {7: 64, 8: 127}[bits]
     pred = Predictor.load(out, threads=1)
     assert pred.info.precision == f"int8-{target}"
     frame = read_image(pets3 / "images" / "Abyssinian_1.jpg")
     assert pred.predict(frame).shape == frame.shape[:2]
+    if importlib.util.find_spec("openvino") is not None and platform.machine().lower() in ("x86_64", "amd64"):
+        # on a CPU without VNNI, `auto` keeps full-range weights off OpenVINO, and asking for it warns
+        monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+        assert Predictor.load(out, threads=1).info.name == {"cpu": "openvino", "tensorrt": "onnxruntime"}[target]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ov = Predictor.load(out, backend="openvino", threads=1)
+        assert ov.info.extra["int8_overflow"] == (target == "tensorrt")
+        assert any("overflow OpenVINO" in str(w.message) for w in caught) == (target == "tensorrt")
 
 
 def test_tensorrt_unpool_stays_exact_under_quantization(fp32, calib_ranges, tmp_path):

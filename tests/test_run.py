@@ -71,7 +71,8 @@ def test_loop_on_real_and_odd_images(onnx_model, odd_folder, tmp_path):
     assert data["model"]["backend"] == default_onnx_backend() and len(data["model"]["sha256"]) == 64
     assert {"cpu", "onnxruntime", "opencv", "python"} <= set(data["environment"])
     if data["model"]["backend"] == "onnxruntime":  # how the session was set up, for whoever reads the report
-        assert data["model"]["session"]["denormals_flushed"] and not data["model"]["session"]["spinning"]
+        session = data["model"]["session"]
+        assert session["denormals_flushed"] and session["int8_unsaturated"] and not session["spinning"]
     else:  # the precision edgeseg chose is the one OpenVINO was told to use, never its silent default
         hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[data["model"]["compute_precision"]]
         assert data["model"]["config"]["INFERENCE_PRECISION_HINT"] == hint
@@ -339,6 +340,30 @@ def test_auto_backend_prefers_openvino_on_x86_only(monkeypatch, machine, install
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     assert default_onnx_backend() == expected
+
+
+@pytest.mark.parametrize(("quantization", "flags", "expected"), [
+    ({"weight_bits": 8}, {"avx2"}, "onnxruntime"), ({"weight_bits": 8}, {"avx2", "avx512_vnni"}, "openvino"),
+    ({"weight_bits": 8}, {"avx2", "avx_vnni"}, "openvino"), ({"weight_bits": 7}, {"avx2"}, "openvino"),
+    ({}, {"avx2"}, "onnxruntime")])  # a cpu file from before 7-bit weights
+def test_auto_backend_keeps_full_range_int8_weights_off_openvino_without_vnni(monkeypatch, quantization, flags,
+                                                                               expected):
+    """OpenVINO's int8 kernels add pairs of u8 x s8 products in 16 bits on x86 without VNNI: 8-bit
+    weights overflow there, so `auto` runs such a file in ONNX Runtime (whose sessions ask for exact
+    kernels); FP32 files and 7-bit weights stay on OpenVINO."""
+    import importlib.util
+    import platform
+
+    from edgeseg.runtime.backends import precision
+
+    pytest.importorskip("openvino", reason="pip install 'edgeseg[openvino]' (installed by make test)")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    assert importlib.util.find_spec("openvino") is not None
+    props = {"precision": "int8-tensorrt", "quantization": json.dumps(quantization)}
+    assert default_onnx_backend(props) == expected
+    assert default_onnx_backend({"precision": "fp32"}) == default_onnx_backend() == "openvino"
+    assert precision.int8_pairs_saturate(frozenset(), "aarch64") is False  # ARM kernels widen before adding
 
 
 @pytest.mark.parametrize("classes", [2, 3, 5])

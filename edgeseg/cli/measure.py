@@ -375,7 +375,9 @@ def doctor(
                          for c in f["cameras"]) or "none found (/dev/video*)"
         rows: list[tuple[str, object]] = [
             ("edgeseg", f"{f['edgeseg']} on Python {f['python']} ({f['machine']})"),
-            ("CPU", f"{f['cpu']}, {f['cpu_count']} cores, native {'/'.join(f['cpu_native_precisions'])}"),
+            ("CPU", f"{f['cpu']}, {f['cpu_count']} cores, native {'/'.join(f['cpu_native_precisions'])}"
+                    + (", no VNNI: INT8 needs 7-bit weights (docs/int8.md)"
+                       if f["cpu_int8_pairs_saturate"] else "")),
             ("ONNX Runtime", have("onnxruntime")), ("OpenVINO", have("openvino")), ("onnx", have("onnx")),
             ("TensorRT", have("tensorrt")), ("cuda-python", have("cuda_python")), ("GPU", gpu),
             ("OpenCV", f"{f['opencv']}, GStreamer {'yes' if f['gstreamer'] else 'no'}"), ("cameras", cams),

@@ -4,7 +4,11 @@ Targets (ONNX Runtime static quantization, QDQ format, per-channel weights):
 
 - ``cpu``: convolutions and their ReLUs, uint8 activations (asymmetric) and int8 weights (U8S8),
   the combination ONNX Runtime's x86/ARM kernels are built for; see README "INT8" for the
-  measurements behind it.
+  measurements behind it. The weights use 7 bits (-64..64): x86 CPUs without VNNI add pairs of
+  u8 x s8 products in 16 bits, which full-range weights overflow (2 * 255 * 127 > 32767) in
+  OpenVINO, and in ONNX Runtime unless a session asks for its slower exact kernels; with 7 bits
+  every runtime computes the same products on every CPU (measured on the bundled model: no loss,
+  models/README.md "INT8").
 - ``tensorrt``: convolutions only, symmetric int8 activations and weights, every zero point 0,
   biases left in float (TensorRT dequantizes only 8-bit types); passes ``edgeseg check --target
   tensorrt``.
@@ -57,6 +61,8 @@ METHODS = ("minmax", "entropy", "percentile")
 # `cpu` (asymmetric uint8, ReLUs folded in): MinMax 0.20 / 0.05 points, percentile 0.15 / 0.06 (models/README.md).
 # With --calib-ranges, auto is the method the ranges were computed with.
 DEFAULT_METHODS = {"cpu": "minmax", "tensorrt": "percentile"}
+# Weight bits per target (see the module's docstring): TensorRT's GPU kernels accumulate in 32 bits.
+WEIGHT_BITS = {"cpu": 7, "tensorrt": 8}
 MIN_CALIBRATION_IMAGES = 16
 
 
@@ -176,7 +182,8 @@ def _quantize(model_path: Path, out: Path, opts: QuantizeOptions, ranges: Path, 
     try:
         quantize_static_cached(
             ranges, reader, model_input=str(model_path), model_output=str(out), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(ops or QUANTIZED_OPS[opts.target]), per_channel=True, reduce_range=False,
+            op_types_to_quantize=list(ops or QUANTIZED_OPS[opts.target]), per_channel=True,
+            reduce_range=WEIGHT_BITS[opts.target] == 7,
             activation_type=act, weight_type=QuantType.QInt8, nodes_to_exclude=list(opts.exclude),
             calibrate_method=_ort_method(opts), extra_options=extra,
         )
@@ -229,7 +236,8 @@ def quantize_with_ranges(model_path: Path, ranges: Path, opts: QuantizeOptions, 
     props.update({
         "precision": f"int8-{opts.target}",
         "quantization": json.dumps({"target": opts.target, "method": opts.method, "format": "QDQ",
-                                    "per_channel": True, "ops": list(QUANTIZED_OPS[opts.target]),
+                                    "per_channel": True, "weight_bits": WEIGHT_BITS[opts.target],
+                                    "ops": list(QUANTIZED_OPS[opts.target]),
                                     "float_nodes": sorted(opts.exclude),
                                     "calibration_images": calib.images, "calibration_source": calib.source,
                                     "calibration_sha256": calib.sha256, **integer}),

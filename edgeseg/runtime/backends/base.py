@@ -69,6 +69,17 @@ def inspect_onnx(path: Path) -> OnnxFacts:
     return OnnxFacts(props, ins[0].name, shape, out)
 
 
+def full_range_int8(props: dict[str, str]) -> bool:
+    """An INT8 file whose weights use all 8 bits: edgeseg's ``tensorrt`` target, and ``cpu`` files
+    quantized before that target kept to 7 bits (edgeseg.compile.quantize.WEIGHT_BITS)."""
+    if not props.get("precision", "fp32").startswith("int8"):
+        return False
+    try:
+        return json.loads(props.get("quantization", "{}")).get("weight_bits", 8) != 7
+    except (ValueError, AttributeError):
+        return True
+
+
 def meta_from_props(props: dict[str, str], input_shape: list, path: Path) -> ModelMeta:
     """The model's own metadata (edgeseg export writes it), checked against the graph's input."""
     h, w = input_shape[2], input_shape[3]

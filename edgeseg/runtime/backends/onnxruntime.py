@@ -4,6 +4,9 @@ Settings and why (measured on the 2-core dev machine, see README's benchmark sec
 - denormals flushed: trained weights make denormal activations that cost several times the FLOPs;
 - intra-op spinning off: several sessions in one process (bench, quantize's gate) otherwise steal
   each other's cores while their idle threads spin;
+- exact int8 products on x86 without VNNI (``session.x64quantprecision``): there ONNX Runtime's
+  u8 x s8 kernels add pairs of products in 16 bits, which saturate (255 * 127 * 2 > 32767) and
+  turn an INT8 model's masks wrong; the option makes it use u8 x u8 kernels on those CPUs only;
 - threads default to the physical cores the process may use (SMT siblings counted once; the allowed
   CPU count when sysfs has no topology).
 """
@@ -45,6 +48,7 @@ def session_options(threads: int | None = None, spinning: bool = False) -> ort.S
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.set_denormal_as_zero", "1")
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.add_session_config_entry("session.x64quantprecision", "1")
     so.log_severity_level = 3
     return so
 
@@ -53,7 +57,8 @@ def session_settings(so: ort.SessionOptions) -> dict:
     """What a report should say about how a session was configured."""
     return {"intra_op_threads": so.intra_op_num_threads, "graph_optimization": str(so.graph_optimization_level),
             "denormals_flushed": so.get_session_config_entry("session.set_denormal_as_zero") == "1",
-            "spinning": so.get_session_config_entry("session.intra_op.allow_spinning") == "1"}
+            "spinning": so.get_session_config_entry("session.intra_op.allow_spinning") == "1",
+            "int8_unsaturated": so.get_session_config_entry("session.x64quantprecision") == "1"}
 
 
 def create_session(model: str | Path | bytes, threads: int | None = None, spinning: bool = False,

@@ -12,6 +12,7 @@ identical whichever backend runs the graph.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 class OpenVINOBackend:
     def __init__(self, path: Path, threads: int | None, precision: str = "auto", facts=None) -> None:
         from edgeseg.runtime.backends import precision as prec
-        from edgeseg.runtime.backends.base import BackendInfo, class_ids, inspect_onnx, meta_from_props
+        from edgeseg.runtime.backends.base import BackendInfo, class_ids, full_range_int8, inspect_onnx, meta_from_props
         from edgeseg.runtime.backends.onnxruntime import default_threads
 
         try:
@@ -54,6 +55,11 @@ class OpenVINOBackend:
         facts = facts or inspect_onnx(path)
         props, shape = facts.props, facts.input_shape
         self.meta = meta_from_props(props, shape, path)
+        overflow = full_range_int8(props) and prec.int8_pairs_saturate(prec.cpu_flags())
+        if overflow:  # `auto` runs such a file in ONNX Runtime (predictor.default_onnx_backend)
+            warnings.warn(f"{path}: its 8-bit INT8 weights overflow OpenVINO's int8 kernels on this CPU (no VNNI), "
+                          "so its masks differ from those the accuracy gate measured; use --backend onnxruntime, "
+                          "or re-quantize with edgeseg quantize --target cpu (7-bit weights)", stacklevel=2)
         configs = {p: {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
                        "INFERENCE_PRECISION_HINT": HINTS[p]} for p in candidates}
         requests = {}
@@ -77,6 +83,7 @@ class OpenVINOBackend:
                                 output="classes" if len(out.get_partial_shape()) == 3 else "logits",
                                 static_batch=shape[0] if isinstance(shape[0], int) else None,
                                 extra={"openvino": ov.get_version(), "model_cache": cache or "off",
+                                       "int8_overflow": overflow,
                                        "precision_choice": choice.describe(),
                                        "config": {k: str(v) for k, v in configs[choice.precision].items()}})
 

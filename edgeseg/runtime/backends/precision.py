@@ -64,6 +64,19 @@ def native_precisions(flags: frozenset[str], machine: str | None = None) -> list
     return [p for p, needs in _NATIVE[family].items() if flags & set(needs)]
 
 
+# x86 instructions that add u8 x s8 byte products straight into 32 bits. Without any of them (AVX2,
+# AVX-512 before VNNI) int8 kernels first add pairs of products in 16 bits, which saturate once
+# weights use all 8 bits (2 * 255 * 127 > 32767); edgeseg's `cpu` INT8 files keep to 7 bits.
+_INT8_DOT32 = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_pairs_saturate(flags: frozenset[str], machine: str | None = None) -> bool:
+    """Whether 8-bit int8 weights can overflow this CPU's int8 kernels: x86 without VNNI (or whose
+    flags cannot be read); never ARM, whose kernels widen before adding."""
+    machine = (machine or platform.machine()).lower()
+    return machine in ("x86_64", "amd64") and not flags & set(_INT8_DOT32)
+
+
 def check_inputs(size: tuple[int, int], n: int = 8, seed: int = 0) -> np.ndarray:
     """(n, 3, H, W) float32 in [0, 1]: smooth noise at several scales, photo-like enough for a
     network to produce structured masks and deterministic across machines."""

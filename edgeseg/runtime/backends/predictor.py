@@ -21,7 +21,14 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import sha256_file
-from edgeseg.runtime.backends.base import BackendInfo, OnnxFacts, class_ids, inspect_onnx, meta_from_props
+from edgeseg.runtime.backends.base import (
+    BackendInfo,
+    OnnxFacts,
+    class_ids,
+    full_range_int8,
+    inspect_onnx,
+    meta_from_props,
+)
 from edgeseg.runtime.backends.engine_meta import EngineMeta
 from edgeseg.runtime.images import preprocess, resized
 from edgeseg.runtime.masks import Masks, Smoother, drop_unsure_regions
@@ -113,13 +120,19 @@ def _lowered_unpools(path: Path) -> tuple[bytes, int] | None:
     return (data, n) if n else None
 
 
-def default_onnx_backend() -> str:
+def default_onnx_backend(props: dict[str, str] | None = None) -> str:
     """OpenVINO on x86 when it is installed (measured 1.7x faster in FP32 and 2.7x in INT8 than ONNX
-    Runtime on this project's dev machine, see README "Benchmarks"), ONNX Runtime everywhere else."""
-    import importlib.util
+    Runtime on this project's dev machine, see README "Benchmarks"), ONNX Runtime everywhere else;
+    and ONNX Runtime for a file with full-range int8 weights (``props``: its metadata) on an x86 CPU
+    without VNNI, where OpenVINO's int8 kernels overflow (0.4 mIoU points lost on the 3-breed split,
+    docs/int8.md) and ONNX Runtime's sessions ask for exact ones."""
     import platform
 
+    from edgeseg.runtime.backends.precision import cpu_flags, int8_pairs_saturate
+
     if platform.machine().lower() in ("x86_64", "amd64") and importlib.util.find_spec("openvino") is not None:
+        if props is not None and full_range_int8(props) and int8_pairs_saturate(cpu_flags()):
+            return "onnxruntime"
         return "openvino"
     return "onnxruntime"
 
@@ -184,7 +197,7 @@ class Predictor:
                                    "--precision")
             return cls(TritonBackend(str(path), retry_seconds=retry_seconds), str(path))
         path = Path(path)
-        backend = resolve_backend(path, backend)
+        requested, backend = backend, resolve_backend(path, backend)
         if backend == "torch":
             raise EdgesegError("is a PyTorch checkpoint: the device runtime runs ONNX files and engines; export it "
                                "(edgeseg export) or load it with edgeseg.loader.load_predictor", path)
@@ -199,6 +212,8 @@ class Predictor:
 
             return cls(TensorRTBackend(path), path)
         facts = inspect_onnx(path)
+        if requested == "auto":
+            backend = default_onnx_backend(facts.props)
         if backend == "onnxruntime":
             return cls(_OnnxRuntimeBackend(path, threads, lower_unpool, precision, facts), path)
         from edgeseg.runtime.backends.openvino import OpenVINOBackend
