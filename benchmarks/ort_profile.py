@@ -3,8 +3,9 @@ rewrite on x86), from ONNX Runtime's own profiler.
 
     python benchmarks/ort_profile.py models/segnet_dsc.onnx out/demo/segnet_dsc.int8.onnx
 
-Same session settings as edgeseg's (edgeseg.runtime.backends.onnxruntime); 20 warm-up and 100 timed runs of
-one random 128x128 input each; prints p50 and the ten op types with the largest share of kernel time.
+Same session settings as edgeseg's (edgeseg.runtime.backends.onnxruntime.session_options); 20 warm-up and
+100 timed runs of one random input of the model's size; prints p50 and the ten op types with the largest share
+of kernel time.
 """
 
 from __future__ import annotations
@@ -20,19 +21,18 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeseg.runtime.backends.cpu_unpool import lowered_for_onnxruntime
-from edgeseg.runtime.backends.onnxruntime import default_threads
+from edgeseg.runtime.backends.onnxruntime import default_threads, session_options
 
 
 def profile(path: Path, threads: int, runs: int = 100) -> tuple[float, dict[str, float]]:
     data, _ = lowered_for_onnxruntime(path.read_bytes())
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = session_options(threads)
     so.enable_profiling = True
     so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
     session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)}
+    image = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in image.shape]
+    feed = {image.name: np.random.default_rng(0).random(shape, dtype=np.float32)}
     for _ in range(20):
         session.run(None, feed)
     times = []
