@@ -180,8 +180,10 @@ def quantize(
         if r.gate:
             g = r.gate
             if g["drop_points"] is not None:
+                change = (f"{g['drop_points']:.2f} points lost" if g["drop_points"] > 0
+                          else f"{-g['drop_points']:.2f} points gained")
                 rows += [("mIoU fp32 -> int8", f"{g['fp32']['miou']:.4f} -> {g['int8']['miou']:.4f} "
-                                               f"({g['drop_points']:+.2f} points lost, gate {g['max_drop']:g})"),
+                                               f"({change}, gate {g['max_drop']:g})"),
                          ("pixel acc fp32 -> int8",
                           f"{g['fp32']['pixel_accuracy']:.4f} -> {g['int8']['pixel_accuracy']:.4f}")]
             rows.append(("agreement with fp32", f"{g['agreement']:.4f}" + (
