@@ -7,7 +7,7 @@ Targets (ONNX Runtime static quantization, QDQ format, per-channel weights):
   measurements behind it. The weights use 7 bits (-64..64): x86 CPUs without VNNI add pairs of
   u8 x s8 products in 16 bits, which full-range weights overflow (2 * 255 * 127 > 32767) in
   OpenVINO, and in ONNX Runtime unless a session asks for its slower exact kernels; with 7 bits
-  every runtime computes the same products on every CPU (measured on the bundled model: no loss,
+  every runtime computes exact products on every CPU (measured on the bundled model: no loss,
   models/README.md "INT8").
 - ``tensorrt``: convolutions only, symmetric int8 activations and weights, every zero point 0,
   biases left in float (TensorRT dequantizes only 8-bit types); passes ``edgeseg check --target
