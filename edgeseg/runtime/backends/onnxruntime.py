@@ -6,7 +6,8 @@ Settings and why (measured on the 2-core dev machine, see README's benchmark sec
   each other's cores while their idle threads spin;
 - exact int8 products on x86 without VNNI (``session.x64quantprecision``): there ONNX Runtime's
   u8 x s8 kernels add pairs of products in 16 bits, which saturate (255 * 127 * 2 > 32767) and
-  turn an INT8 model's masks wrong; the option makes it use u8 x u8 kernels on those CPUs only;
+  turn an INT8 model's masks wrong; the option makes it use u8 x u8 kernels there for weights
+  that could overflow (7-bit weights keep the fast kernels: edgeseg.compile.quantize);
 - threads default to the physical cores the process may use (SMT siblings counted once; the allowed
   CPU count when sysfs has no topology).
 """
