@@ -26,8 +26,8 @@ from edgeseg.runtime.loop.latency import summarize
 
 def _matmul_session(b: np.ndarray, threads: int | None):
     """A session computing ``a @ b`` with ``b`` stored as a weight, as a model's convolution weights are:
-    ONNX Runtime picks its int8 kernel by the weight (u8 x u8 on x86 without VNNI, see
-    :func:`session_options`), so the peak times the kernel the models get."""
+    ONNX Runtime picks its int8 kernel by the weight (exact u8 x u8 for full-range weights on x86
+    without VNNI, see :func:`session_options`), so the peak times the kernel the models get."""
     from onnx import TensorProto, helper, numpy_helper
 
     from edgeseg.runtime.backends.onnxruntime import create_session

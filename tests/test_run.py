@@ -351,7 +351,6 @@ def test_auto_backend_keeps_full_range_int8_weights_off_openvino_without_vnni(mo
     """OpenVINO's int8 kernels add pairs of u8 x s8 products in 16 bits on x86 without VNNI: 8-bit
     weights overflow there, so `auto` runs such a file in ONNX Runtime (whose sessions ask for exact
     kernels); FP32 files and 7-bit weights stay on OpenVINO."""
-    import importlib.util
     import platform
 
     from edgeseg.runtime.backends import precision
@@ -359,7 +358,6 @@ def test_auto_backend_keeps_full_range_int8_weights_off_openvino_without_vnni(mo
     pytest.importorskip("openvino", reason="pip install 'edgeseg[openvino]' (installed by make test)")
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
-    assert importlib.util.find_spec("openvino") is not None
     props = {"precision": "int8-tensorrt", "quantization": json.dumps(quantization)}
     assert default_onnx_backend(props) == expected
     assert default_onnx_backend({"precision": "fp32"}) == default_onnx_backend() == "openvino"
