@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -120,3 +122,43 @@ def test_a_recorded_recipe_keeps_file_names_only_and_a_comma_in_one_name():
     assert rec == {"data": "oxford-pets-3breeds, extra", "cache": "pets,v2.npz", "init": "a.pth", "no_animal": None,
                    "lr": 1e-4, "size": [128, 128]}
     assert portable(rec) == rec  # a parent's record, already portable, stays as it is
+
+
+def test_eval_holdout_scores_the_photos_train_validates_on(cli, exported, pets3, tmp_path):
+    """eval --split holdout finds train's hold-out from the split files and trimaps alone: a repeated photo,
+    a scene whose trimap holds no animal and a composites folder are left out of it as train leaves them."""
+    photos = trainset.trainval_samples([pets3])[:16]
+
+    def folder(name: str, picked, prefix: str = "") -> str:
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        (root / "annotations" / "trimaps").mkdir(parents=True)
+        lines = []
+        for p in picked:
+            lines.append(prefix + p.name)
+            (root / "images" / f"{lines[-1]}.jpg").write_bytes(p.image.read_bytes())
+            (root / "annotations" / "trimaps" / f"{lines[-1]}.png").write_bytes(p.mask.read_bytes())
+        (root / "annotations" / "trainval.txt").write_text("\n".join(lines) + "\n")
+        return str(root)
+
+    a = folder("a", photos[:7])
+    empty = Path(a) / "annotations" / "trimaps" / f"{photos[1].name}.png"
+    cv2.imwrite(str(empty), np.full((20, 30), 2, np.uint8))  # trimap value 2: all background, a scene
+    folders = [a, folder("comp", photos[7:10], trainset.COMPOSITE), folder("b", photos[5:16])]  # b repeats 2
+    ts = trainset.load(trainset.trainval_samples(folders), (32, 32), "area", negatives=True)
+    for seed in range(4):
+        _, held = trainset.validation_split(ts, 0.3, seed)
+        assert [s.name for s in trainset.holdout_samples(folders, 0.3, seed)] == sorted(
+            held, key=[s.name for s in photos].index)
+    onnx_path = exported["segnet-dsc"][0]
+    args = ["eval", onnx_path, "--data", folders[0], "--data", folders[1], "--data", folders[2], "--split", "holdout"]
+    r = cli(*args, "--seed", "3", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    _, held = trainset.validation_split(ts, 0.1, 3)
+    assert out["split"] == "holdout" and out["seed"] == 3 and out["data"] == " + ".join(folders)
+    assert out["models"][0]["images"] == len(held) == 2
+    assert held != trainset.validation_split(ts, 0.1, 0)[1]  # so the default seed scores other photos
+    assert json.loads(cli(*args, "--json").out)["models"][0]["miou"] != out["models"][0]["miou"]
+    r = cli(*args)
+    assert r.code == 0 and "holdout: 2 images" in r.out

@@ -23,7 +23,9 @@ from edgeseg.cli.common import (
     set_mask_options,
 )
 from edgeseg.errors import EdgesegError
+from edgeseg.training.recipe import TrainConfig
 
+VALIDATION = TrainConfig()  # train's default hold-out (--seed, its fraction), which --split holdout picks again
 LABELS_SHOWN = 5  # the eval table names the labels taking most of the pet pixels; --json has them all
 
 def eval_(
@@ -34,7 +36,10 @@ def eval_(
     no_animal: Annotated[list[Path] | None, typer.Option(help=(
         "Folder of photos without any animal: the share of pixels each model calls pet (all wrong); repeat it "
         "for several, each scored alone."))] = None,
-    split: Annotated[str, typer.Option(help="Split file in annotations/: test, trainval or list.")] = "test",
+    split: Annotated[str, typer.Option(help=(
+        "Split file in annotations/: test, trainval or list; or holdout: the photos `edgeseg train` with the same "
+        "--data folders (in the same order) and --seed held out for validation, all folders as one set."))] = "test",
+    seed: Annotated[int, typer.Option(help="With --split holdout: train's --seed.")] = VALIDATION.seed,
     limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
     backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime, openvino, tensorrt or torch.")
@@ -71,6 +76,7 @@ def eval_(
     from edgeseg.evaluation.yolo_data import load_yolo_set
     from edgeseg.loader import load_predictor
     from edgeseg.runtime.images import images_in
+    from edgeseg.training.trainset import holdout_samples
 
     if not data and not no_animal and not yolo and person_masks is None:
         raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
@@ -81,7 +87,8 @@ def eval_(
     person = parse_person_class(person_class)
     yolo_sets = [(s, s.class_ids(animals, "--animal-classes"), s.person_id(person))
                  for s in (load_yolo_set(path, yolo_split) for path in yolo or ())]
-    splits = [(folder, load_split(folder, split, limit)) for folder in data or ()]
+    splits = ([(" + ".join(map(str, data)), holdout_samples(data, VALIDATION.val_fraction, seed)[:limit or None])]
+              if split == "holdout" and data else [(folder, load_split(folder, split, limit)) for folder in data or ()])
     free_sets = [(folder, images_in(folder, "--no-animal")) for folder in no_animal or ()]
     predictors = [load_predictor(m, backend=backend, threads=threads, precision=precision) for m in models]
     for p in predictors:
@@ -93,7 +100,8 @@ def eval_(
             results = evaluate(predictors, samples, progress=lambda i, n, t=task: bar.update(t, completed=i),
                                by_breed=by_breed > 0)
             out.setdefault("datasets", []).append(
-                {"data": str(folder), "split": split, "images": len(samples), "models": results})
+                {"data": str(folder), "split": split, **({"seed": seed} if split == "holdout" else {}),
+                 "images": len(samples), "models": results})
         if splits:  # the first folder's figures at the top too, where scripts reading one --data find them
             out.update(out["datasets"][0])
         for folder, photos in free_sets:

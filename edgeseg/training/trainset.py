@@ -162,12 +162,28 @@ def validation_split(ts: TrainSet, fraction: float, seed: int) -> tuple[np.ndarr
     never held out: validation scores real photos, and adding a composites folder leaves the hold-out as it was."""
     real = np.array([i for i in np.flatnonzero(~ts.negative) if not ts.names[i].startswith(COMPOSITE)],
                     dtype=np.int64)  # photos in their split order; negatives follow their photo
-    order = np.random.default_rng(seed).permutation(len(real))
-    n_val = max(1, round(len(real) * fraction)) if len(real) > 1 else 0
-    if not n_val:
+    if len(real) == 1:
         return real, set()
-    val_idx = real[order[:n_val]]
+    val_idx = real[_held_out(len(real), fraction, seed)]
     return val_idx, {ts.names[i] for i in val_idx}
+
+
+def _held_out(n_real: int, fraction: float, seed: int) -> np.ndarray:
+    """Which of ``n_real`` photos (in their split order) the hold-out takes: the one rule that train's
+    validation and ``holdout_samples`` share."""
+    order = np.random.default_rng(seed).permutation(n_real)
+    return order[:max(1, round(n_real * fraction))]
+
+
+def holdout_samples(folders: Sequence[str | Path], fraction: float, seed: int) -> list[Sample]:
+    """The photos that ``edgeseg train --data`` with these folders (in this order), ``fraction`` and ``seed``
+    holds out for validation, in their split order, found from the split files and trimaps without decoding
+    a photo: to score a trained model on them at original resolution (``edgeseg eval --split holdout``)."""
+    real = [s for s in trainval_samples(folders)
+            if not s.name.startswith(COMPOSITE) and np.isin(read_trimap(s.mask), (PET, BORDER)).any()]
+    if len(real) == 1:
+        return real
+    return [real[i] for i in sorted(_held_out(len(real), fraction, seed))]
 
 
 def sample_weights(names: Sequence[str], balance: str) -> np.ndarray:
