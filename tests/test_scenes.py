@@ -65,7 +65,7 @@ def test_yolo_scores_iou_people_and_photos_without_animals(tmp_path):
     # cat: the left half exactly (IoU 1); dog: the centre box (0.25-0.75) against the left half: 0.25/0.75
     assert r["per_image_iou"]["cat.jpg"] == pytest.approx(1.0, abs=0.02)
     assert r["per_image_iou"]["dog.png"] == pytest.approx(1 / 3, abs=0.02)
-    assert r["pet_share_without_animal"] == pytest.approx(0.5)
+    assert r["pet_share_without_animal"] == pytest.approx(0.5) and r["per_image_pet_share"] == {"empty.jpg": 0.5}
     assert r["person_pixels_called_pet"] == pytest.approx(0.0, abs=0.02)  # the person is on the right half
     (r,) = scenes.score_yolo([Painter((0.5, 0, 1, 1))], data, animal_classes=[15, 16])
     assert r["person_pixels_called_pet"] == pytest.approx(1.0, abs=0.02) and r["missed"] == 1
@@ -170,6 +170,24 @@ def test_pet_pixels_without_an_animal_split_by_the_label_they_fall_on(tmp_path):
     (root / "classes.txt").write_text("\n".join(f"c{i}" for i in range(53)) + "\npizza\n")
     (r,) = scenes.score_yolo([Painter((0, 0, 0.8, 1))], yolo_data.load_yolo_set(root))
     assert set(r["pet_share_by_label"]) == {"pizza", "60", "unlabelled"}  # 60 has no name in classes.txt
+
+
+def test_the_yolo_table_shows_the_columns_a_set_has_photos_for_and_names_its_worst(tmp_path, capsys):
+    from edgeseg.cli.measure import _yolo_table
+
+    root = _yolo_folder(tmp_path)
+    section = {"folder": "yolo", "split": None, "animal_classes": [15, 16],
+               "models": scenes.score_yolo([Painter()], yolo_data.load_yolo_set(root))}
+    _yolo_table(section)
+    both = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "0.33 (dog.png)" in both and "50.0 (empty.jpg)" in both  # the lowest IoU, the most painted
+    assert "lowest IoU (photo)" in both and "worst photo pet %" in both
+    (root / "labels" / "cat.txt").unlink()
+    (root / "labels" / "sub" / "dog.txt").unlink()  # no animal left: no animal columns
+    section["models"] = scenes.score_yolo([Painter()], yolo_data.load_yolo_set(root))
+    _yolo_table(section)
+    free = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "animal IoU" not in free and "missed" not in free and "worst photo pet %" in free
 
 
 def test_person_masks_smaller_than_their_photo_and_numbered(tmp_path):

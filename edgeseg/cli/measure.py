@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -154,18 +155,25 @@ def _animal_free_table(section: dict, upsample: str) -> None:
 
 
 def _yolo_table(section: dict) -> None:
+    """The columns a set has photos for: with an animal (IoU, the lowest photo), without (pet %, the worst)."""
     rows = section["models"]
     split = f" ({section['split']})" if section["split"] else ""
     table = Table(title=f"{section['folder']}{split}: {rows[0]['images']} photos, {rows[0]['with_animal']} with "
                         f"an animal (classes {','.join(map(str, section['animal_classes']))})", title_justify="left")
-    for col in ("model", "animal IoU (mean)", "animal IoU (pooled)", "missed", "pet % without animal",
-                "person px called pet %"):
+    columns: dict[str, Callable[[dict], str]] = {"model": lambda r: _name(r["model"])}
+    if rows[0]["with_animal"]:
+        columns |= {"animal IoU (mean)": lambda r: f"{r['animal_iou_mean']:.4f}",
+                    "animal IoU (pooled)": lambda r: f"{r['animal_iou_pooled']:.4f}",
+                    "missed": lambda r: f"{r['missed']}/{r['with_animal']}",
+                    "lowest IoU (photo)": lambda r: _extreme(r["per_image_iou"], min, "{:.2f}".format)}
+    if rows[0]["without_animal"]:
+        columns |= {"pet % without animal": lambda r: _pct(r["pet_share_without_animal"]),
+                    "worst photo pet %": lambda r: _extreme(r["per_image_pet_share"], max, _pct)}
+    columns["person px called pet %"] = lambda r: _pct(r["person_pixels_called_pet"])
+    for col in columns:
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
-        table.add_row(_name(r["model"]), "" if r["animal_iou_mean"] is None else f"{r['animal_iou_mean']:.4f}",
-                      "" if r["animal_iou_pooled"] is None else f"{r['animal_iou_pooled']:.4f}",
-                      f"{r['missed']}/{r['with_animal']}", _pct(r["pet_share_without_animal"]),
-                      _pct(r["person_pixels_called_pet"]))
+        table.add_row(*(cell(r) for cell in columns.values()))
     if any(r["pet_share_by_label"] for r in rows):
         def largest(by_label: dict[str, float]) -> str:
             parts = list(by_label.items())[:LABELS_SHOWN]
@@ -175,6 +183,12 @@ def _yolo_table(section: dict) -> None:
             f"{_name(r['model'])}: {largest(r['pet_share_by_label'])}" for r in rows)
         table.caption_justify = "left"
     print_table(table)
+
+
+def _extreme(per_image: dict[str, float], pick: Callable, fmt: Callable[[float], str]) -> str:
+    """The photo ``pick`` (min or max) finds by its figure, as 'figure (file name)'."""
+    name = pick(per_image, key=per_image.get)
+    return f"{fmt(per_image[name])} ({name})"
 
 
 def _people_table(section: dict) -> None:

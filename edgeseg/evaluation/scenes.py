@@ -65,10 +65,11 @@ def score_yolo(predictors: Sequence[Predictor], data: YoloSet, animal_classes: S
     """Per model: mean animal IoU over the photos with an animal (and pooled over their pixels), photos whose
     animal was missed (IoU under 0.1), the share of pixels called pet on the photos without one (and its
     split by the label those pixels fall on, largest first; the parts sum to it), and the share of
-    labelled person pixels called pet."""
+    labelled person pixels called pet; each photo's IoU or share by its file name (the means count every photo,
+    two of one name too)."""
     pairs, names, animals = data.pairs, data.names, set(animal_classes)
-    acc = [{"ious": [], "inter": 0, "union": 0, "free": [], "by_label": {}, "person": [0, 0], "per_image": {}}
-           for _ in predictors]
+    acc = [{"ious": [], "inter": 0, "union": 0, "free": [], "by_label": {}, "person": [0, 0], "per_image": {},
+            "per_image_free": {}} for _ in predictors]
     for i, (image_path, label) in enumerate(pairs):
         image = read_image(image_path)
         shapes = read_yolo_labels(label) if label else []
@@ -85,6 +86,7 @@ def score_yolo(predictors: Sequence[Predictor], data: YoloSet, animal_classes: S
                 a["per_image"][image_path.name] = iou
             else:
                 a["free"].append(float(animal.mean()))
+                a["per_image_free"][image_path.name] = a["free"][-1]
                 found, counts = np.unique(labels[animal], return_counts=True)
                 for cls, n in zip(found.tolist(), counts.tolist(), strict=True):
                     a["by_label"][cls] = a["by_label"].get(cls, 0.0) + n / animal.size
@@ -104,7 +106,7 @@ def score_yolo(predictors: Sequence[Predictor], data: YoloSet, animal_classes: S
                     "pet_share_by_label": {("unlabelled" if c < 0 else names.get(c, str(c))): v / len(a["free"])
                                            for c, v in sorted(a["by_label"].items(), key=lambda kv: -kv[1])},
                     "person_pixels_called_pet": a["person"][0] / a["person"][1] if a["person"][1] else None,
-                    "per_image_iou": a["per_image"]})
+                    "per_image_iou": a["per_image"], "per_image_pet_share": a["per_image_free"]})
     return out
 
 
