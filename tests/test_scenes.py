@@ -173,7 +173,7 @@ def test_pet_pixels_without_an_animal_split_by_the_label_they_fall_on(tmp_path):
 
 
 def test_the_yolo_table_shows_the_columns_a_set_has_photos_for_and_names_its_worst(tmp_path, capsys):
-    from edgeseg.cli.measure import _yolo_table
+    from edgeseg.cli.evaluation import _yolo_table
 
     root = _yolo_folder(tmp_path)
     section = {"folder": "yolo", "split": None, "animal_classes": [15, 16],

@@ -1,6 +1,6 @@
 """The ``edgeseg`` app: registers each command group's commands and maps errors to exit codes; the
-commands live in one module per group (info, convert, measure, run, training, deploy), each a thin layer over the
-Python API.
+commands live in one module per group (info, convert, evaluation, measure, run, training, deploy), each a
+thin layer over the Python API.
 
 Heavy packages (PyTorch, onnx) are imported inside the commands that need them, so the device
 side (``run``, ``bench`` on ONNX) starts without PyTorch installed.
@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from edgeseg import __version__
-from edgeseg.cli import convert, deploy, info, measure, run, training
+from edgeseg.cli import convert, deploy, evaluation, info, measure, run, training
 from edgeseg.errors import EdgesegError
 from edgeseg.redact import redact
 
@@ -49,7 +49,7 @@ def _root(
 
 
 COMMANDS = {  # in the order `edgeseg --help` lists them
-    "info": info.info, "export": convert.export, "check": convert.check, "eval": measure.eval_, "run": run.run,
+    "info": info.info, "export": convert.export, "check": convert.check, "eval": evaluation.eval_, "run": run.run,
     "quantize": convert.quantize, "bench": measure.bench, "build": convert.build, "doctor": measure.doctor,
     "train": training.train, "soup": training.soup, "composites": training.composites, "deepstream": deploy.deepstream,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress, ProgressColumn
@@ -69,6 +70,11 @@ def parse_size(text: str) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise EdgesegError(f"--size {text!r} must be positive")
     return h, w
+
+
+def model_name(model: str) -> str:
+    """A file's name, or a served model's whole address: how the tables name a model."""
+    return model if "://" in model else Path(model).name
 
 
 def print_json(data: dict) -> None:
