@@ -88,9 +88,13 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     assert ck.meta.interpolation == "area"
     assert ck.meta.provenance["train_images"] == 5 and ck.meta.provenance["val_images"] == 1
     assert len(ck.extra["history"]) == 1 and np.isfinite(ck.extra["history"][0]["loss"])
-    # resume continues the same run
-    r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "2", "--batch", "3",
-            "--size", "32x32", "--seed", "1", "--dark", "0.5", "--resume", out.with_name("tiny.last.pth"))
+    # resume continues the same run, with the options it was started with (the step schedule's --epochs may grow)
+    args = ["train", "--data", pets3, "-o", out, "--limit", "6", "--batch", "3", "--size", "32x32", "--seed", "1",
+            "--resume", out.with_name("tiny.last.pth")]
+    r = cli(*args, "--epochs", "2", "--dark", "0.3")
+    assert r.code == 1 and "--dark was 0.5, now 0.3" in r.err and "--init" in r.err
+    assert len(load_checkpoint(out).extra["history"]) == 1  # refused before it trained
+    r = cli(*args, "--epochs", "2", "--dark", "0.5", "--device", "cpu", "--precision", "fp32")
     assert r.code == 0, r.err
     assert [h["epoch"] for h in load_checkpoint(out).extra["history"]] == [1, 2]
     # the training state beside it is not a model (no metadata: its input size would be a guess)
@@ -109,6 +113,17 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     assert first["models"][0]["miou"] != extra["models"][0]["miou"]
     r = cli("eval", out, "--data", pets3, "--data", pets3.parent / "oxford-pets-extra", "--limit", "2")
     assert r.code == 0 and "oxford-pets-3breeds / test" in r.out and "oxford-pets-extra / test" in r.out
+
+
+def test_a_resumed_run_keeps_its_recipe_but_may_move_machines():
+    from edgeseg.training.train import recipe_changes
+
+    started = {"lr": 1e-4, "schedule": "cosine", "epochs": 12, "data": "a, b", "cache": "t.npz", "device": "cpu"}
+    assert recipe_changes(started, {**started, "device": "cuda", "data": "", "cache": "u.npz"}) == []
+    assert recipe_changes(started, {**started, "epochs": 30}) == ["--epochs was 12, now 30"]  # cosine: its length
+    assert recipe_changes({**started, "schedule": "step"}, {**started, "schedule": "step", "epochs": 30}) == []
+    assert recipe_changes(started, {**started, "data": "a"}) == ["--data was 'a, b', now 'a'"]
+    assert recipe_changes(None, {**started, "lr": 1.0}) == []  # a state saved before recipes were recorded
 
 
 def test_lovasz_loss_is_one_minus_the_benchmarks_iou_on_hard_predictions(cli, pets3, tmp_path):

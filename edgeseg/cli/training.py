@@ -46,7 +46,8 @@ def train(
     extra_data: Annotated[Path | None, typer.Option(
         help="Photos with rough-masks/ (1 pet, 2 background) added to training, e.g. oxford-pets-37breeds-photos.")
     ] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue from a *.last.pth training state.")] = None,
+    resume: Annotated[Path | None, typer.Option(help=(
+        "Continue from a *.last.pth training state, with the options the run was started with."))] = None,
     init: Annotated[Path | None, typer.Option(help=(
         "Start from this checkpoint's weights (fine-tune: an edgeseg or notebook checkpoint) instead of a "
         "random init; a fresh optimizer and schedule."))] = None,

@@ -117,6 +117,25 @@ def portable(recipe: dict) -> dict:
             for k, v in recipe.items()}
 
 
+def recipe_changes(started: dict | None, now: dict) -> list[str]:
+    """The options of a resumed run that differ from the ones it was started with, as 'option was X, now Y'.
+    What only reports (the scene sets), where it runs (device, precision), the cache's name (a run moved to
+    a GPU machine) and --average (a mean of the epochs it holds, recorded so) may change; --data may be left
+    out when the cache holds the photos; --epochs may grow under the step schedule (the cosine one was laid
+    out over the epochs it started with, and its saved state keeps that length). A state saved before
+    edgeseg recorded its recipe is not checked."""
+    if started is None:
+        return []
+    free = {"device", "precision", "cache", "val_people", "val_numbered", "val_no_animal", "val_yolo", "yolo_split",
+            "animal_classes", "person_class", "average"}
+    if not (started.get("data") and now.get("data")):
+        free.add("data")
+    if started.get("schedule") == "step":
+        free.add("epochs")
+    return [f"--{k.replace('_', '-')} was {started.get(k)!r}, now {now.get(k)!r}"
+            for k in sorted(set(started) | set(now)) if k not in free and started.get(k) != now.get(k)]
+
+
 def initial_model(cfg: TrainConfig) -> tuple[nn.Module, dict]:
     """A fresh network, or ``cfg.init``'s weights to fine-tune. The second value is what the new checkpoint
     records of where it started: the parent's file hash and its own training record, so that a model
@@ -256,6 +275,7 @@ class Run:
     sched: torch.optim.lr_scheduler.LRScheduler | None
     gen: torch.Generator
     average_from: int  # the first epoch whose weights go into --average's mean
+    recipe: dict  # portable(cfg): a resumed run must have been started with the same
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"miou": -1.0, "epoch": 0})
     epoch: int = 0  # the last finished epoch
@@ -265,7 +285,7 @@ class Run:
     def start(cls, cfg: TrainConfig, model: nn.Module, gen: torch.Generator, resume: str | Path | None) -> Run:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         run = cls(model, opt, scheduler(opt, cfg), gen,
-                  cfg.epochs - cfg.average + 1 if cfg.average else cfg.epochs + 1)
+                  cfg.epochs - cfg.average + 1 if cfg.average else cfg.epochs + 1, portable(asdict(cfg)))
         if resume is not None:
             run.load_state(resume)
         return run
@@ -274,6 +294,9 @@ class Run:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "optimizer" not in state:
             raise EdgesegError("not a training state saved by edgeseg train (*.last.pth)", path)
+        if changed := recipe_changes(state.get("recipe"), self.recipe):
+            raise EdgesegError(f"this run was started with other options ({'; '.join(changed)}): resume it with "
+                               "the options it was started with, or start a new stage with --init", path)
         self.model.load_state_dict(state["state_dict"])
         self.opt.load_state_dict(state["optimizer"])
         if self.sched and state.get("scheduler"):
@@ -287,7 +310,7 @@ class Run:
     def save_state(self, path: Path) -> None:
         state = {"state_dict": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict() if self.sched else None, "history": self.history,
-                 "best": self.best, "epoch": self.epoch, "generator": self.gen.get_state(),
+                 "best": self.best, "epoch": self.epoch, "generator": self.gen.get_state(), "recipe": self.recipe,
                  "average": self.average.state_dict() if self.average is not None else None}
         atomic_write(path, lambda p: torch.save(state, p), force=True)
 
@@ -344,11 +367,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
         raise EdgesegError(f"--schedule {cfg.schedule!r}: expected {' or '.join(SCHEDULES)}")
     model, parent = initial_model(cfg)  # a bad --init is refused before the photos load
     checks = SceneChecks.from_config(cfg)  # so is a bad --val-* folder
-    data = load_data(cfg, progress)
     # channels-last: oneDNN's and cuDNN's fast layout for these convolutions (1.4x per CPU step in fp32)
-    run = Run.start(cfg, model.to(device, memory_format=torch.channels_last), gen, resume)
+    run = Run.start(cfg, model.to(device, memory_format=torch.channels_last), gen, resume)  # a bad --resume too
+    data = load_data(cfg, progress)
     loss_fn = training_loss(cfg.border_weight, cfg.lovasz, device)
-    recipe = portable(asdict(cfg))
+    recipe = run.recipe
     meta = model_meta(cfg, recipe, data)
 
     for epoch in run.remaining(cfg.epochs):
