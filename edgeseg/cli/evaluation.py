@@ -28,6 +28,7 @@ from edgeseg.training.recipe import TrainConfig
 VALIDATION = TrainConfig()  # train's default hold-out (--seed, its fraction), which --split holdout picks again
 LABELS_SHOWN = 5  # the eval table names the labels taking most of the pet pixels; --json has them all
 
+
 def eval_(
     models: Annotated[list[str], typer.Argument(help=(
         "Checkpoints and/or ONNX models, compared side by side; triton://HOST:PORT/NAME for a served one."))],
