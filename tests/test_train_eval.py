@@ -80,6 +80,7 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "1", "--batch", "3",
             "--size", "32x32", "--seed", "1", "--dark", "0.5")
     assert r.code == 0, r.err
+    assert "loading 6 photos" in r.out and "epoch 1/1  step 2/3  loss" in r.out  # a log's lines for the bar
     ck = load_checkpoint(out)
     assert ck.meta.arch == "segnet-dsc" and ck.meta.input_size == (32, 32)
     assert json.loads(cli("info", out, "--json").out)["extra"]["recipe"]["dark"] == 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -138,15 +139,25 @@ def train(
                       person_class=parse_person_class(person_class))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
+    log = not console.is_terminal  # a log file or a pipe gets plain lines where a terminal gets the bar
+    epoch_start = [time.monotonic()]
     with progress(*columns) as bar:
         task = bar.add_task("reading the split", total=None, status="")
 
         def report(ev: dict) -> None:
             if ev["event"] == "loading":
                 bar.update(task, description=f"loading {ev['total']} photos", completed=ev["done"], total=ev["total"])
+                if log and ev["done"] == 1:
+                    console.print(f"loading {ev['total']} photos")
             elif ev["event"] == "step":
                 bar.update(task, description=f"epoch {ev['epoch']}/{epochs}", completed=ev["step"], total=ev["steps"],
                            status=f"loss {ev['loss']:.4f}")
+                if ev["step"] == 1:
+                    epoch_start[0] = time.monotonic()
+                tenth = ev["step"] * 10 // ev["steps"]  # a line each tenth of an epoch; its end has its own
+                if log and tenth > (ev["step"] - 1) * 10 // ev["steps"] and ev["step"] < ev["steps"]:
+                    console.print(f"epoch {ev['epoch']}/{epochs}  step {ev['step']}/{ev['steps']}  loss "
+                                  f"{ev['loss']:.4f}  {time.monotonic() - epoch_start[0]:.0f}s")
             elif ev["event"] == "average":
                 mark = " *best" if ev["improved"] else ""
                 bar.console.print(f"mean of epochs {ev['epochs'][0]}-{ev['epochs'][1]}  val mIoU {ev['val_miou']:.4f}  "
