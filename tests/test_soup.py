@@ -38,6 +38,22 @@ def test_a_soup_is_the_mean_of_its_ingredients_and_records_them(cli, tmp_path, s
     shown = [line for line in cli("info", out).out.splitlines() if "soup of" in line]
     assert len(shown) == 2 and "child.pth" in shown[1] and "0.5000" in shown[1]
     assert json.loads(cli("info", out, "--json").out)["extra"]["soup_of"][1]["best"]["epoch"] == 2
+    assert "weights" not in made.meta.provenance and "weight" not in recorded[0]  # uniform: nothing to record
+    # weighted: three parts of the parent to one of the child, recorded with each ingredient
+    r = cli("soup", stage_z, child, "-o", out, "--weights", "3,1", "--force")
+    assert r.code == 0 and "segnet_dsc.pth 0.75, child.pth 0.25" in r.out, r.err
+    made = load_checkpoint(out)
+    m = made.model.state_dict()
+    for k in a:
+        want = 0.75 * a[k] + 0.25 * b[k] if a[k].is_floating_point() else a[k]
+        assert torch.allclose(m[k], want, atol=1e-6), k
+    assert made.meta.provenance["weights"] == [0.75, 0.25] and made.extra["soup_of"][1]["weight"] == 0.25
+    shown = [line for line in cli("info", out).out.splitlines() if "soup of" in line]
+    assert "child.pth (weight 0.25, sha256" in " ".join(shown[1].replace("│", " ").split())
+    for bad, says in (("1", "give 2 positive numbers"), ("1,-1", "give 2 positive numbers"),
+                      ("1,inf", "give 2 positive numbers"), ("1,x", "numbers separated by commas")):
+        r = cli("soup", stage_z, child, "-o", out, "--weights", bad, "--force")
+        assert r.code == 1 and says in r.err and "Traceback" not in r.err, r.err
 
 
 def test_a_soup_refuses_one_checkpoint_the_same_one_twice_another_model_and_an_existing_output(cli, tmp_path):

@@ -145,7 +145,8 @@ def _stage(part: dict) -> str:
     else:
         runs = f"{part['epochs_run']} epochs, " if "epochs_run" in part else ""
         what = f"{runs}best validation mIoU {(part.get('best') or {}).get('miou', float('nan')):.4f}"
-    return f"{part.get('file')} (sha256 {str(part.get('sha256'))[:12]}, {what}; info --json for its record)"
+    weight = f"weight {part['weight']:.3g}, " if "weight" in part else ""
+    return f"{part.get('file')} ({weight}sha256 {str(part.get('sha256'))[:12]}, {what}; info --json for its record)"
 
 
 def _short(value: object) -> object:

@@ -243,11 +243,22 @@ def soup(
     checkpoints: Annotated[list[Path], typer.Argument(help=(
         "Checkpoints fine-tuned from one parent (two or more), e.g. stages of train --init."), show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write.")],
+    weights: Annotated[str | None, typer.Option(help=(
+        "One positive number per checkpoint, in their order (e.g. 3,1): a weighted mean, scaled to sum to 1 "
+        "(default: the uniform mean)."))] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
-    """Average the weights of checkpoints (a uniform model soup): free at run time, sometimes better than each
+    """Average the weights of checkpoints (a model soup): free at run time, sometimes better than each
     ingredient, not always; check it with edgeseg eval before you keep it."""
     from edgeseg.training.soup import soup as make_soup
 
-    result = make_soup(checkpoints, output, force=force)
-    console.print(f"soup of {', '.join(result['ingredients'])} written to {result['out']}")
+    result = make_soup(checkpoints, output, force=force, weights=parse_weights(weights) if weights else None)
+    mix = ", ".join(f"{name} {w:.3g}" for name, w in zip(result["ingredients"], result["weights"], strict=True))
+    console.print(f"soup of {mix} written to {result['out']}")
+
+
+def parse_weights(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise EdgesegError(f"--weights {text!r}: give numbers separated by commas, one per checkpoint") from None

@@ -11,6 +11,7 @@ records each ingredient's file, hash and training record, as ``train --init`` re
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,12 +24,21 @@ from edgeseg.files import check_writable
 from edgeseg.training.train import training_record
 
 
-def soup(paths: Sequence[str | Path], out: str | Path, force: bool = False) -> dict:
+def soup(paths: Sequence[str | Path], out: str | Path, force: bool = False,
+         weights: Sequence[float] | None = None) -> dict:
     """Average ``paths`` (at least two checkpoints of one architecture, input size and classes) into
     ``out`` (the first one's metadata, its provenance naming the soup; each ingredient's provenance and
-    training record are kept under ``soup_of``); returns the output's path and the ingredients' file names."""
+    training record are kept under ``soup_of``); returns the output's path and the ingredients' file names.
+    ``weights``, one per checkpoint, makes it a weighted mean (scaled to sum to 1; recorded with each
+    ingredient): the interpolation between a stage and its parent that the uniform soup is the middle of."""
     if len(paths) < 2:
         raise EdgesegError("a soup needs at least two checkpoints (fine-tuned from one parent)")
+    if weights is None:
+        weights = [1.0] * len(paths)
+    if len(weights) != len(paths) or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise EdgesegError(f"--weights: give {len(paths)} positive numbers, one per checkpoint in their order "
+                           f"(got {', '.join(map(str, weights))})")
+    share = [w / sum(weights) for w in weights]
     out = check_writable(out, force=force)  # refused before any checkpoint is read
     loaded = [load_checkpoint(p) for p in paths]
     first = loaded[0]
@@ -42,12 +52,20 @@ def soup(paths: Sequence[str | Path], out: str | Path, force: bool = False) -> d
         if twin := next((loaded[j] for j in range(i) if all(torch.equal(v, states[j][k]) for k, v in state.items())),
                         None):
             raise EdgesegError(f"the same weights as {twin.path.name}: give each checkpoint once", loaded[i].path)
-    mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
-            for k, v in states[0].items()}  # num_batches_tracked: the first's (eval mode does not read it)
-    first.model.load_state_dict(mean)
+    uniform = len(set(share)) == 1
+
+    def mixed(k: str) -> torch.Tensor:  # the uniform soup as it always was: the mean, bit for bit
+        if uniform:
+            return torch.stack([s[k] for s in states]).mean(0)
+        return sum(w * s[k] for w, s in zip(share, states, strict=True))
+
+    # num_batches_tracked: the first's (eval mode does not read it)
+    first.model.load_state_dict({k: mixed(k) if v.is_floating_point() else v for k, v in states[0].items()})
     ingredients = [{"file": c.path.name, "sha256": c.sha256, "provenance": c.meta.provenance,
-                    **training_record(c.extra)} for c in loaded]
+                    **({} if uniform else {"weight": w}), **training_record(c.extra)}
+                   for c, w in zip(loaded, share, strict=True)]
     meta = dataclasses.replace(first.meta, provenance={"made_with": f"edgeseg {__version__} soup",
-                                                       "ingredients": [c.path.name for c in loaded]})
+                                                       "ingredients": [c.path.name for c in loaded],
+                                                       **({} if uniform else {"weights": share})})
     written = save_checkpoint(out, first.model, meta, {"soup_of": ingredients}, force=force)
-    return {"out": str(written), "ingredients": [c.path.name for c in loaded]}
+    return {"out": str(written), "ingredients": [c.path.name for c in loaded], "weights": share}
