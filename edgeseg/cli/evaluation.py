@@ -40,7 +40,8 @@ def eval_(
     split: Annotated[str, typer.Option(help=(
         "Split file in annotations/: test, trainval or list; or holdout: the photos `edgeseg train` with the same "
         "--data folders (in the same order) and --seed held out for validation, all folders as one set."))] = "test",
-    seed: Annotated[int, typer.Option(help="With --split holdout: train's --seed.")] = VALIDATION.seed,
+    seed: Annotated[int | None, typer.Option(help=f"With --split holdout: train's --seed (default {VALIDATION.seed}).")
+                    ] = None,
     limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
     backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime, openvino, tensorrt or torch.")
@@ -82,6 +83,12 @@ def eval_(
     if not data and not no_animal and not yolo and person_masks is None:
         raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
                            "--yolo (a YOLO segmentation folder) and/or --person-masks (photos with person masks)")
+    for given, option, needs in ((seed is not None and split != "holdout", "--seed", "--split holdout"),
+                                 (numbered is not None and person_masks is None, "--numbered", "--person-masks"),
+                                 (yolo_split is not None and not yolo, "--yolo-split", "--yolo")):
+        if given:
+            raise EdgesegError(f"{option} applies only with {needs}: add {needs} or leave {option} out")
+    seed = VALIDATION.seed if seed is None else seed
     animals = parse_classes(animal_classes)
     people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \
         if person_masks is not None else []
