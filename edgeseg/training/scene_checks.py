@@ -36,6 +36,8 @@ class SceneChecks:
         """The sets ``cfg`` names, read (and refused, naming the folder) before training starts; None without any."""
         if cfg.val_numbered and not cfg.val_people:
             raise EdgesegError("--val-numbered selects photos of --val-people: give that folder too")
+        if cfg.yolo_split and not cfg.val_yolo:
+            raise EdgesegError("--yolo-split selects the split of --val-yolo: give that set too")
         if not (cfg.val_people or cfg.val_no_animal or cfg.val_yolo):
             return None
         numbered = scenes.parse_range(cfg.val_numbered, "--val-numbered") if cfg.val_numbered else None
