@@ -78,7 +78,7 @@ def test_eval_scores_each_breed_on_its_own_photos(pets3):
 def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     out = tmp_path / "tiny.pth"
     r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "1", "--batch", "3",
-            "--size", "32x32", "--seed", "1", "--dark", "0.5")
+            "--size", "32x32", "--seed", "1", "--dark", "0.5", "--cache", tmp_path / "tiny.npz")
     assert r.code == 0, r.err
     assert "loading 6 photos" in r.out and "epoch 1/1  step 2/3  loss" in r.out  # a log's lines for the bar
     ck = load_checkpoint(out)
@@ -91,12 +91,13 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     assert len(ck.extra["history"]) == 1 and np.isfinite(ck.extra["history"][0]["loss"])
     # resume continues the same run, with the options it was started with (the step schedule's --epochs may grow)
     args = ["train", "--data", pets3, "-o", out, "--limit", "6", "--batch", "3", "--size", "32x32", "--seed", "1",
-            "--resume", out.with_name("tiny.last.pth")]
+            "--resume", out.with_name("tiny.last.pth"), "--cache", tmp_path / "tiny.npz"]
     r = cli(*args, "--epochs", "2", "--dark", "0.3")
     assert r.code == 1 and "--dark was 0.5, now 0.3" in r.err and "--init" in r.err
     assert len(load_checkpoint(out).extra["history"]) == 1  # refused before it trained
     r = cli(*args, "--epochs", "2", "--dark", "0.5", "--device", "cpu", "--precision", "fp32")
     assert r.code == 0, r.err
+    assert f"reading the training cache {tmp_path / 'tiny.npz'}" in r.out and "loading" not in r.out
     assert [h["epoch"] for h in load_checkpoint(out).extra["history"]] == [1, 2]
     # the training state beside it is not a model (no metadata: its input size would be a guess)
     r = cli("export", out.with_name("tiny.last.pth"), "-o", tmp_path / "x.onnx")

@@ -98,8 +98,10 @@ def test_cache_travels_without_the_photos_and_trains(pets3, tmp_path):
     assert ts.names == direct.names and (ts.masks == direct.masks).all() and (ts.negative == direct.negative).all()
     assert np.abs(ts.images.astype(int) - direct.images).mean() < 3  # JPEG quality 95
     # on a machine without the photos: the cache alone
+    events: list[dict] = []
     again = train(TrainConfig(data=(), epochs=1, batch=4, size=(32, 32), negatives=0.2, cache=str(cache)),
-                  tmp_path / "b.pth")
+                  tmp_path / "b.pth", progress=events.append)
+    assert events[0] == {"event": "cache", "path": str(cache)}  # a log's first line, before the cache decodes
     assert again["history"][0]["loss"] > 0 and first["history"][0]["loss"] > 0
     four = train(TrainConfig(data=(), epochs=1, batch=4, size=(32, 32), negatives=0.2, cache=str(cache), limit=4),
                  tmp_path / "e.pth")

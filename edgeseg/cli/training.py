@@ -145,7 +145,11 @@ def train(
         task = bar.add_task("reading the split", total=None, status="")
 
         def report(ev: dict) -> None:
-            if ev["event"] == "loading":
+            if ev["event"] == "cache":
+                bar.update(task, description=f"reading {Path(ev['path']).name}")
+                if log:
+                    console.print(f"reading the training cache {ev['path']}")
+            elif ev["event"] == "loading":
                 bar.update(task, description=f"loading {ev['total']} photos", completed=ev["done"], total=ev["total"])
                 if log and ev["done"] == 1:
                     console.print(f"loading {ev['total']} photos")

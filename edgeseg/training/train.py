@@ -175,6 +175,8 @@ def training_set(cfg: TrainConfig, progress: Progress | None = None) -> trainset
     if samples is not None and cfg.limit:
         samples = samples[: cfg.limit]
     if cache is not None and cache.exists():
+        if progress:
+            progress({"event": "cache", "path": str(cache)})
         ts, info = trainset.load_cache(cache)
         if samples is None and cfg.limit:  # the cache alone: its first photos (with their crops)
             first = set(list(dict.fromkeys(ts.names))[: cfg.limit])
