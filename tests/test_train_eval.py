@@ -571,7 +571,7 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
     r = cli("train", *quick, "--val-numbered", "1-2")
     assert r.code == 1 and "--val-people" in r.err and not (tmp_path / "x.pth").exists()
     r = cli("train", *quick, "--yolo-split", "val")
-    assert r.code == 1 and "give that set too" in r.err and not (tmp_path / "x.pth").exists()
+    assert r.code == 1 and "--yolo-split selects the split of --val-yolo" in r.err and not (tmp_path / "x.pth").exists()
     r = cli("train", *quick, "--val-people", people, "--val-numbered", "3-2")
     assert r.code == 1 and "--val-numbered '3-2'" in r.err and not (tmp_path / "x.pth").exists()
     (tmp_path / "empty").mkdir()
