@@ -572,6 +572,9 @@ def test_train_scores_scene_sets_after_every_epoch_as_eval_scores_its_checkpoint
     assert r.code == 1 and "--val-people" in r.err and not (tmp_path / "x.pth").exists()
     r = cli("train", *quick, "--yolo-split", "val")
     assert r.code == 1 and "--yolo-split selects the split of --val-yolo" in r.err and not (tmp_path / "x.pth").exists()
+    for option, value in (("--animal-classes", "cat"), ("--person-class", "0")):
+        r = cli("train", *quick, option, value)
+        assert r.code == 1 and f"{option} applies only with --val-yolo" in r.err and not (tmp_path / "x.pth").exists()
     r = cli("train", *quick, "--val-people", people, "--val-numbered", "3-2")
     assert r.code == 1 and "--val-numbered '3-2'" in r.err and not (tmp_path / "x.pth").exists()
     (tmp_path / "empty").mkdir()

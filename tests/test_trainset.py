@@ -166,6 +166,8 @@ def test_eval_holdout_scores_the_photos_train_validates_on(cli, exported, pets3,
     assert r.code == 0 and "holdout: 2 images" in r.out
     for given, needs in ((["--data", a, "--seed", "3"], "--split holdout"),  # else silently the test split
                          (["--data", a, "--numbered", "1-3"], "--person-masks"),
-                         (["--data", a, "--yolo-split", "val"], "--yolo")):
+                         (["--data", a, "--yolo-split", "val"], "--yolo"),
+                         (["--data", a, "--animal-classes", "cat"], "--yolo"),
+                         (["--data", a, "--person-class", "none"], "--yolo")):
         r = cli("eval", onnx_path, *given)
         assert r.code == 1 and f"{given[2]} applies only with {needs}" in r.err and "Traceback" not in r.err

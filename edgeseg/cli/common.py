@@ -55,6 +55,21 @@ def parse_person_class(text: str) -> int | str | None:
     return None if text.lower() == "none" else int(text) if text.isdigit() else text
 
 
+def yolo_classes(animal_classes: str | None, person_class: str | None, sets_option: str, sets_given: bool
+                 ) -> tuple[list[int | str], int | str | None]:
+    """``--animal-classes`` and ``--person-class`` parsed, or the recipe's defaults (COCO-80's cat and dog, the
+    class named person) where not given; either given without a YOLO set (``sets_option``: ``--yolo`` or
+    ``--val-yolo``) is refused, not ignored."""
+    from edgeseg.training.recipe import TrainConfig  # the dataclass alone: no PyTorch
+
+    for text, option in ((animal_classes, "--animal-classes"), (person_class, "--person-class")):
+        if text is not None and not sets_given:
+            raise EdgesegError(f"{option} applies only with {sets_option}: add {sets_option} or leave {option} out")
+    default = TrainConfig()
+    return (parse_classes(animal_classes) if animal_classes is not None else list(default.animal_classes),
+            parse_person_class(person_class) if person_class is not None else default.person_class)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"128x160"`` or ``"128"`` -> (height, width)."""
     parts = text.lower().replace(" ", "").split("x")

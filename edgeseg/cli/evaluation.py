@@ -15,12 +15,11 @@ from edgeseg.cli.common import (
     REGION_HELP,
     UPSAMPLE_HELP,
     model_name,
-    parse_classes,
-    parse_person_class,
     print_json,
     print_table,
     progress,
     set_mask_options,
+    yolo_classes,
 )
 from edgeseg.errors import EdgesegError
 from edgeseg.training.recipe import TrainConfig
@@ -55,11 +54,12 @@ def eval_(
     yolo_split: Annotated[str | None, typer.Option(help=(
         "With --yolo: the split scored, train, val or test (a dataset YAML: default val; a folder: images/SPLIT/, "
         "default all of images/)."))] = None,
-    animal_classes: Annotated[str, typer.Option(help="With --yolo: the classes that are animals, ids or names "
-                                                     "(COCO-80: 15 cat, 16 dog).")] = "15,16",
-    person_class: Annotated[str, typer.Option(help=(
+    animal_classes: Annotated[str | None, typer.Option(help=(
+        "With --yolo: the classes that are animals, ids or names (default 15,16: COCO-80's cat and dog)."))
+    ] = None,
+    person_class: Annotated[str | None, typer.Option(help=(
         "With --yolo: the class of people, an id or a name (default: the class named person; in a set without "
-        "names, COCO-80's 0), or none."))] = "person",
+        "names, COCO-80's 0), or none."))] = None,
     person_masks: Annotated[Path | None, typer.Option(help=(
         "Photos with person masks (images/N.jpg, masks/N.png; 0 background): the share of person pixels called "
         "pet."))] = None,
@@ -89,10 +89,9 @@ def eval_(
         if given:
             raise EdgesegError(f"{option} applies only with {needs}: add {needs} or leave {option} out")
     seed = VALIDATION.seed if seed is None else seed
-    animals = parse_classes(animal_classes)
+    animals, person = yolo_classes(animal_classes, person_class, "--yolo", bool(yolo))
     people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \
         if person_masks is not None else []
-    person = parse_person_class(person_class)
     yolo_sets = [(s, s.class_ids(animals, "--animal-classes"), s.person_id(person))
                  for s in (load_yolo_set(path, yolo_split) for path in yolo or ())]
     splits = ([(" + ".join(map(str, data)), holdout_samples(data, VALIDATION.val_fraction, seed)[:limit or None])]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, parse_classes, parse_person_class, parse_size, progress
+from edgeseg.cli.common import console, parse_size, progress, yolo_classes
 from edgeseg.cli.info import best_epoch, scene_summary
 from edgeseg.errors import EdgesegError
 from edgeseg.training.recipe import TrainConfig
@@ -105,12 +105,12 @@ def train(
     yolo_split: Annotated[str | None, typer.Option(help=(
         "With --val-yolo: the split scored, train, val or test (a dataset YAML: default val; a folder: "
         "images/SPLIT/, default all of images/)."))] = RECIPE.yolo_split,
-    animal_classes: Annotated[str, typer.Option(help="With --val-yolo: the classes that are animals, ids or names "
-                                                     "(COCO-80: 15 cat, 16 dog).")
-                          ] = ",".join(map(str, RECIPE.animal_classes)),
-    person_class: Annotated[str, typer.Option(help=(
+    animal_classes: Annotated[str | None, typer.Option(help=(
+        "With --val-yolo: the classes that are animals, ids or names (default 15,16: COCO-80's cat and dog)."))
+    ] = None,
+    person_class: Annotated[str | None, typer.Option(help=(
         "With --val-yolo: the class of people, an id or a name (default: the class named person; in a set "
-        "without names, COCO-80's 0), or none."))] = str(RECIPE.person_class),
+        "without names, COCO-80's 0), or none."))] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
 ) -> None:
     """Train SegNet-DSC (or SegNet) on Oxford-IIIT Pet; the defaults are the recipe of the bundled model's first
@@ -124,6 +124,7 @@ def train(
         raise EdgesegError(f"--size {size}: height and width must be multiples of 16 (four 2x2 poolings)")
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
+    animals, person = yolo_classes(animal_classes, person_class, "--val-yolo", bool(val_yolo))
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
                       border_weight=border_weight, lovasz=lovasz, average=average, rotate=rotate, blur=blur, gray=gray,
                       dark=dark, cache=str(cache) if cache else None,
@@ -135,8 +136,7 @@ def train(
                       val_people=str(val_people) if val_people else None, val_numbered=val_numbered,
                       val_no_animal=tuple(str(f) for f in val_no_animal or ()),
                       val_yolo=tuple(str(f) for f in val_yolo or ()), yolo_split=yolo_split,
-                      animal_classes=tuple(parse_classes(animal_classes)),
-                      person_class=parse_person_class(person_class))
+                      animal_classes=tuple(animals), person_class=person)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     log = not console.is_terminal  # a log file or a pipe gets plain lines where a terminal gets the bar
