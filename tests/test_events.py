@@ -97,6 +97,10 @@ def test_every_frame_is_one_json_line_on_a_video(cli, tmp_path):
     assert [(e["event"], e["frame"]) for e in changes] == [("appeared", 1), ("left", 7)]
     r = cli("run", MODEL, "--source", video, "--zone", "left:0,0,1,0,1,1")
     assert r.code == 1 and "add --events FILE (or -) or --mqtt URL" in r.err
+    r = cli("run", MODEL, "--source", video, "--min-frames", "2")
+    assert r.code == 1 and "--min-frames describe events: add --events FILE (or -) or --mqtt URL" in r.err
+    r = cli("run", MODEL, "--source", video, "--events", "-", "--min-frames", "2")  # every frame: nothing to debounce
+    assert r.code == 1 and "--min-frames debounces --events-on change" in r.err and not r.out
 
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")

@@ -220,6 +220,18 @@ def test_the_server_is_not_imported_without_serve(tmp_path):
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.parametrize(("option", "refused"), [
+    (("--serve-token", "t"), "--serve-token applies only with --serve"),
+    (("--serve-quality", "50"), "--serve-quality applies only with --serve"),
+    (("--serve-width", "320"), "--serve-width applies only with --serve"),
+    (("--serve-fps", "5"), "--serve-fps applies only with --serve"),
+    (("--width", "640"), "--width applies only to cameras"),  # the source's options: sources.check_options
+])
+def test_an_option_run_would_ignore_is_refused_in_one_line(cli, option, refused):
+    r = cli("run", MODEL, "--source", REPO / "calibration", *option, "--max-frames", "1")
+    assert r.code == 1 and refused in r.err and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+
+
 @pytest.mark.parametrize("token", ["", "   "])
 def test_an_empty_token_is_refused_not_taken_for_no_authentication(cli, token):
     """`--serve-token "$TOKEN"` with TOKEN unset: "" == "" would let every request in (review #39 item 1)."""

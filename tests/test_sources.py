@@ -3,6 +3,7 @@ told to wait for ever, and readers that are stopped (review #39 items 5-8 and 19
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, FakeCamera
 
+from edgeseg.errors import EdgesegError
 from edgeseg.runtime.loop.live import LiveSource
 from edgeseg.runtime.loop.sources import MAX_NAME_BYTES, FileSource, open_source, output_names
 
@@ -68,6 +70,33 @@ def test_closing_a_file_source_stops_its_reader(tmp_path):
     next(iter(src))
     src.close()
     assert src._thread is not None and not src._thread.is_alive()
+
+
+@pytest.mark.parametrize(("spec", "options", "refused"), [
+    ("folder", {"width": 640}, "--width applies only to cameras (--camera N, /dev/videoN, csi://N), and this "
+                                "source is a folder"),
+    ("clip.mp4", {"recursive": True}, "--recursive applies only to folders, and this source is a video file"),
+    ("folder/a.jpg", {"fps": 15}, "--fps applies only to cameras"),
+    ("folder/*.jpg", {"flip": 2}, "--flip applies only to csi://N cameras, and this source is a glob pattern"),
+    ("rtsp://user:secret@cam/stream", {"height": 480}, "this source is a stream URL"),
+    ("videotestsrc ! appsink", {"width": 640}, "this source is a GStreamer pipeline"),
+    (0, {"loop": True}, "--loop applies only to folders, globs, images and video files, and this source is a camera"),
+    ("csi://0", {"recursive": True}, "this source is a CSI camera"),
+])
+def test_an_option_the_source_would_ignore_is_refused_before_it_opens(tmp_path, monkeypatch, spec, options, refused):
+    monkeypatch.chdir(tmp_path)
+    photo(tmp_path / "folder" / "a.jpg")
+    (tmp_path / "clip.mp4").write_bytes(b"")  # never read: the refusal comes first
+    with pytest.raises(EdgesegError, match=re.escape(refused)) as e:
+        open_source(spec, **options)
+    assert "secret" not in str(e.value)
+
+
+def test_the_options_a_source_uses_are_taken(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    photo(tmp_path / "folder" / "sub" / "a.jpg")
+    src = open_source("folder", recursive=True, loop=True)
+    assert isinstance(src, FileSource) and [p.name for p in src.paths] == ["a.jpg"]
 
 
 def drain(src: LiveSource, seconds: float) -> int:

@@ -104,17 +104,21 @@ def run(
         "unless given; 0.0.0.0 opens it to the network."))] = None,
     serve_token: Annotated[str | None, typer.Option(help=(
         "A token the page and stream require (?token=... or Authorization: Bearer)."))] = None,
-    serve_quality: Annotated[int, typer.Option(help="JPEG quality of the stream (10..100).")] = 80,
-    serve_width: Annotated[int, typer.Option(min=16, help="Streamed frames are scaled down to this width.")] = 640,
-    serve_fps: Annotated[float, typer.Option(help="Most frames per second encoded for viewers.")] = 15.0,
+    serve_quality: Annotated[int | None, typer.Option(help="JPEG quality of the stream (10..100; default 80).")
+                             ] = None,
+    serve_width: Annotated[int | None, typer.Option(min=16, help=(
+        "Streamed frames are scaled down to this width (default 640)."))] = None,
+    serve_fps: Annotated[float | None, typer.Option(help="Most frames per second encoded for viewers (default 15).")
+                         ] = None,
     events: Annotated[str | None, typer.Option(help=(
         "Write one JSON line per frame to this file (- for stdout): pet in view, share of the frame, bounding "
         "box and centroid in frame pixels, zones, latency."))] = None,
     events_on: Annotated[str, typer.Option(help=(
         "every (each frame) or change (only when a pet appears or leaves, or a zone fills or empties)."))
     ] = "every",
-    min_frames: Annotated[int, typer.Option(min=1, help=(
-        "Frames in a row a change must last before --events-on change reports it (debouncing)."))] = 3,
+    min_frames: Annotated[int | None, typer.Option(min=1, help=(
+        "Frames in a row a change must last before --events-on change reports it (debouncing; default 3)."))
+    ] = None,
     zone: Annotated[list[str] | None, typer.Option(help=(
         "NAME:x1,y1,x2,y2,... a polygon in 0..1 frame coordinates; repeat it for several. Events and the live "
         "page give the share of each zone a pet covers."))] = None,
@@ -148,6 +152,12 @@ def run(
                       max_frames=max_frames, duration=duration, warmup=warmup, force=force, smooth=smooth,
                       pipeline=pipeline)
     check_outputs(opts, renderer.view)
+    stream_options = (("--serve-token", "token", serve_token), ("--serve-quality", "quality", serve_quality),
+                      ("--serve-width", "max_width", serve_width), ("--serve-fps", "fps", serve_fps))
+    stream = {kwarg: value for _, kwarg, value in stream_options if value is not None}
+    if serve is None and stream:
+        option = next(o for o, _, value in stream_options if value is not None)
+        raise EdgesegError(f"{option} applies only with --serve: add --serve [HOST:]PORT or leave {option} out")
     predictor = load_predictor(model, backend=backend, threads=threads, precision=precision,
                                retry_seconds=3.0 if reconnect is None else reconnect)
     set_mask_options(predictor, upsample, region_confidence)
@@ -160,8 +170,7 @@ def run(
         from edgeseg.runtime.loop.serve import LOOPBACK, StreamServer, parse_address
 
         host, port = parse_address(serve)
-        server = StreamServer(host, port, token=serve_token, quality=serve_quality, max_width=serve_width,
-                              fps=serve_fps, title=f"edgeseg: {Path(model).name} on {src.label}")
+        server = StreamServer(host, port, **stream, title=f"edgeseg: {Path(model).name} on {src.label}")
         if host not in LOOPBACK and serve_token is None:
             say(f"[yellow]warning:[/] serving on {host}:{server.port} without authentication: anyone who "
                           "can reach this port sees the camera; add --serve-token")
@@ -209,16 +218,20 @@ def run(
 
 
 
-def _events(label: str, where: str | None, on: str, min_frames: int, zones: list[str], mqtt: str | None,
+def _events(label: str, where: str | None, on: str, min_frames: int | None, zones: list[str], mqtt: str | None,
             force: bool):
     """The run's Events, with its outputs (a JSON Lines file or stdout, an MQTT broker); None without them."""
     if where is None and mqtt is None:
-        if zones or on != "every":
-            raise EdgesegError("--zone and --events-on describe events: add --events FILE (or -) or --mqtt URL")
+        if zones or on != "every" or min_frames is not None:
+            raise EdgesegError("--zone, --events-on and --min-frames describe events: add --events FILE (or -) or "
+                               "--mqtt URL")
         return None
+    if min_frames is not None and on != "change":
+        raise EdgesegError("--min-frames debounces --events-on change: add that or leave --min-frames out")
     from edgeseg.runtime.loop.events import Events, JsonLines, Zone
 
-    events = Events(label, [Zone.parse(z) for z in zones], on, min_frames)  # checks before anything opens
+    events = Events(label, [Zone.parse(z) for z in zones], on,  # checks before anything opens
+                    Events.min_frames if min_frames is None else min_frames)
     if where is not None:
         events.outputs.append(JsonLines(where, force))
     if mqtt is not None:
