@@ -100,7 +100,7 @@ def test_every_frame_is_one_json_line_on_a_video(cli, tmp_path):
     r = cli("run", MODEL, "--source", video, "--min-frames", "2")
     assert r.code == 1 and "--min-frames describe events: add --events FILE (or -) or --mqtt URL" in r.err
     r = cli("run", MODEL, "--source", video, "--events", "-", "--min-frames", "2")  # every frame: nothing to debounce
-    assert r.code == 1 and "--min-frames debounces --events-on change" in r.err and not r.out
+    assert r.code == 1 and "--min-frames applies only with --events-on change" in r.err and not r.out
 
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")

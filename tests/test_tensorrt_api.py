@@ -174,6 +174,9 @@ def test_int8_from_qdq_and_from_calib(trt, tmp_path, int8_model):
     assert r.returncode == 0, r.stderr
     assert "QuantizeLinear" in log["builds"][0]["ops"]
     assert json.loads((tmp_path / "c.engine.json").read_text())["calibration_sha256"]
+    r, _ = fake(trt, "build", int8_model, "--precision", "int8", "--calib", REPO / "calibration",
+                "-o", tmp_path / "x.engine", tmp_path=tmp_path)  # its ranges would win: --calib refused, not ignored
+    assert r.returncode == 1 and "quantized already" in r.stderr and not (tmp_path / "x.engine").exists()
 
 
 def test_dla_with_gpu_fallback_and_a_clear_error_without_dla(trt, tmp_path):

@@ -55,16 +55,23 @@ def parse_person_class(text: str) -> int | str | None:
     return None if text.lower() == "none" else int(text) if text.isdigit() else text
 
 
+def refuse_ignored(*rules: tuple[bool, str, str]) -> None:
+    """Options given where they would do nothing are refused, not ignored: the user who set one expects it to
+    count. Each rule is (the option would be ignored, the option, what it applies with)."""
+    for ignored, option, needs in rules:
+        if ignored:
+            raise EdgesegError(f"{option} applies only with {needs}: add {needs} or leave {option} out")
+
+
 def yolo_classes(animal_classes: str | None, person_class: str | None, sets_option: str, sets_given: bool
                  ) -> tuple[list[int | str], int | str | None]:
     """``--animal-classes`` and ``--person-class`` parsed, or the recipe's defaults (COCO-80's cat and dog, the
     class named person) where not given; either given without a YOLO set (``sets_option``: ``--yolo`` or
-    ``--val-yolo``) is refused, not ignored."""
+    ``--val-yolo``) is refused."""
     from edgeseg.training.recipe import TrainConfig  # the dataclass alone: no PyTorch
 
-    for text, option in ((animal_classes, "--animal-classes"), (person_class, "--person-class")):
-        if text is not None and not sets_given:
-            raise EdgesegError(f"{option} applies only with {sets_option}: add {sets_option} or leave {option} out")
+    refuse_ignored((animal_classes is not None and not sets_given, "--animal-classes", sets_option),
+                   (person_class is not None and not sets_given, "--person-class", sets_option))
     default = TrainConfig()
     return (parse_classes(animal_classes) if animal_classes is not None else list(default.animal_classes),
             parse_person_class(person_class) if person_class is not None else default.person_class)

@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, kv_table, parse_size, print_json, print_table, progress
+from edgeseg.cli.common import console, kv_table, parse_size, print_json, print_table, progress, refuse_ignored
 from edgeseg.errors import EdgesegError
+
+VERIFY_LIMIT = 64  # --verify-images: the photos verified unless --verify-limit says otherwise
 
 
 def _load_verify_images(folder: Path, meta, size: tuple[int, int], limit: int):
@@ -29,7 +31,7 @@ def export(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="ONNX path (default: next to it).")] = None,
     size: Annotated[str | None, typer.Option(help="Input HxW, multiples of 16 (default: the checkpoint's).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (13..21; TensorRT 10 takes up to 20).")] = 17,
-    batch: Annotated[int, typer.Option(help="Static batch size.")] = 1,
+    batch: Annotated[int | None, typer.Option(help="Static batch size (default 1).")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Leave the batch dimension dynamic.")] = False,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim.")] = True,
     with_argmax: Annotated[str | None, typer.Option(
@@ -38,7 +40,8 @@ def export(
         "--flip-average", help="Average each frame's logits with its mirror image's, in the graph (twice the "
         "compute; see the model card for what it buys).")] = False,
     verify_images: Annotated[Path | None, typer.Option(help="Also verify on these photos (a folder).")] = None,
-    verify_limit: Annotated[int, typer.Option(help="At most this many --verify-images (0: all).")] = 64,
+    verify_limit: Annotated[int | None, typer.Option(help=(
+        f"At most this many --verify-images (0: all; default {VERIFY_LIMIT})."))] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -50,15 +53,19 @@ def export(
     from edgeseg.compile.export import export as run_export
     from edgeseg.files import check_writable
 
+    refuse_ignored((verify_limit is not None and verify_images is None, "--verify-limit", "--verify-images"))
+    if batch is not None and dynamic_batch:
+        raise EdgesegError("--batch fixes the batch size and --dynamic-batch leaves it open: give one of them")
     opts = ExportOptions(size=parse_size(size) if size else None, opset=opset,
-                         batch=None if dynamic_batch else batch, simplify=simplify, with_argmax=with_argmax,
+                         batch=None if dynamic_batch else batch or 1, simplify=simplify, with_argmax=with_argmax,
                          flip_average=flip_average)
     validate_options(opts)
     output = output or checkpoint.with_suffix(".onnx")
     check_writable(output, force)
     ckpt = load_checkpoint(checkpoint)
     size_hw = opts.size or ckpt.meta.input_size
-    images = _load_verify_images(verify_images, ckpt.meta, size_hw, verify_limit) if verify_images else None
+    images = _load_verify_images(verify_images, ckpt.meta, size_hw, VERIFY_LIMIT if verify_limit is None
+                                 else verify_limit) if verify_images else None
     with console.status("exporting and verifying..."):
         r = run_export(ckpt, output, opts, verify_images=images, force=force)
     if as_json:
@@ -128,16 +135,20 @@ def quantize(
     method: Annotated[str, typer.Option(help=(
         "Calibration: minmax, entropy, percentile, or auto: minmax for cpu, percentile for tensorrt (measured on "
         "the bundled model: models/README.md), the stored ranges' own method with --calib-ranges."))] = "auto",
-    percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
-    num_images: Annotated[int, typer.Option(help="Random subset of the calibration photos (0: all).")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of that subset.")] = 0,
+    percentile: Annotated[float | None, typer.Option(help="Percentile for --method percentile (default 99.999).")
+                          ] = None,
+    num_images: Annotated[int | None, typer.Option(help=(
+        "Random subset of the calibration photos (0: all; default 200)."))] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of that subset (default 0).")] = None,
     val: Annotated[Path | None, typer.Option(
         help="Accuracy gate data: Oxford-layout folder (mIoU) or photos (agreement with FP32).")] = None,
-    val_limit: Annotated[int, typer.Option(help="Only the first N validation images (0: all).")] = 0,
-    max_drop: Annotated[float, typer.Option(help="Largest mIoU drop in points the gate accepts (--val with masks).")
-    ] = 1.0,
-    min_agreement: Annotated[float, typer.Option(
-        help="Smallest share of pixels whose class INT8 keeps (--val with photos only).", min=0.0, max=1.0)] = 0.95,
+    val_limit: Annotated[int | None, typer.Option(help="Only the first N validation images (0: all, the default).")
+                         ] = None,
+    max_drop: Annotated[float | None, typer.Option(help=(
+        "Largest mIoU drop in points the gate accepts (--val with masks; default 1.0)."))] = None,
+    min_agreement: Annotated[float | None, typer.Option(help=(
+        "Smallest share of pixels whose class INT8 keeps (--val with photos only; default 0.95)."), min=0.0, max=1.0)
+    ] = None,
     save_ranges: Annotated[Path | None, typer.Option(help="Also write the activation ranges here.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads for the gate's inference.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
@@ -148,11 +159,19 @@ def quantize(
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-    from edgeseg.compile.quantize import QuantizeOptions
+    from edgeseg.compile.quantize import DEFAULT_METHODS, QuantizeOptions
     from edgeseg.compile.quantize import quantize as run_quantize
 
+    from_photos = {"percentile": percentile, "num_images": num_images, "seed": seed}
+    gate = {"val_limit": val_limit, "max_drop": max_drop, "min_agreement": min_agreement, "threads": threads}
+    method_used = DEFAULT_METHODS.get(target, method) if method == "auto" else method  # from photos
+    refuse_ignored(*((value is not None and calib is None, f"--{name.replace('_', '-')}", "--calib")
+                     for name, value in from_photos.items()),
+                   (percentile is not None and method_used != "percentile", "--percentile", "--method percentile"),
+                   *((value is not None and val is None, f"--{name.replace('_', '-')}", "--val")
+                     for name, value in gate.items()))
     output = output or model.with_name(model.stem + (".int8.onnx" if target == "cpu" else f".int8-{target}.onnx"))
-    opts = QuantizeOptions(target=target, method=method, percentile=percentile, num_images=num_images, seed=seed)
+    opts = QuantizeOptions(target=target, method=method, **{k: v for k, v in from_photos.items() if v is not None})
     with progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), quiet=as_json) as bar:
         tasks: dict[str, int] = {}
 
@@ -162,8 +181,8 @@ def quantize(
             bar.update(tasks[stage], completed=i)
 
         r = run_quantize(model, output, opts, calib_dir=calib, calib_ranges=calib_ranges, val=val,
-                         max_drop=max_drop, val_limit=val_limit, save_ranges=save_ranges, force=force,
-                         threads=threads, progress=stage_done, min_agreement=min_agreement)
+                         save_ranges=save_ranges, force=force, progress=stage_done,
+                         **{k: v for k, v in gate.items() if v is not None})
     if as_json:
         print_json(asdict(r))
     else:

@@ -18,6 +18,7 @@ from edgeseg.cli.common import (
     print_json,
     print_table,
     progress,
+    refuse_ignored,
     set_mask_options,
     yolo_classes,
 )
@@ -83,11 +84,9 @@ def eval_(
     if not data and not no_animal and not yolo and person_masks is None:
         raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
                            "--yolo (a YOLO segmentation folder) and/or --person-masks (photos with person masks)")
-    for given, option, needs in ((seed is not None and split != "holdout", "--seed", "--split holdout"),
-                                 (numbered is not None and person_masks is None, "--numbered", "--person-masks"),
-                                 (yolo_split is not None and not yolo, "--yolo-split", "--yolo")):
-        if given:
-            raise EdgesegError(f"{option} applies only with {needs}: add {needs} or leave {option} out")
+    refuse_ignored((seed is not None and split != "holdout", "--seed", "--split holdout"),
+                   (numbered is not None and person_masks is None, "--numbered", "--person-masks"),
+                   (yolo_split is not None and not yolo, "--yolo-split", "--yolo"))
     seed = VALIDATION.seed if seed is None else seed
     animals, person = yolo_classes(animal_classes, person_class, "--yolo", bool(yolo))
     people = scenes.person_pairs(person_masks, scenes.parse_range(numbered) if numbered else None) \

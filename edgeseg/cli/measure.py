@@ -17,6 +17,7 @@ from edgeseg.cli.common import (
     print_json,
     print_table,
     progress,
+    refuse_ignored,
 )
 from edgeseg.errors import EdgesegError
 
@@ -33,7 +34,8 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 10,
     batch: Annotated[int, typer.Option(help="Images per inference.")] = 1,
     data: Annotated[Path | None, typer.Option(help="Oxford-layout folder: add mIoU and agreement.")] = None,
-    data_limit: Annotated[int, typer.Option(help="Only the first N test images for accuracy (0: all).")] = 0,
+    data_limit: Annotated[int | None, typer.Option(help=(
+        "Only the first N test images of --data for accuracy (0: all, the default)."))] = None,
     end_to_end: Annotated[bool, typer.Option(help="Time preprocess + inference + postprocess on photos.")] = False,
     images: Annotated[Path | None, typer.Option(help="Photos for --end-to-end (default: DATA/images).")] = None,
     peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Measure the machine's matmul peak.")] = True,
@@ -50,6 +52,8 @@ def bench(
     from edgeseg.bench import bench as run_bench
     from edgeseg.files import atomic_write, check_writable
 
+    refuse_ignored((data_limit is not None and data is None, "--data-limit", "--data"),
+                   (images is not None and not end_to_end, "--images", "--end-to-end"))
     if json_file is not None:
         check_writable(json_file, force)
     if concurrency is not None:
@@ -58,8 +62,8 @@ def bench(
     with progress(TextColumn("timing {task.total} interleaved runs"), BarColumn(), MofNCompleteColumn()) as bar:
         task = bar.add_task("bench", total=runs)
         r = run_bench(models, backend=backend, precision=precision, threads=threads, runs=runs, warmup=warmup,
-                      batch=batch, data=data, data_limit=data_limit, end_to_end=end_to_end, images=images, peak=peak,
-                      progress=lambda i, n: bar.update(task, completed=i))
+                      batch=batch, data=data, data_limit=data_limit or 0, end_to_end=end_to_end, images=images,
+                      peak=peak, progress=lambda i, n: bar.update(task, completed=i))
     env = r["environment"]
     sizes = [f"{m['input_size'][0]}x{m['input_size'][1]}" for m in r["models"]]
     mixed = len(set(sizes)) > 1  # a larger-input export beside the default: a column says which is which

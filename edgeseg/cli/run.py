@@ -19,6 +19,7 @@ from edgeseg.cli.common import (
     print_json,
     print_table,
     progress,
+    refuse_ignored,
     set_mask_options,
 )
 from edgeseg.errors import EdgesegError
@@ -154,10 +155,8 @@ def run(
     check_outputs(opts, renderer.view)
     stream_options = (("--serve-token", "token", serve_token), ("--serve-quality", "quality", serve_quality),
                       ("--serve-width", "max_width", serve_width), ("--serve-fps", "fps", serve_fps))
+    refuse_ignored(*((value is not None and serve is None, option, "--serve") for option, _, value in stream_options))
     stream = {kwarg: value for _, kwarg, value in stream_options if value is not None}
-    if serve is None and stream:
-        option = next(o for o, _, value in stream_options if value is not None)
-        raise EdgesegError(f"{option} applies only with --serve: add --serve [HOST:]PORT or leave {option} out")
     predictor = load_predictor(model, backend=backend, threads=threads, precision=precision,
                                retry_seconds=3.0 if reconnect is None else reconnect)
     set_mask_options(predictor, upsample, region_confidence)
@@ -226,8 +225,7 @@ def _events(label: str, where: str | None, on: str, min_frames: int | None, zone
             raise EdgesegError("--zone, --events-on and --min-frames describe events: add --events FILE (or -) or "
                                "--mqtt URL")
         return None
-    if min_frames is not None and on != "change":
-        raise EdgesegError("--min-frames debounces --events-on change: add that or leave --min-frames out")
+    refuse_ignored((min_frames is not None and on != "change", "--min-frames", "--events-on change"))
     from edgeseg.runtime.loop.events import Events, JsonLines, Zone
 
     events = Events(label, [Zone.parse(z) for z in zones], on,  # checks before anything opens

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, parse_size, progress, yolo_classes
+from edgeseg.cli.common import console, parse_size, progress, refuse_ignored, yolo_classes
 from edgeseg.cli.info import best_epoch, scene_summary
 from edgeseg.errors import EdgesegError
 from edgeseg.training.recipe import TrainConfig
@@ -32,8 +32,10 @@ def train(
     schedule: Annotated[str, typer.Option(help=(
         "Learning-rate schedule: step (halve every --step-size epochs by --gamma) or cosine (from --lr down to "
         "--lr/100 over --epochs)."))] = RECIPE.schedule,
-    step_size: Annotated[int, typer.Option(help="StepLR period in epochs (0: constant lr).")] = RECIPE.step_size,
-    gamma: Annotated[float, typer.Option(help="StepLR factor.")] = RECIPE.gamma,
+    step_size: Annotated[int | None, typer.Option(help=(
+        f"With --schedule step: its period in epochs (0: constant lr; default {RECIPE.step_size})."))] = None,
+    gamma: Annotated[float | None, typer.Option(help=f"With --schedule step: its factor (default {RECIPE.gamma}).")
+                     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation hold-out, shuffling and augmentation.")
                     ] = RECIPE.seed,
     scale_aug: Annotated[float, typer.Option(
@@ -125,13 +127,16 @@ def train(
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
     animals, person = yolo_classes(animal_classes, person_class, "--val-yolo", bool(val_yolo))
+    refuse_ignored((step_size is not None and schedule != "step", "--step-size", "--schedule step"),
+                   (gamma is not None and schedule != "step", "--gamma", "--schedule step"))
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
                       border_weight=border_weight, lovasz=lovasz, average=average, rotate=rotate, blur=blur, gray=gray,
                       dark=dark, cache=str(cache) if cache else None,
                       epochs=epochs, batch=batch, precision=precision, schedule=schedule,
                       init=str(init) if init else None,
                       no_animal=tuple(str(f) for f in no_animal) if no_animal else None,
-                      size=(h, w), lr=lr, step_size=step_size, gamma=gamma, seed=seed, limit=limit, device=device,
+                      size=(h, w), lr=lr, step_size=RECIPE.step_size if step_size is None else step_size,
+                      gamma=RECIPE.gamma if gamma is None else gamma, seed=seed, limit=limit, device=device,
                       scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None,
                       val_people=str(val_people) if val_people else None, val_numbered=val_numbered,
                       val_no_animal=tuple(str(f) for f in val_no_animal or ()),

@@ -74,6 +74,10 @@ def validate_for_build(onnx_path: Path, precision: str, calib_dir: Path | None) 
         listed = "; ".join(str(p) for p in problems[:5])
         raise EdgesegError(f"edgeseg check --target tensorrt found {len(problems)} problem(s): {listed}", onnx_path)
     quantized = _onnx_props(onnx_path).get("precision", "fp32").startswith("int8")
+    if calib_dir is not None and (precision != "int8" or quantized):  # refused, not ignored
+        raise EdgesegError("--calib quantizes an FP32 model on the way to --precision int8" + (
+            ": this one is quantized already (its ranges are in it); leave --calib out" if quantized else
+            f", and this build is {precision}: add --precision int8 or leave --calib out"), onnx_path)
     if precision == "int8" and not quantized and calib_dir is None:
         raise EdgesegError("INT8 needs a Q/DQ model: run edgeseg quantize --target tensorrt first, or pass "
                            "--calib DIR to quantize on the way", onnx_path)
