@@ -168,6 +168,9 @@ def test_eval_holdout_scores_the_photos_train_validates_on(cli, exported, pets3,
                          (["--data", a, "--numbered", "1-3"], "--person-masks"),
                          (["--data", a, "--yolo-split", "val"], "--yolo"),
                          (["--data", a, "--animal-classes", "cat"], "--yolo"),
-                         (["--data", a, "--person-class", "none"], "--yolo")):
+                         (["--data", a, "--person-class", "none"], "--yolo"),
+                         (["--no-animal", f"{a}/images", "--limit", "3"], "--data"),
+                         (["--no-animal", f"{a}/images", "--by-breed", "2"], "--data"),
+                         (["--no-animal", f"{a}/images", "--split", "trainval"], "--data")):
         r = cli("eval", onnx_path, *given)
         assert r.code == 1 and f"{given[2]} applies only with {needs}" in r.err and "Traceback" not in r.err

@@ -84,7 +84,9 @@ def eval_(
     if not data and not no_animal and not yolo and person_masks is None:
         raise EdgesegError("give --data (an Oxford-IIIT Pet layout folder), --no-animal (photos without animals), "
                            "--yolo (a YOLO segmentation folder) and/or --person-masks (photos with person masks)")
-    refuse_ignored((seed is not None and split != "holdout", "--seed", "--split holdout"),
+    refuse_ignored(*((given and not data, option, "--data") for given, option in (
+                       (split != "test", "--split"), (limit > 0, "--limit"), (by_breed > 0, "--by-breed"))),
+                   (seed is not None and split != "holdout", "--seed", "--split holdout"),
                    (numbered is not None and person_masks is None, "--numbered", "--person-masks"),
                    (yolo_split is not None and not yolo, "--yolo-split", "--yolo"))
     seed = VALIDATION.seed if seed is None else seed
