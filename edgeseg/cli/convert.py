@@ -170,6 +170,14 @@ def quantize(
                    (percentile is not None and method_used != "percentile", "--percentile", "--method percentile"),
                    *((value is not None and val is None, f"--{name.replace('_', '-')}", "--val")
                      for name, value in gate.items()))
+    if val is not None and (max_drop is not None or min_agreement is not None):
+        from edgeseg.evaluation.datasets import is_oxford_layout
+
+        masks = is_oxford_layout(val)
+        if (min_agreement if masks else max_drop) is not None:  # the gate of the other kind of --val
+            raise EdgesegError("--min-agreement gates plain photos, and this folder has masks (gated by --max-drop): "
+                               "leave --min-agreement out" if masks else "--max-drop gates mIoU on masks, and "
+                               "these are plain photos (gated by --min-agreement): leave --max-drop out", val)
     output = output or model.with_name(model.stem + (".int8.onnx" if target == "cpu" else f".int8-{target}.onnx"))
     opts = QuantizeOptions(target=target, method=method, **{k: v for k, v in from_photos.items() if v is not None})
     with progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), quiet=as_json) as bar:
