@@ -85,6 +85,8 @@ def test_cli_writes_a_folder_train_reads_and_refuses_to_overwrite(cli, tmp_path)
     assert not (tmp_path / "none").exists()
     r = cli("composites", objects, "--cache", tmp_path / "train.npz", "-o", tmp_path / "none")
     assert r.code != 0 and "train.npz: no such training cache" in r.err and "Traceback" not in r.err
+    r = cli("composites", objects, "--numbered", "1-5", "--count", "2", "-o", tmp_path / "none")  # selects --scenes
+    assert r.code == 1 and "--numbered applies only with --scenes" in r.err and not (tmp_path / "none").exists()
 
 
 def test_an_interrupted_run_leaves_no_folder_behind(tmp_path, monkeypatch):

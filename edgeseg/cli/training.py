@@ -221,6 +221,7 @@ def composites(
         raise EdgesegError("--cache and --skip are for object cut-outs; --pets takes its pets from its own cache")
     if pets and not scenes:
         raise EdgesegError("--pets needs --scenes: the photos (of people, of rooms) to paste the pets into")
+    refuse_ignored((numbered is not None and not scenes, "--numbered", "--scenes"))
     span = parse_range(numbered) if numbered else None
     common = {"size": size, "seed": seed, "val_seed": RECIPE.seed, "val_fraction": RECIPE.val_fraction,
               "force": force}
