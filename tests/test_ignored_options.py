@@ -20,8 +20,10 @@ QUICK = ("--data", PETS3, "--limit", "6", "--epochs", "1", "--size", "32x32")  #
      "percentile"),  # cpu's auto method is minmax
     (["quantize", MODEL, "--calib", PHOTOS, "--method", "entropy", "--target", "tensorrt", "--percentile", "99.9"],
      "--percentile applies only with --method percentile"),
-    (["quantize", MODEL, "--calib-ranges", RANGES, "--num-images", "16"], "--num-images applies only with --calib"),
-    (["quantize", MODEL, "--calib-ranges", RANGES, "--seed", "3"], "--seed applies only with --calib"),
+    (["quantize", MODEL, "--calib-ranges", RANGES, "--num-images", "16"], "--num-images shapes calibration on "
+     "--calib photos, and --calib-ranges brings ranges already made: leave --num-images out"),
+    (["quantize", MODEL, "--calib-ranges", RANGES, "--percentile", "99.9"], "--percentile shapes calibration"),
+    (["quantize", MODEL, "--seed", "3"], "--seed applies only with --calib"),  # neither --calib nor ranges
     (["quantize", MODEL, "--calib", PHOTOS, "--max-drop", "0.5"], "--max-drop applies only with --val"),
     (["quantize", MODEL, "--calib", PHOTOS, "--min-agreement", "0.9"], "--min-agreement applies only with --val"),
     (["quantize", MODEL, "--calib", PHOTOS, "--val-limit", "5"], "--val-limit applies only with --val"),

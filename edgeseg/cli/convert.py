@@ -165,6 +165,10 @@ def quantize(
     from_photos = {"percentile": percentile, "num_images": num_images, "seed": seed}
     gate = {"val_limit": val_limit, "max_drop": max_drop, "min_agreement": min_agreement, "threads": threads}
     method_used = DEFAULT_METHODS.get(target, method) if method == "auto" else method  # from photos
+    for name, value in from_photos.items():
+        if value is not None and calib_ranges is not None:  # "add --calib" would be refused as both
+            raise EdgesegError(f"--{name.replace('_', '-')} shapes calibration on --calib photos, and "
+                               f"--calib-ranges brings ranges already made: leave --{name.replace('_', '-')} out")
     refuse_ignored(*((value is not None and calib is None, f"--{name.replace('_', '-')}", "--calib")
                      for name, value in from_photos.items()),
                    (percentile is not None and method_used != "percentile", "--percentile", "--method percentile"),
