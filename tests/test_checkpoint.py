@@ -209,3 +209,16 @@ def test_info_shows_a_record_edgeseg_did_not_write_as_it_is(cli, tmp_path):
     r = cli("info", tmp_path / "s.pth")
     assert r.code == 0, r.err
     assert "['a.pth', 'b.pth']" in r.out and "c.pth" in r.out
+
+
+def test_info_on_a_damaged_training_state_is_one_line_and_an_odd_record_is_shown_as_it_is(cli, tmp_path):
+    """A *.last.pth is untrusted input too: info reads its record, not its weights."""
+    base = {"state_dict": build_model("segnet-dsc").state_dict(), "optimizer": {}, "generator": torch.zeros(1)}
+    torch.save({**base, "epoch": "three", "history": [], "best": {}}, tmp_path / "bad.last.pth")
+    r = cli("info", tmp_path / "bad.last.pth")
+    assert r.code == 1 and "record (epoch, recipe, history, best) is damaged" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    torch.save({**base, "epoch": 3, "recipe": {"schedule": 7, "epochs": "x"}, "history": [1, 2], "best": {"epoch": 9}},
+               tmp_path / "odd.last.pth")
+    r = cli("info", tmp_path / "odd.last.pth")
+    assert r.code == 0 and "train --resume" in r.out and "odd.pth" in r.out, r.err

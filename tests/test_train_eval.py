@@ -102,6 +102,11 @@ def test_short_training_run_writes_a_loadable_checkpoint(cli, pets3, tmp_path):
     # the training state beside it is not a model (no metadata: its input size would be a guess)
     r = cli("export", out.with_name("tiny.last.pth"), "-o", tmp_path / "x.onnx")
     assert r.code == 1 and "not a model; use tiny.pth" in r.err and not (tmp_path / "x.onnx").exists()
+    # but info says how far that run got, as a user of a multi-session CPU stage asks it
+    state = json.loads(cli("info", out.with_name("tiny.last.pth"), "--json").out)
+    assert state["kind"] == "training_state" and state["kept"] == "tiny.pth" and state["extra"]["epochs_run"] == 2
+    table = " ".join(cli("info", out.with_name("tiny.last.pth")).out.replace("│", " ").split())
+    assert "train --resume" in table and "epochs run 2 of 2 planned" in table and "dimmed on 50%" in table
     # and the result goes through eval
     r = cli("eval", out, "--data", pets3, "--limit", "3", "--json")
     assert r.code == 0, r.err

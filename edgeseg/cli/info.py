@@ -39,10 +39,11 @@ def info(
                       f"resize {meta['interpolation']}"),
         ]
         rows += [(f"provenance.{k}", v) for k, v in meta.get("provenance", {}).items()]
-        try:
-            rows += _training_rows(d["extra"])
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError):  # a record edgeseg did not write
-            rows += [(k, _short(v)) for k, v in d["extra"].items()]
+        rows += _record_rows(d["extra"])
+    elif d["kind"] == "training_state":
+        kept = f"; the best epoch's model is {d['kept']}" if d["kept"] else ""
+        rows.append(("stored as", f"a training state of edgeseg train: train --resume {path} continues the run{kept}"))
+        rows += _record_rows(d["extra"])
     elif d["kind"] == "engine":
         rows += [(k, v) for k, v in d.items() if k not in ("path", "kind", "file_bytes", "sha256", "model_meta")]
     else:
@@ -98,6 +99,14 @@ def _recipe_rows(recipe: dict) -> list[tuple[str, object]]:
     if g("balance") not in (None, "none"):
         data.append(f"balanced by {g('balance')}")
     return [("augmentation", ", ".join(aug)), ("loss and data", "; ".join(data))]
+
+
+def _record_rows(extra: dict) -> list[tuple[str, object]]:
+    """The training record's rows; a record edgeseg did not write (or a damaged one) as its keys and values."""
+    try:
+        return _training_rows(extra)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+        return [(k, _short(v)) for k, v in extra.items()]
 
 
 def _training_rows(extra: dict) -> list[tuple[str, object]]:

@@ -66,14 +66,33 @@ def _read(path: Path) -> object:
         raise CheckpointError("not a PyTorch checkpoint; pass a .pth/.pt file saved by torch.save", path) from e
 
 
+def _is_training_state(obj: object) -> bool:
+    return isinstance(obj, dict) and obj.keys() >= TRAINING_STATE and obj.get("format") != FORMAT
+
+
+def read_training_state(path: str | Path) -> dict | None:
+    """The record of a *.last.pth (epoch, recipe, history, best: how far a resumable run got), read as safely as
+    a checkpoint; None when ``path`` is not a training state."""
+    path = Path(path)
+    obj = _read(path)
+    if not _is_training_state(obj):
+        return None
+    record = {k: obj.get(k) for k in ("epoch", "recipe", "history", "best")}
+    if not (isinstance(record["epoch"], int) and isinstance(record["recipe"], (dict, type(None)))
+            and isinstance(record["history"], list) and isinstance(record["best"], dict)):
+        raise CheckpointError("a training state whose record (epoch, recipe, history, best) is damaged; train "
+                              "--resume cannot continue it either", path)
+    return record
+
+
 def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, str]:
     """Return (state_dict, edgeseg meta dict or {}, other entries of an edgeseg checkpoint, form)."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"holds a {type(obj).__name__}, not a state_dict; save model.state_dict()", path)
-    if obj.keys() >= TRAINING_STATE and obj.get("format") != FORMAT:  # no metadata: read as one, it would be wrong
+    if _is_training_state(obj):  # no metadata: read as a model, it would be wrong
         kept = path.name.replace(".last.", ".") if ".last." in path.name else "the checkpoint train wrote with it"
         raise CheckpointError(f"a training state that edgeseg train keeps for --resume, not a model; use {kept}, "
-                              "or continue the run with train --resume", path)
+                              "or continue the run with train --resume (edgeseg info shows how far it got)", path)
     meta: dict = {}
     extra: dict = {}
     form = "state_dict"
