@@ -11,7 +11,8 @@ from edgeseg.cli.common import kv_table, parse_size, print_json, print_table
 
 
 def info(
-    path: Annotated[Path, typer.Argument(help="Checkpoint (.pth/.pt) or ONNX model.")],
+    path: Annotated[Path, typer.Argument(help=(
+        "Checkpoint (.pth/.pt), ONNX model or engine; or a training run's NAME.last.pth: how far it got."))],
     size: Annotated[str | None, typer.Option(help="Input HxW for the MAC count (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
