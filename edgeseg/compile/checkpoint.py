@@ -70,6 +70,11 @@ def _is_training_state(obj: object) -> bool:
     return isinstance(obj, dict) and obj.keys() >= TRAINING_STATE and obj.get("format") != FORMAT
 
 
+def kept_model(state_path: Path) -> str | None:
+    """The checkpoint train writes beside a NAME.last.pth: NAME.pth (None for a state renamed otherwise)."""
+    return state_path.name.replace(".last.", ".") if ".last." in state_path.name else None
+
+
 def read_training_state(path: str | Path) -> dict | None:
     """The record of a *.last.pth (epoch, recipe, history, best: how far a resumable run got), read as safely as
     a checkpoint; None when ``path`` is not a training state."""
@@ -90,7 +95,7 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], dict, dic
     if not isinstance(obj, dict):
         raise CheckpointError(f"holds a {type(obj).__name__}, not a state_dict; save model.state_dict()", path)
     if _is_training_state(obj):  # no metadata: read as a model, it would be wrong
-        kept = path.name.replace(".last.", ".") if ".last." in path.name else "the checkpoint train wrote with it"
+        kept = kept_model(path) or "the checkpoint train wrote with it"
         raise CheckpointError(f"a training state that edgeseg train keeps for --resume, not a model; use {kept}, "
                               "or continue the run with train --resume (edgeseg info shows how far it got)", path)
     meta: dict = {}
