@@ -34,6 +34,8 @@ QUICK = ("--data", PETS3, "--limit", "6", "--epochs", "1", "--size", "32x32")  #
      "--min-agreement gates plain photos, and this folder has masks"),
     (["bench", MODEL, "--data-limit", "5"], "--data-limit applies only with --data"),
     (["bench", MODEL, "--images", PHOTOS], "--images applies only with --end-to-end"),
+    (["bench", "triton://127.0.0.1:1/edgeseg", "--concurrency", "1,2", "--data", PETS3], "--data applies to the "
+     "latency table, not to --concurrency's load levels"),  # refused before any server is asked
     (["export", CHECKPOINT, "--verify-limit", "3"], "--verify-limit applies only with --verify-images"),
     (["export", CHECKPOINT, "--batch", "2", "--dynamic-batch"], "--batch fixes the batch size and --dynamic-batch"),
     (["build", MODEL, "--precision", "fp16", "--calib", PHOTOS], "this build is fp16: add --precision int8 or "

@@ -57,6 +57,11 @@ def bench(
     if json_file is not None:
         check_writable(json_file, force)
     if concurrency is not None:
+        local_only = next((o for o, given in (("--data", data is not None), ("--end-to-end", end_to_end),
+                                              ("--batch", batch != 1), ("--no-peak", not peak)) if given), None)
+        if local_only:  # the load mode sends batch-1 requests at each level; it has no accuracy pass or peak
+            raise EdgesegError(f"{local_only} applies to the latency table, not to --concurrency's load levels: "
+                               f"leave {local_only} out, or bench without --concurrency")
         _bench_concurrency(models, concurrency, runs, warmup, backend, precision, threads, json_file, force)
         return
     with progress(TextColumn("timing {task.total} interleaved runs"), BarColumn(), MofNCompleteColumn()) as bar:
