@@ -28,17 +28,16 @@ def describe(path: str | Path, size: tuple[int, int] | None = None) -> dict:
 
 
 def describe_checkpoint(path: Path, size: tuple[int, int] | None = None) -> dict:
-    from edgeseg.compile.checkpoint import kept_model, load_checkpoint, read_training_state
+    from edgeseg.compile.checkpoint import kept_model, load_checkpoint_or_state
     from edgeseg.compile.nets import model_stats
     from edgeseg.files import sha256_file
 
-    state = read_training_state(path)
-    if state is not None:  # a run's *.last.pth: how far it got, not a model
+    ckpt = load_checkpoint_or_state(path)
+    if isinstance(ckpt, dict):  # a run's *.last.pth: how far it got, not a model
         return {"path": str(path), "kind": "training_state", "file_bytes": path.stat().st_size,
                 "sha256": sha256_file(path), "kept": kept_model(path),
-                "extra": {"recipe": state["recipe"], "history": state["history"], "best": state["best"],
-                          "epochs_run": state["epoch"]}}
-    ckpt = load_checkpoint(path)
+                "extra": {"recipe": ckpt["recipe"], "history": ckpt["history"], "best": ckpt["best"],
+                          "epochs_run": ckpt["epoch"]}}
     h, w = size or ckpt.meta.input_size
     stats = model_stats(ckpt.model, h, w)
     return {

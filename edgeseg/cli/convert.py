@@ -162,28 +162,13 @@ def quantize(
     from edgeseg.compile.quantize import DEFAULT_METHODS, QuantizeOptions
     from edgeseg.compile.quantize import quantize as run_quantize
 
-    from_photos = {"percentile": percentile, "num_images": num_images, "seed": seed}
-    gate = {"val_limit": val_limit, "max_drop": max_drop, "min_agreement": min_agreement, "threads": threads}
-    method_used = DEFAULT_METHODS.get(target, method) if method == "auto" else method  # from photos
-    for name, value in from_photos.items():
-        if value is not None and calib_ranges is not None:  # "add --calib" would be refused as both
-            raise EdgesegError(f"--{name.replace('_', '-')} shapes calibration on --calib photos, and "
-                               f"--calib-ranges brings ranges already made: leave --{name.replace('_', '-')} out")
-    refuse_ignored(*((value is not None and calib is None, f"--{name.replace('_', '-')}", "--calib")
-                     for name, value in from_photos.items()),
-                   (percentile is not None and method_used != "percentile", "--percentile", "--method percentile"),
-                   *((value is not None and val is None, f"--{name.replace('_', '-')}", "--val")
-                     for name, value in gate.items()))
-    if val is not None and (max_drop is not None or min_agreement is not None):
-        from edgeseg.evaluation.datasets import is_oxford_layout
-
-        masks = is_oxford_layout(val)
-        if (min_agreement if masks else max_drop) is not None:  # the gate of the other kind of --val
-            raise EdgesegError("--min-agreement gates plain photos, and this folder has masks (gated by --max-drop): "
-                               "leave --min-agreement out" if masks else "--max-drop gates mIoU on masks, and "
-                               "these are plain photos (gated by --min-agreement): leave --max-drop out", val)
+    given = {k: v for k, v in (("percentile", percentile), ("num_images", num_images), ("seed", seed)) if v is not None}
+    gate = {k: v for k, v in (("val_limit", val_limit), ("max_drop", max_drop), ("min_agreement", min_agreement),
+                              ("threads", threads)) if v is not None}
+    _refuse_unused_quantize_options(given, gate, calib, calib_ranges, val,
+                                    DEFAULT_METHODS.get(target, method) if method == "auto" else method)
     output = output or model.with_name(model.stem + (".int8.onnx" if target == "cpu" else f".int8-{target}.onnx"))
-    opts = QuantizeOptions(target=target, method=method, **{k: v for k, v in from_photos.items() if v is not None})
+    opts = QuantizeOptions(target=target, method=method, **given)
     with progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), quiet=as_json) as bar:
         tasks: dict[str, int] = {}
 
@@ -193,8 +178,7 @@ def quantize(
             bar.update(tasks[stage], completed=i)
 
         r = run_quantize(model, output, opts, calib_dir=calib, calib_ranges=calib_ranges, val=val,
-                         save_ranges=save_ranges, force=force, progress=stage_done,
-                         **{k: v for k, v in gate.items() if v is not None})
+                         save_ranges=save_ranges, force=force, progress=stage_done, **gate)
     if as_json:
         print_json(asdict(r))
     else:
@@ -233,6 +217,29 @@ def quantize(
         limit = f"--max-drop {max_drop:g}" if g["drop_points"] is not None else f"--min-agreement {min_agreement:g}"
         raise EdgesegError(f"INT8 {lost} even with {len(r.float_nodes)} conv(s) in float (gate {limit}); nothing "
                            "was written. Try more or better calibration photos, or --method entropy", model)
+
+def _refuse_unused_quantize_options(from_photos: dict, gate: dict, calib: Path | None, calib_ranges: Path | None,
+                                    val: Path | None, method: str) -> None:
+    """quantize's options that would do nothing, refused: calibration options without photos to calibrate on
+    (or beside ranges already made), --percentile for another method, the gate's without --val or of the
+    other kind of --val (``method``: what calibrating from photos would run)."""
+    flag = {name: "--" + name.replace("_", "-") for name in (*from_photos, *gate)}
+    for name in from_photos:
+        if calib_ranges is not None:  # not refuse_ignored's "add --calib": both together are refused
+            raise EdgesegError(f"{flag[name]} shapes calibration on --calib photos, and --calib-ranges brings ranges "
+                               f"already made: leave {flag[name]} out")
+    refuse_ignored(*((calib is None, flag[name], "--calib") for name in from_photos),
+                   ("percentile" in from_photos and method != "percentile", "--percentile", "--method percentile"),
+                   *((val is None, flag[name], "--val") for name in gate))
+    if val is not None and {"max_drop", "min_agreement"} & gate.keys():
+        from edgeseg.evaluation.datasets import is_oxford_layout
+
+        masks = is_oxford_layout(val)
+        if ("min_agreement" if masks else "max_drop") in gate:  # the gate of the other kind of --val
+            raise EdgesegError("--min-agreement gates plain photos, and this folder has masks (gated by --max-drop): "
+                               "leave --min-agreement out" if masks else "--max-drop gates mIoU on masks, and "
+                               "these are plain photos (gated by --min-agreement): leave --max-drop out", val)
+
 
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX from edgeseg export (FP32) or quantize --target tensorrt.")],

@@ -75,13 +75,13 @@ def kept_model(state_path: Path) -> str | None:
     return state_path.name.replace(".last.", ".") if ".last." in state_path.name else None
 
 
-def read_training_state(path: str | Path) -> dict | None:
-    """The record of a *.last.pth (epoch, recipe, history, best: how far a resumable run got), read as safely as
-    a checkpoint; None when ``path`` is not a training state."""
+def load_checkpoint_or_state(path: str | Path) -> LoadedCheckpoint | dict:
+    """The checkpoint at ``path``, or, for a *.last.pth, its record (epoch, recipe, history, best: how far a
+    resumable run got); the file is read once, as safely as any checkpoint."""
     path = Path(path)
     obj = _read(path)
     if not _is_training_state(obj):
-        return None
+        return _loaded(obj, path)
     record = {k: obj.get(k) for k in ("epoch", "recipe", "history", "best")}
     if not (isinstance(record["epoch"], int) and isinstance(record["recipe"], (dict, type(None)))
             and isinstance(record["history"], list) and isinstance(record["best"], dict)):
@@ -178,7 +178,11 @@ def _fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Load any supported checkpoint form into a SegNet / SegNet-DSC in eval mode."""
     path = Path(path)
-    state_dict, meta_dict, extra, form = _unwrap(_read(path), path)
+    return _loaded(_read(path), path)
+
+
+def _loaded(obj: object, path: Path) -> LoadedCheckpoint:
+    state_dict, meta_dict, extra, form = _unwrap(obj, path)
     arch, kernel_size = infer_arch(state_dict, path)
     if meta_dict.get("arch", arch) != arch or int(meta_dict.get("kernel_size", kernel_size)) != kernel_size:
         raise CheckpointError(
