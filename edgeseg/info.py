@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
@@ -27,6 +28,17 @@ def describe(path: str | Path, size: tuple[int, int] | None = None) -> dict:
     return describe_checkpoint(path, size)
 
 
+def time_left(record: dict) -> dict | None:
+    """What a resumable run has left: epochs, and seconds at the median pace of the epochs run so far (the
+    plan of a stage spread over several sessions). None when the record does not tell."""
+    try:
+        left = int(record["recipe"]["epochs"]) - record["epoch"]
+        pace = statistics.median(float(h["seconds"]) for h in record["history"])
+    except (TypeError, KeyError, ValueError, statistics.StatisticsError):
+        return None
+    return {"epochs": left, "median_epoch_seconds": pace, "seconds": max(left, 0) * pace}
+
+
 def describe_checkpoint(path: Path, size: tuple[int, int] | None = None) -> dict:
     from edgeseg.compile.checkpoint import kept_model, load_checkpoint_or_state
     from edgeseg.compile.nets import model_stats
@@ -37,7 +49,7 @@ def describe_checkpoint(path: Path, size: tuple[int, int] | None = None) -> dict
         return {"path": str(path), "kind": "training_state", "file_bytes": path.stat().st_size,
                 "sha256": sha256_file(path), "kept": kept_model(path),
                 "extra": {"recipe": ckpt["recipe"], "history": ckpt["history"], "best": ckpt["best"],
-                          "epochs_run": ckpt["epoch"]}}
+                          "epochs_run": ckpt["epoch"]}, "time_left": time_left(ckpt)}
     h, w = size or ckpt.meta.input_size
     stats = model_stats(ckpt.model, h, w)
     return {

@@ -222,3 +222,21 @@ def test_info_on_a_damaged_training_state_is_one_line_and_an_odd_record_is_shown
                tmp_path / "odd.last.pth")
     r = cli("info", tmp_path / "odd.last.pth")
     assert r.code == 0 and "train --resume" in r.out and "odd.pth" in r.out, r.err
+
+
+def test_info_on_a_run_in_progress_shows_its_last_epoch_and_the_time_left(cli, tmp_path):
+    """A stage spread over sessions is planned by what it has left, at the pace of the epochs it ran."""
+    base = {"state_dict": build_model("segnet-dsc").state_dict(), "optimizer": {}, "generator": torch.zeros(1)}
+    history = [{"epoch": 1, "val_miou": 0.61, "seconds": 100.0}, {"epoch": 2, "val_miou": 0.7, "seconds": 300.0},
+               {"epoch": 3, "val_miou": 0.65, "seconds": 260.0,
+                "scenes": [{"set": "no_animal", "folder": "rooms", "pet_share": 0.0125}]}]
+    torch.save({**base, "epoch": 3, "recipe": {"epochs": 10}, "history": history,
+                "best": {"epoch": 2, "miou": 0.7, "pixel_accuracy": 0.8}}, tmp_path / "run.last.pth")
+    d = json.loads(cli("info", tmp_path / "run.last.pth", "--json").out)
+    assert d["time_left"] == {"epochs": 7, "median_epoch_seconds": 260.0, "seconds": 1820.0}
+    table = " ".join(cli("info", tmp_path / "run.last.pth").out.replace("│", " ").split())
+    assert "last epoch 3: validation mIoU 0.6500; rooms: 1.25% called pet" in table
+    assert "time left 7 epochs, about 30 min at the median 260 s per epoch" in table
+    torch.save({**base, "epoch": 10, "recipe": {"epochs": 10}, "history": history, "best": {"epoch": 2}},
+               tmp_path / "done.last.pth")
+    assert "time left" not in cli("info", tmp_path / "done.last.pth").out

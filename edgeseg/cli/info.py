@@ -44,7 +44,7 @@ def info(
     elif d["kind"] == "training_state":
         kept = f"; the best epoch's model is {d['kept']}" if d["kept"] else ""
         rows.append(("stored as", f"a training state of edgeseg train: train --resume {path} continues the run{kept}"))
-        rows += _record_rows(d["extra"])
+        rows += _record_rows(d["extra"]) + _progress_rows(d["extra"].get("history"), d["time_left"])
     elif d["kind"] == "engine":
         rows += [(k, v) for k, v in d.items() if k not in ("path", "kind", "file_bytes", "sha256", "model_meta")]
     else:
@@ -100,6 +100,24 @@ def _recipe_rows(recipe: dict) -> list[tuple[str, object]]:
     if g("balance") not in (None, "none"):
         data.append(f"balanced by {g('balance')}")
     return [("augmentation", ", ".join(aug)), ("loss and data", "; ".join(data))]
+
+
+def _progress_rows(history: object, left: dict | None) -> list[tuple[str, object]]:
+    """A run in progress: its last epoch (often not the best one) and the time the rest will take."""
+    rows: list[tuple[str, object]] = []
+    try:
+        last = history[-1]  # type: ignore[index]
+        scenes = f"; {scene_summary(last['scenes'])}" if last.get("scenes") else ""
+        rows.append(("last epoch", f"{last['epoch']}: validation mIoU {last['val_miou']:.4f}{scenes}"))
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):  # an odd record: its keys show it
+        pass
+    if left and left["epochs"] > 0:
+        took = left["seconds"]
+        about = f"{took / 3600:.1f} h" if took >= 3600 else f"{took / 60:.0f} min"
+        rows.append(("time left", f"{left['epochs']} epochs, about {about} at the median "
+                                  f"{left['median_epoch_seconds']:.0f} s per epoch so far (on the machines they "
+                                  "ran on)"))
+    return rows
 
 
 def _record_rows(extra: dict) -> list[tuple[str, object]]:
