@@ -81,10 +81,3 @@ def _check(path: Path, data: bytes, meta: ModelMeta, pixels: bool) -> None:
         raise EdgesegError("with its batch dimension opened it computes other values than at batch 1; export it "
                            "again with edgeseg export --dynamic-batch", path)
 
-
-def write_served_onnx(path: Path, out: Path, pixels: bool, force: bool = False) -> ModelMeta:
-    from edgeseg.files import atomic_write
-
-    data, meta = served_onnx(path, pixels)
-    atomic_write(out, lambda p: p.write_bytes(data), force=force)
-    return meta
