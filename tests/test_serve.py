@@ -225,7 +225,7 @@ def test_the_server_is_not_imported_without_serve(tmp_path):
     (("--serve-quality", "50"), "--serve-quality applies only with --serve"),
     (("--serve-width", "320"), "--serve-width applies only with --serve"),
     (("--serve-fps", "5"), "--serve-fps applies only with --serve"),
-    (("--width", "640"), "--width applies only to cameras"),  # the source's options: sources.check_options
+    (("--width", "640"), "--width applies only to cameras"),  # the source's options: sources.SourceOptions.check
 ])
 def test_an_option_run_would_ignore_is_refused_in_one_line(cli, option, refused):
     r = cli("run", MODEL, "--source", REPO / "calibration", *option, "--max-frames", "1")

@@ -220,13 +220,24 @@ APPLIES_TO = {"width": CAMERAS, "height": CAMERAS, "fps": CAMERAS, "flip": "csi:
               "loop": "folders, globs, images and video files", "recursive": "folders"}
 
 
-def check_options(kind: str, label: str, given: dict[str, object]) -> None:
-    """Refuse, naming the option, any of ``given`` (set: not None, False or 0) that a ``kind`` source ignores."""
-    for name, value in given.items():
-        if value and name not in USES[kind]:
-            article = "an" if kind[0] in "aeiou" else "a"
-            raise EdgesegError(f"--{name} applies only to {APPLIES_TO[name]}, and this source is {article} {kind}: "
-                               f"leave --{name} out", label)
+@dataclass(frozen=True)
+class SourceOptions:
+    """The options of ``--camera``/``--source`` that only some kinds of source use (USES)."""
+
+    width: int | None = None
+    height: int | None = None
+    fps: int | None = None
+    flip: int = 0
+    loop: bool = False
+    recursive: bool = False
+
+    def check(self, kind: str, label: str) -> None:
+        """Refuse, naming the option, any one set (not None, False or 0) that a ``kind`` source ignores."""
+        for name, value in vars(self).items():
+            if value and name not in USES[kind]:
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise EdgesegError(f"--{name} applies only to {APPLIES_TO[name]}, and this source is {article} "
+                                   f"{kind}: leave --{name} out", label)
 
 
 def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 10.0, width: int | None = None,
@@ -238,34 +249,32 @@ def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 
     pipelines and globs name things that are not files. Options the source would ignore are refused."""
     text = str(spec)
     path = Path(text)
-    given = {"width": width, "height": height, "fps": fps, "flip": flip, "loop": loop, "recursive": recursive}
+    opts = SourceOptions(width, height, fps, flip, loop, recursive)
     if not isinstance(spec, int) and path.exists():
-        return _existing(path, text, recursive, reconnect, width, height, fps, loop, max_pixels, given)
+        return _existing(path, text, opts, reconnect, max_pixels)
     if isinstance(spec, int) or text.isdigit():
         index = int(text)
-        check_options("camera", f"camera {index}", given)
+        opts.check("camera", f"camera {index}")
         cap = CaptureSpec(index, cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY, f"camera {index}",
                           width, height, fps)
         return LiveSource(cap.open, cap.label, reconnect, max_pixels=max_pixels)
     m = re.fullmatch(r"csi://(\d+)", text)
     if m:
-        check_options("CSI camera", text, given)
+        opts.check("CSI camera", text)
         pipeline = csi_pipeline(int(m.group(1)), width or 1280, height or 720, fps or 30, flip)
         return LiveSource(CaptureSpec(pipeline, cv2.CAP_GSTREAMER).open, f"CSI camera {m.group(1)}", reconnect,
                           max_pixels=max_pixels)
     if re.match(r"^(rtsp|rtsps|http|https|rtmp|udp|tcp)://", text):  # shown without its password
-        check_options("stream URL", redact(text), given)
+        opts.check("stream URL", redact(text))
         return LiveSource(CaptureSpec(text, cv2.CAP_FFMPEG).open, redact(text), reconnect, max_pixels=max_pixels)
     if text.startswith("/dev/video"):
-        check_options("camera", text, given)
-        return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, width, height, fps).open, text, reconnect,
-                          max_pixels=max_pixels)
+        return _device(text, opts, reconnect, max_pixels)
     if "!" in text:  # a GStreamer pipeline: its caps set size and rate
-        check_options("GStreamer pipeline", "GStreamer pipeline", given)
+        opts.check("GStreamer pipeline", "GStreamer pipeline")
         return LiveSource(CaptureSpec(text, cv2.CAP_GSTREAMER).open, "GStreamer pipeline", reconnect,
                           max_pixels=max_pixels)
     if any(ch in text for ch in "*?["):
-        check_options("glob pattern", text, given)
+        opts.check("glob pattern", text)
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise EdgesegError(f"no images match the pattern {text!r}")
@@ -273,24 +282,28 @@ def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 
     raise EdgesegError("no such file, folder or device; check --source", path)
 
 
-def _existing(path: Path, text: str, recursive: bool, reconnect: float, width: int | None, height: int | None,
-              fps: int | None, loop: bool, max_pixels: int | None, given: dict[str, object]):
+def _device(text: str, opts: SourceOptions, reconnect: float, max_pixels: int | None) -> LiveSource:
+    """/dev/videoN (present now, or not yet: the reconnect loop waits for it)."""
+    opts.check("camera", text)
+    return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, opts.width, opts.height, opts.fps).open, text, reconnect,
+                      max_pixels=max_pixels)
+
+
+def _existing(path: Path, text: str, opts: SourceOptions, reconnect: float, max_pixels: int | None):
     if path.is_char_device():  # /dev/video0
-        check_options("camera", text, given)
-        return LiveSource(CaptureSpec(text, cv2.CAP_V4L2, text, width, height, fps).open, text, reconnect,
-                          max_pixels=max_pixels)
+        return _device(text, opts, reconnect, max_pixels)
     if path.is_dir():
-        check_options("folder", text, given)
-        paths = list_images(path, recursive=recursive)
+        opts.check("folder", text)
+        paths = list_images(path, recursive=opts.recursive)
         if not paths:
-            raise EdgesegError("no images in this folder" + ("" if recursive else " (try --recursive)"), path)
-        return FileSource(paths, text, root=path, loop=loop, max_pixels=max_pixels)
+            raise EdgesegError("no images in this folder" + ("" if opts.recursive else " (try --recursive)"), path)
+        return FileSource(paths, text, root=path, loop=opts.loop, max_pixels=max_pixels)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        check_options("video file", text, given)
-        return VideoFileSource(path, loop=loop, max_pixels=max_pixels)
+        opts.check("video file", text)
+        return VideoFileSource(path, loop=opts.loop, max_pixels=max_pixels)
     if path.suffix.lower() in IMAGE_SUFFIXES:  # one image: too large is an error now, not a skipped frame
-        check_options("image", text, given)
+        opts.check("image", text)
         check_declared(np.fromfile(path, dtype=np.uint8), path, max_pixels)
-        return FileSource([path], text, loop=loop, max_pixels=max_pixels)
+        return FileSource([path], text, loop=opts.loop, max_pixels=max_pixels)
     raise EdgesegError("unknown source type: expected a folder, image, video (" + ", ".join(VIDEO_SUFFIXES[:4])
                        + "...), /dev/videoN, rtsp:// or http:// URL, csi://N or a GStreamer pipeline", path)
