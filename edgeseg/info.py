@@ -32,11 +32,11 @@ def time_left(record: dict) -> dict | None:
     """What a resumable run has left: epochs, and seconds at the median pace of the epochs run so far (the
     plan of a stage spread over several sessions). None when the record does not tell."""
     try:
-        left = int(record["recipe"]["epochs"]) - record["epoch"]
+        left = max(int(record["recipe"]["epochs"]) - record["epoch"], 0)
         pace = statistics.median(float(h["seconds"]) for h in record["history"])
     except (TypeError, KeyError, ValueError, statistics.StatisticsError):
         return None
-    return {"epochs": left, "median_epoch_seconds": pace, "seconds": max(left, 0) * pace}
+    return {"epochs": left, "median_epoch_seconds": pace, "seconds": left * pace}
 
 
 def describe_checkpoint(path: Path, size: tuple[int, int] | None = None) -> dict:

@@ -240,3 +240,6 @@ def test_info_on_a_run_in_progress_shows_its_last_epoch_and_the_time_left(cli, t
     torch.save({**base, "epoch": 10, "recipe": {"epochs": 10}, "history": history, "best": {"epoch": 2}},
                tmp_path / "done.last.pth")
     assert "time left" not in cli("info", tmp_path / "done.last.pth").out
+    torch.save({**base, "epoch": 12, "recipe": {"epochs": 10}, "history": history, "best": {"epoch": 2}},
+               tmp_path / "grown.last.pth")  # a step-schedule run resumed with fewer --epochs than it ran
+    assert json.loads(cli("info", tmp_path / "grown.last.pth", "--json").out)["time_left"]["epochs"] == 0
