@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, FakeCamera
 
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.loop import sources
 from edgeseg.runtime.loop.live import LiveSource
 from edgeseg.runtime.loop.sources import MAX_NAME_BYTES, FileSource, open_source, output_names
 
@@ -96,7 +97,15 @@ def test_the_options_a_source_uses_are_taken(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     photo(tmp_path / "folder" / "sub" / "a.jpg")
     src = open_source("folder", recursive=True, loop=True)
-    assert isinstance(src, FileSource) and [p.name for p in src.paths] == ["a.jpg"]
+    assert isinstance(src, FileSource) and [p.name for p in src.paths] == ["a.jpg"] and src.loop
+    assert open_source("folder/*/*.jpg", loop=True).loop
+    # no camera here: the live source is replaced by the CaptureSpec it would open
+    monkeypatch.setattr(sources, "LiveSource", lambda opener, *args, **kwargs: opener.__self__)
+    camera = open_source(3, width=640, height=480, fps=15)
+    assert (camera.target, camera.width, camera.height, camera.fps) == (3, 640, 480, 15)
+    csi = open_source("csi://1", width=1920, height=1080, fps=60, flip=2).target
+    assert "sensor-id=1 " in csi and "width=1920, height=1080" in csi and "framerate=60/1" in csi
+    assert "flip-method=2 " in csi
 
 
 def drain(src: LiveSource, seconds: float) -> int:

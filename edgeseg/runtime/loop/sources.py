@@ -256,12 +256,12 @@ def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 
         index = int(text)
         opts.check("camera", f"camera {index}")
         cap = CaptureSpec(index, cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY, f"camera {index}",
-                          width, height, fps)
+                          opts.width, opts.height, opts.fps)
         return LiveSource(cap.open, cap.label, reconnect, max_pixels=max_pixels)
     m = re.fullmatch(r"csi://(\d+)", text)
     if m:
         opts.check("CSI camera", text)
-        pipeline = csi_pipeline(int(m.group(1)), width or 1280, height or 720, fps or 30, flip)
+        pipeline = csi_pipeline(int(m.group(1)), opts.width or 1280, opts.height or 720, opts.fps or 30, opts.flip)
         return LiveSource(CaptureSpec(pipeline, cv2.CAP_GSTREAMER).open, f"CSI camera {m.group(1)}", reconnect,
                           max_pixels=max_pixels)
     if re.match(r"^(rtsp|rtsps|http|https|rtmp|udp|tcp)://", text):  # shown without its password
@@ -278,7 +278,7 @@ def open_source(spec: str | int, *, recursive: bool = False, reconnect: float = 
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise EdgesegError(f"no images match the pattern {text!r}")
-        return FileSource(paths, text, loop=loop, max_pixels=max_pixels)
+        return FileSource(paths, text, loop=opts.loop, max_pixels=max_pixels)
     raise EdgesegError("no such file, folder or device; check --source", path)
 
 
