@@ -61,6 +61,18 @@ def photos(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    """The fewest photos quantize calibrates on, from calibration/: these tests check what a build does with
+    --calib, not the ranges, and a calibration takes about half the time of one on all of calibration/."""
+    from edgeseg.compile.quantize import MIN_CALIBRATION_IMAGES
+
+    folder = tmp_path_factory.mktemp("calib")
+    for p in sorted((REPO / "calibration").glob("*.jpg"))[:MIN_CALIBRATION_IMAGES]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    return folder
+
+
 def ort_masks(model, photos, tmp_path, upsample: str = "smooth") -> dict[str, np.ndarray]:
     """Masks of the same photos from ONNX Runtime on the CPU, through the same run loop."""
     from edgeseg.runtime.backends.predictor import Predictor
@@ -163,19 +175,19 @@ def int8_model(tmp_path_factory):
     return out
 
 
-def test_int8_from_qdq_and_from_calib(trt, tmp_path, int8_model):
+def test_int8_from_qdq_and_from_calib(trt, tmp_path, int8_model, calib):
     r, log = fake(trt, "build", int8_model, "--precision", "int8", "-o", tmp_path / "q.engine", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
     b = log["builds"][0]
     assert "QuantizeLinear" in b["ops"] and "DequantizeLinear" in b["ops"]
     assert b["builder_flags"] == (["FP16", "INT8"] if trt.version == "10.3" else [])
-    r, log = fake(trt, "build", MODEL, "--precision", "int8", "--calib", REPO / "calibration",
-                  "-o", tmp_path / "c.engine", tmp_path=tmp_path)
+    r, log = fake(trt, "build", MODEL, "--precision", "int8", "--calib", calib, "-o", tmp_path / "c.engine",
+                  tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "QuantizeLinear" in log["builds"][0]["ops"]
     assert json.loads((tmp_path / "c.engine.json").read_text())["calibration_sha256"]
-    r, _ = fake(trt, "build", int8_model, "--precision", "int8", "--calib", REPO / "calibration",
-                "-o", tmp_path / "x.engine", tmp_path=tmp_path)  # its ranges would win: --calib refused, not ignored
+    r, _ = fake(trt, "build", int8_model, "--precision", "int8", "--calib", calib, "-o", tmp_path / "x.engine",
+                tmp_path=tmp_path)  # its ranges would win: --calib refused, not ignored
     assert r.returncode == 1 and "quantized already" in r.stderr and not (tmp_path / "x.engine").exists()
 
 
@@ -198,15 +210,15 @@ def test_a_timing_cache_from_another_gpu_is_refused_by_name(trt, tmp_path):
     assert not (tmp_path / "t.engine").exists() and cache.read_bytes() == b"other-gpu timing cache"
 
 
-def test_the_rebuild_command_replays_every_build_option(trt, tmp_path):
+def test_the_rebuild_command_replays_every_build_option(trt, tmp_path, calib):
     import shlex
 
     engine = tmp_path / "c.engine"
-    r, _ = fake(trt, "build", MODEL, "--precision", "int8", "--calib", REPO / "calibration", "--opt-level", "4",
+    r, _ = fake(trt, "build", MODEL, "--precision", "int8", "--calib", calib, "--opt-level", "4",
                 "--workspace", "0.5", "-o", engine, tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "c.engine.json").read_text())
-    assert meta["build_options"] == {"workspace": 0.5, "opt_level": 4, "calib": str(REPO / "calibration")}
+    assert meta["build_options"] == {"workspace": 0.5, "opt_level": 4, "calib": str(calib)}
     meta["gpu"] = "NVIDIA Jetson AGX Orin"  # as if the engine had been copied from another device
     (tmp_path / "c.engine.json").write_text(json.dumps(meta))
     r, _ = fake(trt, "run", engine, "--source", REPO / "calibration", "--max-frames", "1", tmp_path=tmp_path)
