@@ -63,8 +63,8 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
-    """The fewest photos quantize calibrates on, from calibration/: these tests check what a build does with
-    --calib, not the ranges, and a calibration takes about half the time of one on all of calibration/."""
+    """The fewest photos quantize calibrates on, from calibration/: these tests check what build (--calib) and
+    doctor (--images) do with a photo folder, not the ranges, and calibration time grows with the photos."""
     from edgeseg.compile.quantize import MIN_CALIBRATION_IMAGES
 
     folder = tmp_path_factory.mktemp("calib")
