@@ -116,3 +116,54 @@ def test_a_corrupt_cutout_is_named_not_skipped(tmp_path):
         composites.write_composites([objects], tmp_path / "neg", 3, size=32)
     assert e.value.path.name == "broken.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["objects"]
+
+
+def write_people(root: Path) -> Path:
+    """Photo 1: a red person (an L) with a blue one inside its box, not touching, and a speck; its mask half the
+    photo's size. Photo 2: one person, the whole frame."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    red, blue = np.zeros((40, 60), bool), np.zeros((40, 60), bool)
+    red[5:35, 5:10] = red[30:35, 5:30] = True
+    blue[10:25, 15:25] = True
+    photo = np.full((80, 120, 3), 200, np.uint8)
+    photo[np.kron(red, np.ones((2, 2), bool))] = (0, 0, 255)
+    photo[np.kron(blue, np.ones((2, 2), bool))] = (255, 0, 0)
+    mask = (red | blue).astype(np.uint8) * 255
+    mask[0, 59] = 255  # a speck: under 1% of the photo, not a person to cut out
+    cv2.imwrite(str(root / "images" / "1.png"), photo)
+    cv2.imwrite(str(root / "masks" / "1.png"), mask)
+    cv2.imwrite(str(root / "images" / "2.png"), photo)
+    cv2.imwrite(str(root / "masks" / "2.png"), np.full((40, 60), 255, np.uint8))
+    return root
+
+
+def test_people_are_cut_out_by_their_masks_one_per_region(tmp_path):
+    cuts = composites.person_cutouts(write_people(tmp_path / "people"), (1, 1))
+    assert [c.shape for c in cuts] == [(60, 50, 4), (30, 20, 4)]  # the mask resized to the photo; no speck
+    opaque = cuts[0][:, :, 3] == 255
+    assert opaque.sum() == 4 * 250 and (cuts[0][opaque][:, :3] == (0, 0, 255)).all()
+    assert (cuts[0][10:40, 20:40, 3] == 0).all()  # the blue person in the red one's box is not part of it
+    assert (cuts[1][:, :, 3] == 255).all() and (cuts[1][:, :, :3] == (255, 0, 0)).all()
+    assert len(composites.person_cutouts(tmp_path / "people")) == 3  # photo 2: one person, the whole frame
+    (tmp_path / "people" / "masks" / "2.png").write_bytes(b"not a png")
+    with pytest.raises(EdgesegError, match="not a readable mask PNG") as e:
+        composites.person_cutouts(tmp_path / "people")
+    assert e.value.path.name == "2.png"
+
+
+def test_cli_pastes_people_from_person_masks(cli, tmp_path):
+    people, out = write_people(tmp_path / "people"), tmp_path / "neg"
+    r = cli("composites", "--person-masks", people, "--person-numbered", "1-1", "--count", "4", "--size", "32",
+            "-o", out)
+    assert r.code == 0 and "2 cut-outs" in r.out, r.out + r.err
+    pictures = [cv2.imread(str(out / f"c{i:04d}.png")) for i in range(4)]
+    assert all((p[:, :, 2] > 150).any() or (p[:, :, 0] > 150).any() for p in pictures)  # a person in each
+    objects = write_cutouts(tmp_path / "objects")
+    r = cli("composites", objects, "--person-masks", people, "--count", "2", "--size", "32", "-o", tmp_path / "both")
+    assert r.code == 0 and "5 cut-outs" in r.out, r.out + r.err  # cup, cat and the three people
+    r = cli("composites", objects, "--person-numbered", "1-1", "-o", tmp_path / "none")
+    assert r.code == 1 and "--person-numbered applies only with --person-masks" in r.err
+    r = cli("composites", "--person-masks", tmp_path, "-o", tmp_path / "none")
+    assert r.code == 1 and "expected images/ and masks/" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "none").exists()

@@ -206,6 +206,12 @@ def composites(
         "of train's default --seed). Not with --pets."))] = None,
     skip: Annotated[str, typer.Option(help="Comma-separated words: cut-outs whose file name has one are left out.")
                     ] = "",
+    person_masks: Annotated[Path | None, typer.Option(help=(
+        "A folder of photos with person masks (images/ + masks/, as eval --person-masks reads): its people, cut "
+        "out by their masks, are cut-outs too (with or without object folders). Not with --pets."))] = None,
+    person_numbered: Annotated[str | None, typer.Option(help=(
+        "Only the --person-masks photos whose name is a number in this range, e.g. 1-180 (a training split)."))
+                               ] = None,
     size: Annotated[int, typer.Option(min=16, help="Side of the square pictures (train's input side).")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the draws: the same seed, the same pictures.")] = 1,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
@@ -215,14 +221,17 @@ def composites(
     pasted small and large into photos of people and rooms, with their trimaps (train --data takes the folder)."""
     from edgeseg.evaluation.scenes import parse_range
 
-    if bool(objects) == bool(pets):
-        raise EdgesegError("give folders of cut-out objects, or --pets CACHE with --scenes, not both")
+    if bool(objects or person_masks) == bool(pets):
+        raise EdgesegError("give folders of cut-out objects or --person-masks, or --pets CACHE with --scenes, not "
+                           "both")
     if pets and (cache or skip):
         raise EdgesegError("--cache and --skip are for object cut-outs; --pets takes its pets from its own cache")
     if pets and not scenes:
         raise EdgesegError("--pets needs --scenes: the photos (of people, of rooms) to paste the pets into")
-    refuse_ignored((numbered is not None and not scenes, "--numbered", "--scenes"))
+    refuse_ignored((numbered is not None and not scenes, "--numbered", "--scenes"),
+                   (person_numbered is not None and not person_masks, "--person-numbered", "--person-masks"))
     span = parse_range(numbered) if numbered else None
+    person_span = parse_range(person_numbered, "--person-numbered") if person_numbered else None
     common = {"size": size, "seed": seed, "val_seed": RECIPE.seed, "val_fraction": RECIPE.val_fraction,
               "force": force}
     with progress() as bar:
@@ -238,8 +247,9 @@ def composites(
         else:
             from edgeseg.training.composites import write_composites
 
-            r = write_composites(objects, output, count, scenes=scenes or (), numbered=span, cache=cache,
-                                 skip=[w for w in skip.split(",") if w], progress=done, **common)
+            r = write_composites(objects or (), output, count, scenes=scenes or (), numbered=span, cache=cache,
+                                 skip=[w for w in skip.split(",") if w], person_masks=person_masks,
+                                 person_numbered=person_span, progress=done, **common)
     if pets:
         console.print(f"{r['composites']} composites ({r['pets']} pets on {r['scenes']} scene photos) and the scene "
                       f"photos whole, in the Oxford layout (train --data takes it): {r['out']}")

@@ -3,7 +3,8 @@
 A model that has only seen pet photos and their background crops learns "the object in the middle is the
 animal" and paints a cup, a motorbike or a person as pet. Photos of objects alone, labelled background, teach
 it otherwise; cut-outs with an alpha channel (Debian's tuxpaint-stamps-default has hundreds: food, tools,
-vehicles, instruments) pasted on backgrounds give as many of those as wanted. The backgrounds are crops of
+vehicles, instruments) pasted on backgrounds give as many of those as wanted; so do people, cut out of photos by
+their person masks, pasted small into rooms and streets as a camera sees them. The backgrounds are crops of
 scene photos (wallpapers, say), plain gradients and, from a training cache, the background-only crops of the
 training photos (of the photos training uses: the validation hold-out's are left out).
 """
@@ -18,11 +19,13 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluation.scenes import in_range
+from edgeseg.evaluation.datasets import resize_mask
+from edgeseg.evaluation.scenes import in_range, person_pairs
 from edgeseg.files import check_folder
 from edgeseg.runtime.images import ImageError, decode_image, list_images, read_image
 
 ALPHA_MIN = 20  # a cut-out's pixels with less alpha than this are outside its box
+PERSON_MIN = 0.01  # a person region smaller than this share of its photo is too small to cut out
 SECOND_OBJECT = 0.3  # share of pictures with two objects, not one
 
 
@@ -51,6 +54,33 @@ def load_cutouts(folders: Sequence[str | Path], skip: Sequence[str] = ()) -> lis
     if not cutouts:
         raise EdgesegError("no 8-bit PNG with an alpha channel in these folders: cut-outs need one", folders[0])
     return cutouts
+
+
+def person_cutouts(root: str | Path, numbered: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """People cut out of photos by their person masks (``root/images`` and ``root/masks``, the layout `edgeseg
+    eval --person-masks` reads): one BGRA cut-out, trimmed to its box, per connected person region of at least
+    :data:`PERSON_MIN` of its photo and 24 rows tall, so that a group photo gives each of its people (people who
+    overlap stay one). Ordered by the name ``PHOTO_REGION`` (as ``load_cutouts`` orders the files they would be
+    written to)."""
+    found = []
+    for image_path, mask_path in person_pairs(Path(root), numbered):
+        try:
+            image = read_image(image_path)
+        except ImageError as e:
+            raise EdgesegError(f"{e.message}; remove it from the --person-masks folder", image_path) from None
+        raw = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if raw is None:
+            raise EdgesegError("not a readable mask PNG; replace it or remove its photo", mask_path)
+        person = (resize_mask(raw, image.shape[:2]) > 0).astype(np.uint8)
+        n, regions, stats, _ = cv2.connectedComponentsWithStats(person, connectivity=8)
+        for r in range(1, n):
+            x, y, w, h, area = stats[r]
+            if area >= PERSON_MIN * person.size and h >= 24:
+                alpha = (regions[y:y + h, x:x + w] == r).astype(np.uint8) * 255
+                found.append((f"{image_path.stem}_{r}.png", np.dstack([image[y:y + h, x:x + w], alpha])))
+    if not found:
+        raise EdgesegError(f"no person region of at least {PERSON_MIN:.0%} of its photo to cut out", root)
+    return [img for _, img in sorted(found, key=lambda f: f[0])]
 
 
 def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,11 +161,13 @@ def write_image(path: Path, img: np.ndarray, params: Sequence[int] = ()) -> None
 
 def write_composites(objects: Sequence[str | Path], out: str | Path, count: int, scenes: Sequence[str | Path] = (),
                      numbered: tuple[int, int] | None = None, cache: str | Path | None = None,
-                     skip: Sequence[str] = (), size: int = 128, seed: int = 1,
+                     skip: Sequence[str] = (), person_masks: str | Path | None = None,
+                     person_numbered: tuple[int, int] | None = None, size: int = 128, seed: int = 1,
                      val_fraction: float = 0.1, val_seed: int = 0, force: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> dict:
     """Write ``count`` composites as ``cNNNN.png`` and every scene photo whole as ``sNN.png`` to the folder
-    ``out`` (filled beside it, then renamed: never half-written)."""
+    ``out`` (filled beside it, then renamed: never half-written). The cut-outs: those in the ``objects`` folders,
+    then the people of ``person_masks`` (its photos numbered ``person_numbered``)."""
     out = Path(out)
     check_folder(out, force)
     if cache is not None and not Path(cache).is_file():
@@ -143,7 +175,9 @@ def write_composites(objects: Sequence[str | Path], out: str | Path, count: int,
                            "out", cache)
     if not out.parent.is_dir():
         raise EdgesegError(f"output folder {out.parent} does not exist; create it first", out)
-    cutouts = load_cutouts(objects, skip)
+    cutouts = load_cutouts(objects, skip) if objects or person_masks is None else []
+    if person_masks is not None:
+        cutouts += person_cutouts(person_masks, person_numbered)
     scene_images = []
     for p in [p for folder in scenes for p in list_images(folder) if in_range(p, numbered)]:
         try:
