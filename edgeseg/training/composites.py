@@ -4,7 +4,7 @@ A model that has only seen pet photos and their background crops learns "the obj
 animal" and paints a cup, a motorbike or a person as pet. Photos of objects alone, labelled background, teach
 it otherwise; cut-outs with an alpha channel (Debian's tuxpaint-stamps-default has hundreds: food, tools,
 vehicles, instruments) pasted on backgrounds give as many of those as wanted; so do people, cut out of photos by
-their person masks, pasted small into rooms and streets as a camera sees them. The backgrounds are crops of
+their person masks, pasted into rooms and scenes. The backgrounds are crops of
 scene photos (wallpapers, say), plain gradients and, from a training cache, the background-only crops of the
 training photos (of the photos training uses: the validation hold-out's are left out).
 """
@@ -59,9 +59,8 @@ def load_cutouts(folders: Sequence[str | Path], skip: Sequence[str] = ()) -> lis
 def person_cutouts(root: str | Path, numbered: tuple[int, int] | None = None) -> list[np.ndarray]:
     """People cut out of photos by their person masks (``root/images`` and ``root/masks``, the layout `edgeseg
     eval --person-masks` reads): one BGRA cut-out, trimmed to its box, per connected person region of at least
-    :data:`PERSON_MIN` of its photo and 24 rows tall, so that a group photo gives each of its people (people who
-    overlap stay one). Ordered by the name ``PHOTO_REGION`` (as ``load_cutouts`` orders the files they would be
-    written to)."""
+    :data:`PERSON_MIN` of its photo and 24 rows tall, so that a group photo gives each of its people (people whose
+    masks touch stay one). Sorted by the name ``PHOTO_REGION.png``, the order ``load_cutouts`` gives such files."""
     found = []
     for image_path, mask_path in person_pairs(Path(root), numbered):
         try:
