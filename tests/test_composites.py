@@ -146,6 +146,12 @@ def test_people_are_cut_out_by_their_masks_one_per_region(tmp_path):
     assert (cuts[0][10:40, 20:40, 3] == 0).all()  # the blue person in the red one's box is not part of it
     assert (cuts[1][:, :, 3] == 255).all() and (cuts[1][:, :, :3] == (255, 0, 0)).all()
     assert len(composites.person_cutouts(tmp_path / "people")) == 3  # photo 2: one person, the whole frame
+    with pytest.raises(EdgesegError, match="no cut-outs: give folders of objects, person masks, or both"):
+        composites.write_composites([], tmp_path / "neg", 3, size=32)
+    (tmp_path / "people" / "images" / "3.png").write_bytes((tmp_path / "people" / "images" / "1.png").read_bytes())
+    cv2.imwrite(str(tmp_path / "people" / "masks" / "3.png"), np.zeros((40, 60), np.uint8))
+    with pytest.raises(EdgesegError, match="no person region of at least 1% of its photo"):
+        composites.person_cutouts(tmp_path / "people", (3, 3))  # a photo whose mask holds no one
     (tmp_path / "people" / "masks" / "2.png").write_bytes(b"not a png")
     with pytest.raises(EdgesegError, match="not a readable mask PNG") as e:
         composites.person_cutouts(tmp_path / "people")

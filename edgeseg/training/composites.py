@@ -174,7 +174,9 @@ def write_composites(objects: Sequence[str | Path], out: str | Path, count: int,
                            "out", cache)
     if not out.parent.is_dir():
         raise EdgesegError(f"output folder {out.parent} does not exist; create it first", out)
-    cutouts = load_cutouts(objects, skip) if objects or person_masks is None else []
+    if not objects and person_masks is None:
+        raise EdgesegError("no cut-outs: give folders of objects, person masks, or both", out)
+    cutouts = load_cutouts(objects, skip) if objects else []
     if person_masks is not None:
         cutouts += person_cutouts(person_masks, person_numbered)
     scene_images = []
