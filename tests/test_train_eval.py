@@ -131,6 +131,13 @@ def test_a_resumed_run_keeps_its_recipe_but_may_move_machines():
     assert recipe_changes({**started, "schedule": "step"}, {**started, "schedule": "step", "epochs": 30}) == []
     assert recipe_changes(started, {**started, "data": "a"}) == ["--data was 'a, b', now 'a'"]
     assert recipe_changes(None, {**started, "lr": 1.0}) == []  # a state saved before recipes were recorded
+    # an option an older edgeseg did not record counts as its default; given now, it is a change
+    assert recipe_changes(started, {**started, "yolo_data": "", "dark": 0.0}) == []
+    assert recipe_changes(started, {**started, "dark": 0.1}) == ["--dark was 0.0, now 0.1"]
+    # the animal classes only report, unless a YOLO set trains on them
+    assert recipe_changes(started, {**started, "animal_classes": ["cat"]}) == []
+    yolo = {**started, "yolo_data": "mine", "animal_classes": [15, 16]}
+    assert recipe_changes(yolo, {**yolo, "animal_classes": [15]}) == ["--animal-classes was [15, 16], now [15]"]
 
 
 def test_lovasz_loss_is_one_minus_the_benchmarks_iou_on_hard_predictions(cli, pets3, tmp_path):

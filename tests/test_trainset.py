@@ -174,3 +174,55 @@ def test_eval_holdout_scores_the_photos_train_validates_on(cli, exported, pets3,
                          (["--no-animal", f"{a}/images", "--split", "trainval"], "--data")):
         r = cli("eval", onnx_path, *given)
         assert r.code == 1 and f"{given[2]} applies only with {needs}" in r.err and "Traceback" not in r.err
+
+
+def test_yolo_photos_train_as_trimaps_and_never_validate(cli, pets3, tmp_path):
+    """--yolo-data: a user's own YOLO-labelled scenes train as Oxford trimaps would (the animal pet, a border
+    band across its outline, people and the rest background), its train split only, none held out."""
+    from edgeseg.compile.checkpoint import load_checkpoint
+    from edgeseg.evaluation.yolo_data import Shape, load_yolo_set, training_split
+    from edgeseg.runtime.masks import BACKGROUND, BORDER, PET
+
+    square = Shape(15, np.array([[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]))
+    person = Shape(0, np.array([[0.0, 0.0], [0.2, 0.0], [0.2, 1.0], [0.0, 1.0]]))
+    ids = trainset.yolo_trimap([square, person], {15}, (400, 600))  # band: 1% of 600 px either way
+    row = ids[200]  # the square fills columns 150-450; 6 px of border either side of each edge
+    assert (row[:144] == BACKGROUND).all() and (row[457:] == BACKGROUND).all()  # the person is background
+    assert (row[144:156] == BORDER).all() and (row[156:445] == PET).all() and (row[445:457] == BORDER).all()
+    assert (trainset.yolo_trimap([square], {16}, (400, 600)) == BACKGROUND).all()  # not an animal class here
+    small = trainset.yolo_trimap([square], {15}, (64, 64))
+    assert (small[32, 13:19] == BORDER).all()  # at least 3 px either way on a small photo
+
+    root = tmp_path / "mine"
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+    photo = cv2.imread(str(trainset.trainval_samples([pets3])[0].image))
+    cv2.imwrite(str(root / "images" / "train" / "cat.jpg"), photo)
+    (root / "labels" / "train" / "cat.txt").write_text("15 0.25 0.25 0.75 0.25 0.75 0.75 0.25 0.75\n"
+                                                      "0 0 0 0.2 0 0.2 1 0 1\n")
+    cv2.imwrite(str(root / "images" / "train" / "room.jpg"), photo[:60, :60])  # no label file: no animal
+    cv2.imwrite(str(root / "images" / "val" / "held.jpg"), photo)
+    assert training_split(root) == "train" and training_split(root / "data.yaml") == "train"
+    ts = trainset.load_yolo(load_yolo_set(root, "train"), [15], (32, 32), "area")
+    assert ts.names == ["yolo:cat.jpg", "yolo:room.jpg"] and ts.negative.tolist() == [False, True]
+    assert (ts.masks[0] == PET).sum() > 50 and (ts.masks[1] == BACKGROUND).all()
+    oxford = trainset.load(trainset.trainval_samples([pets3])[:12], (32, 32), "area")
+    assert trainset.validation_split(oxford + ts, 0.1, 0)[1] == trainset.validation_split(oxford, 0.1, 0)[1]
+
+    out = tmp_path / "t.pth"
+    r = cli("train", "--data", pets3, "-o", out, "--limit", "6", "--epochs", "1", "--batch", "3", "--size", "32x32",
+            "--yolo-data", root, "--animal-classes", "15")
+    assert r.code == 0, r.err
+    ck = load_checkpoint(out)
+    prov = ck.meta.provenance
+    assert (prov["yolo_images"], prov["train_images"], prov["val_images"], prov["no_animal_images"]) == (2, 5, 1, 0)
+    assert ck.extra["recipe"]["yolo_data"] == "mine" and ck.extra["recipe"]["animal_classes"] == [15]
+    assert "YOLO sets mine (animal classes 15)" in cli("info", out).out
+    # --person-class only scores --val-yolo sets: refused with --yolo-data alone, before anything loads
+    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--yolo-data", root, "--person-class", "0")
+    assert r.code == 1 and "--person-class applies only with --val-yolo" in r.err
+    (root / "images" / "train" / "room.jpg").write_bytes(b"not a jpeg")  # named, with the fix, on one line
+    r = cli("train", "--data", pets3, "-o", tmp_path / "x.pth", "--yolo-data", root)
+    assert r.code == 1 and r.err.count("room.jpg") == 1 and "remove it from the --yolo-data set" in r.err
+    assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "x.pth").exists()

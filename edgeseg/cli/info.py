@@ -97,6 +97,9 @@ def _recipe_rows(recipe: dict) -> list[tuple[str, object]]:
         folders = g("no_animal")  # recorded as file names, joined by ", " when several
         extra = f" and {'folders' if ', ' in folders else 'folder'} {folders}" if folders else ""
         data.append(f"'no animal' {g('negatives'):.0%} of draws (background crops{extra})")
+    if g("yolo_data"):
+        animals = ", ".join(str(c) for c in g("animal_classes") or ())
+        data.append(f"YOLO sets {g('yolo_data')} (animal classes {animals})")
     if g("balance") not in (None, "none"):
         data.append(f"balanced by {g('balance')}")
     return [("augmentation", ", ".join(aug)), ("loss and data", "; ".join(data))]

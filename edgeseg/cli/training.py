@@ -65,6 +65,11 @@ def train(
         "A folder of photos without animals (the empty scene your camera will watch, say), labelled "
         "background and drawn among --negatives' share; repeatable; score on other ones with eval --no-animal."))
     ] = None,
+    yolo_data: Annotated[list[Path] | None, typer.Option(help=(
+        "A YOLO segmentation folder or dataset YAML (its train split) added to training, your own labelled "
+        "scenes say: --animal-classes' polygons are pet with a thin border, everything else background (a "
+        "photo without an animal is a 'no animal' example); repeatable; never held out for validation."))
+    ] = None,
     border_weight: Annotated[float, typer.Option(min=0.0, help="Loss weight of the thin border class.")
                              ] = RECIPE.border_weight,
     average: Annotated[int, typer.Option(min=0, help=(
@@ -108,7 +113,8 @@ def train(
         "With --val-yolo: the split scored, train, val or test (a dataset YAML: default val; a folder: "
         "images/SPLIT/, default all of images/)."))] = RECIPE.yolo_split,
     animal_classes: Annotated[str | None, typer.Option(help=(
-        "With --val-yolo: the classes that are animals, ids or names (default 15,16: COCO-80's cat and dog)."))
+        "With --val-yolo or --yolo-data: the classes that are animals, ids or names (default 15,16: COCO-80's "
+        "cat and dog)."))
     ] = None,
     person_class: Annotated[str | None, typer.Option(help=(
         "With --val-yolo: the class of people, an id or a name (default: the class named person; in a set "
@@ -126,15 +132,18 @@ def train(
         raise EdgesegError(f"--size {size}: height and width must be multiples of 16 (four 2x2 poolings)")
     if arch not in ("segnet-dsc", "segnet"):
         raise EdgesegError(f"--arch {arch!r}: expected segnet-dsc or segnet")
-    animals, person = yolo_classes(animal_classes, person_class, "--val-yolo", bool(val_yolo))
-    refuse_ignored((step_size is not None and schedule != "step", "--step-size", "--schedule step"),
+    refuse_ignored((person_class is not None and not val_yolo, "--person-class", "--val-yolo"),
+                   (step_size is not None and schedule != "step", "--step-size", "--schedule step"),
                    (gamma is not None and schedule != "step", "--gamma", "--schedule step"))
+    animals, person = yolo_classes(animal_classes, person_class, "--val-yolo or --yolo-data",
+                                   bool(val_yolo or yolo_data))
     cfg = TrainConfig(data=tuple(str(d) for d in data or ()), arch=arch, balance=balance, negatives=negatives,
                       border_weight=border_weight, lovasz=lovasz, average=average, rotate=rotate, blur=blur, gray=gray,
                       dark=dark, cache=str(cache) if cache else None,
                       epochs=epochs, batch=batch, precision=precision, schedule=schedule,
                       init=str(init) if init else None,
                       no_animal=tuple(str(f) for f in no_animal) if no_animal else None,
+                      yolo_data=tuple(str(f) for f in yolo_data or ()),
                       size=(h, w), lr=lr, step_size=RECIPE.step_size if step_size is None else step_size,
                       gamma=RECIPE.gamma if gamma is None else gamma, seed=seed, limit=limit, device=device,
                       scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None,

@@ -139,6 +139,14 @@ def load_yolo_set(path: Path, split: str | None = None) -> YoloSet:
     return YoloSet(path, split, pairs, names)
 
 
+def training_split(path: Path) -> str | None:
+    """The split ``train --yolo-data`` learns from: a dataset YAML's (or a Roboflow folder's) ``train``, a
+    folder's ``images/train/`` where ``images/`` holds splits, else every image of ``images/``."""
+    if not (path / "images").is_dir():
+        return "train"
+    return "train" if any((path / "images" / s).is_dir() for s in SPLIT_FOLDERS) else None
+
+
 def _split_folder(images: Path, split: str | None) -> Path:
     """``images/SPLIT`` for a named split; ``images/`` itself where it holds no split folders."""
     splits = [s for s in SPLIT_FOLDERS if (images / s).is_dir()]

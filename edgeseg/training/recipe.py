@@ -36,6 +36,9 @@ class TrainConfig:
     limit: int = 0  # use only the first N trainval images (quick runs, tests); 0 = all
     extra_data: str | None = None  # photos + rough-masks/ (1 pet, 2 background) added to training only
     extra_band: int = 4  # pixels either side of a rough outline that the loss ignores
+    # YOLO segmentation sets (folders or dataset YAMLs; their train split) added to training, never held out:
+    # the animal_classes' polygons pet with a border band, the rest background
+    yolo_data: tuple[str, ...] = ()
     device: str = "auto"
     balance: str = "none"  # draw each epoch so every breed (or species) gets the same share: none|breed|species
     # folder(s) of photos without animals, labelled background, drawn among the negatives
@@ -60,7 +63,7 @@ class TrainConfig:
     val_no_animal: tuple[str, ...] = ()
     val_yolo: tuple[str, ...] = ()
     yolo_split: str | None = None  # with val_yolo: the split scored (None: a YAML's val, a folder's every image)
-    animal_classes: tuple[int | str, ...] = (15, 16)  # with val_yolo: animal class ids or names (COCO-80: cat, dog)
+    animal_classes: tuple[int | str, ...] = (15, 16)  # val_yolo's, yolo_data's animal ids or names (COCO: cat, dog)
     person_class: int | str | None = "person"  # with val_yolo: the people's class id or name (None: none)
 
     @property

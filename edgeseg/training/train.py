@@ -35,6 +35,7 @@ from edgeseg.compile.checkpoint import load_checkpoint, save_checkpoint
 from edgeseg.compile.nets import build_model
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.metrics import ConfusionMatrix
+from edgeseg.evaluation.yolo_data import load_yolo_set, training_split
 from edgeseg.files import atomic_write, check_writable
 from edgeseg.runtime.backends.precision import cpu_flags, native_precisions
 from edgeseg.runtime.meta import ModelMeta
@@ -99,7 +100,8 @@ def scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_sc
     return torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma) if cfg.step_size else None
 
 
-PATH_FIELDS = ("data", "cache", "init", "extra_data", "no_animal", "val_people", "val_no_animal", "val_yolo")
+PATH_FIELDS = ("data", "cache", "init", "extra_data", "no_animal", "yolo_data", "val_people", "val_no_animal",
+               "val_yolo")
 
 
 def portable(recipe: dict) -> dict:
@@ -122,18 +124,23 @@ def recipe_changes(started: dict | None, now: dict) -> list[str]:
     What only reports (the scene sets), where it runs (device, precision), the cache's name (a run moved to
     a GPU machine) and --average (a mean of the epochs it holds, recorded so) may change; --data may be left
     out when the cache holds the photos; --epochs may grow under the step schedule (the cosine one was laid
-    out over the epochs it started with, and its saved state keeps that length). A state saved before
-    edgeseg recorded its recipe is not checked."""
+    out over the epochs it started with, and its saved state keeps that length); --animal-classes may change
+    unless a --yolo-data set trains. A state saved before edgeseg recorded its recipe is not checked; an
+    option that an older edgeseg did not record counts as its default."""
     if started is None:
         return []
+    default = portable(asdict(TrainConfig()))
     free = {"device", "precision", "cache", "val_people", "val_numbered", "val_no_animal", "val_yolo", "yolo_split",
-            "animal_classes", "person_class", "average"}
+            "person_class", "average"}
     if not (started.get("data") and now.get("data")):
         free.add("data")
     if started.get("schedule") == "step":
         free.add("epochs")
-    return [f"--{k.replace('_', '-')} was {started.get(k)!r}, now {now.get(k)!r}"
-            for k in sorted(set(started) | set(now)) if k not in free and started.get(k) != now.get(k)]
+    if not (started.get("yolo_data") or now.get("yolo_data")):
+        free.add("animal_classes")
+    was = {k: started.get(k, default.get(k)) for k in set(started) | set(now)}
+    return [f"--{k.replace('_', '-')} was {was[k]!r}, now {now.get(k)!r}"
+            for k in sorted(was) if k not in free and was[k] != now.get(k)]
 
 
 def initial_model(cfg: TrainConfig) -> tuple[nn.Module, dict]:
@@ -224,10 +231,15 @@ class TrainingData:
 
 
 def load_data(cfg: TrainConfig, progress: Progress | None = None) -> TrainingData:
-    """The training set (from its cache or the folders), the --no-animal photos and --extra-data, split into
-    training and the validation hold-out (a photo's crops are held out with it)."""
+    """The training set (from its cache or the folders), the --no-animal photos, the --yolo-data sets and
+    --extra-data, split into training and the validation hold-out (a photo's crops are held out with it)."""
     t0 = time.perf_counter()
-    free = [trainset.load_no_animal(f, tuple(cfg.size), cfg.interpolation) for f in cfg.no_animal_folders]
+    size = tuple(cfg.size)
+    free = [trainset.load_no_animal(f, size, cfg.interpolation) for f in cfg.no_animal_folders]
+    for f in cfg.yolo_data:
+        data = load_yolo_set(Path(f), training_split(Path(f)))
+        free.append(trainset.load_yolo(data, data.class_ids(cfg.animal_classes, "--animal-classes"), size,
+                                       cfg.interpolation))
     ts = training_set(cfg, progress)
     if free:  # one concatenation: each one copies the whole training set
         ts = ts + functools.reduce(operator.add, free)
@@ -246,9 +258,12 @@ def load_data(cfg: TrainConfig, progress: Progress | None = None) -> TrainingDat
     n_negative = int(ts.negative[train_idx].sum())
     n_free = sum(1 for i in train_idx if ts.names[i].startswith("no-animal:"))
     n_composite = sum(1 for i in train_idx if ts.names[i].startswith(trainset.COMPOSITE) and not ts.negative[i])
-    counts = {"train_images": int((~ts.negative[train_idx]).sum()) - n_composite, "composite_images": n_composite,
-              "negative_crops": n_negative - n_free,
-              "no_animal_images": n_free, "val_images": len(held_out), "extra_images": n_extra}
+    yolo = [i for i in train_idx if ts.names[i].startswith(trainset.YOLO)]
+    n_yolo_negative = int(ts.negative[yolo].sum())
+    counts = {"train_images": int((~ts.negative[train_idx]).sum()) - n_composite - (len(yolo) - n_yolo_negative),
+              "composite_images": n_composite, "negative_crops": n_negative - n_free - n_yolo_negative,
+              "no_animal_images": n_free, "yolo_images": len(yolo), "val_images": len(held_out),
+              "extra_images": n_extra}
     draw = torch.from_numpy(weights / weights.sum()) if cfg.balance != "none" or cfg.negatives else None
     return TrainingData(torch.from_numpy(images), torch.from_numpy(masks).long(), draw,
                         math.ceil(len(train_idx) / cfg.batch), ts.images[val_idx], ts.masks[val_idx], counts,
@@ -263,6 +278,7 @@ def model_meta(cfg: TrainConfig, recipe: dict, data: TrainingData) -> ModelMeta:
         provenance={"trained_with": f"edgeseg {__version__} train", "data": recipe["data"] or recipe["cache"],
                     "split": "trainval", "train_images": c["train_images"], "negative_crops": c["negative_crops"],
                     "composite_images": c["composite_images"], "no_animal_images": c["no_animal_images"],
+                    "yolo_data": recipe["yolo_data"], "yolo_images": c["yolo_images"],
                     "val_images": c["val_images"], "seed": cfg.seed,
                     "extra_data": recipe["extra_data"], "extra_images": c["extra_images"]},
     )

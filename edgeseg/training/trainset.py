@@ -1,6 +1,7 @@
 """Training data: the trainval lines of several Oxford-layout folders, decoded and resized once, with
-background-only crops as "no animal" examples, balanced sampling weights, and a compact cache that
-travels without the photos (to a GPU machine: JPEG and PNG bytes in one .npz, about 11 KB a photo).
+background-only crops as "no animal" examples, photos of YOLO segmentation sets labelled as trimaps, balanced
+sampling weights, and a compact cache that travels without the photos (to a GPU machine: JPEG and PNG bytes in
+one .npz, about 11 KB a photo).
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluation.datasets import IGNORE, Sample, breed, oxford_split, read_trimap, resize_mask, species
+from edgeseg.evaluation.scenes import rasterize
+from edgeseg.evaluation.yolo_data import Shape, YoloSet, read_yolo_labels
 from edgeseg.files import atomic_write
 from edgeseg.runtime.images import ImageError, images_in, read_image, resize
 from edgeseg.runtime.masks import BACKGROUND, BORDER, PET
 
 BALANCE = ("none", "breed", "species")
 COMPOSITE = "composite_"  # photos named so (edgeseg composites --pets) are never held out for validation
+YOLO = "yolo:"  # the photos of --yolo-data sets, named so: never held out either
+BAND_SHARE, MIN_BAND = 0.01, 3  # a YOLO animal's border band: this share of the long side either way, in pixels
 MIN_NEGATIVE_SIDE = 0.3  # a background crop is kept when its side is at least this share of the photo's short side
 
 
@@ -110,9 +115,44 @@ def load(samples: list[Sample], size: tuple[int, int], interpolation: str, negat
             add(crop, np.full(crop.shape[:2], BACKGROUND, np.uint8), s.name, True)
         if on_image:
             on_image(i + 1, len(samples))
+    return _stacked(images, masks, names, negative, size)
+
+
+def _stacked(images: list[np.ndarray], masks: list[np.ndarray], names: list[str], negative: list[bool],
+             size: tuple[int, int]) -> TrainSet:
     h, w = size
     return TrainSet(np.stack(images) if images else np.empty((0, 3, h, w), np.uint8),
                     np.stack(masks) if masks else np.empty((0, h, w), np.uint8), names, np.array(negative, bool))
+
+
+def yolo_trimap(shapes: Sequence[Shape], animals: set[int], shape: tuple[int, int]) -> np.ndarray:
+    """Class ids of a YOLO-labelled photo as an Oxford trimap gives them: the animals' polygons pet, a border
+    band straddling their outline (BAND_SHARE of the long side either way, at least MIN_BAND pixels: about
+    Oxford's band), every other pixel, people and other classes included, background."""
+    pet = rasterize(shapes, animals, shape).astype(np.uint8)
+    band = max(MIN_BAND, round(max(shape) * BAND_SHARE))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    ids = np.where(pet > 0, PET, BACKGROUND).astype(np.uint8)
+    ids[cv2.morphologyEx(pet, cv2.MORPH_GRADIENT, kernel) > 0] = BORDER
+    return ids
+
+
+def load_yolo(data: YoloSet, animals: Sequence[int], size: tuple[int, int], interpolation: str) -> TrainSet:
+    """The photos of a YOLO segmentation set as training samples (``yolo_trimap``), named ``yolo:<file>`` so
+    that they are never held out (validation keeps scoring the Oxford hold-out); a photo without an animal is
+    a "no animal" example, drawn within --negatives' share."""
+    images, masks, names, negative = [], [], [], []
+    for path, label in data.pairs:
+        try:  # resized as read, as --no-animal's photos are
+            image = read_image(path)
+        except ImageError as e:
+            raise EdgesegError(f"{e.message}; remove it from the --yolo-data set", path) from None
+        ids = yolo_trimap(read_yolo_labels(label) if label else [], set(animals), image.shape[:2])
+        images.append(to_chw_rgb(image, size, interpolation))
+        masks.append(resize_mask(ids, size))
+        names.append(f"{YOLO}{path.name}")
+        negative.append(not np.isin(ids, (PET, BORDER)).any())
+    return _stacked(images, masks, names, negative, size)
 
 
 def load_no_animal(folder: str | Path, size: tuple[int, int], interpolation: str) -> TrainSet:
@@ -158,9 +198,10 @@ def load_rough(folder: str | Path, size: tuple[int, int], interpolation: str, ba
 
 def validation_split(ts: TrainSet, fraction: float, seed: int) -> tuple[np.ndarray, set[str]]:
     """Indices of the photos held out for validation and their names (their negatives are held out with them);
-    with a single photo there is nothing to hold out: it serves as both (quick runs, tests). Composites are
-    never held out: validation scores real photos, and adding a composites folder leaves the hold-out as it was."""
-    real = np.array([i for i in np.flatnonzero(~ts.negative) if not ts.names[i].startswith(COMPOSITE)],
+    with a single photo there is nothing to hold out: it serves as both (quick runs, tests). Composites and
+    YOLO photos are never held out: validation scores the Oxford photos, and adding either leaves the hold-out
+    as it was."""
+    real = np.array([i for i in np.flatnonzero(~ts.negative) if not ts.names[i].startswith((COMPOSITE, YOLO))],
                     dtype=np.int64)  # photos in their split order; negatives follow their photo
     if len(real) == 1:
         return real, set()
