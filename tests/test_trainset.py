@@ -176,6 +176,27 @@ def test_eval_holdout_scores_the_photos_train_validates_on(cli, exported, pets3,
         assert r.code == 1 and f"{given[2]} applies only with {needs}" in r.err and "Traceback" not in r.err
 
 
+def test_shuffle_seed_draws_anew_on_the_same_hold_out(cli, pets3, tmp_path, monkeypatch):
+    """--shuffle-seed: other draws (a fresh network's weights, shuffling, augmentation) validated on the photos
+    --seed holds out, so that runs meant as one soup's ingredients are scored alike."""
+    import torch
+
+    from edgeseg.compile.checkpoint import load_checkpoint
+
+    seeds = []
+    split = trainset.validation_split
+    monkeypatch.setattr(trainset, "validation_split", lambda ts, f, seed: seeds.append(seed) or split(ts, f, seed))
+    small = ("--data", pets3, "--limit", "6", "--epochs", "1", "--batch", "3", "--size", "32x32")
+    for name, more in (("a", ()), ("b", ("--shuffle-seed", "7"))):
+        r = cli("train", *small, *more, "-o", tmp_path / f"{name}.pth")
+        assert r.code == 0, r.err
+    assert seeds == [0, 0]
+    a, b = load_checkpoint(tmp_path / "a.pth"), load_checkpoint(tmp_path / "b.pth")
+    assert not torch.equal(a.model.dc1.seq[0].pointwise.weight, b.model.dc1.seq[0].pointwise.weight)
+    assert a.extra["recipe"]["shuffle_seed"] is None and b.extra["recipe"]["shuffle_seed"] == 7
+    assert "seed 0, shuffle seed 7" in " ".join(cli("info", tmp_path / "b.pth").out.replace("│", " ").split())
+
+
 def test_yolo_photos_train_as_trimaps_and_never_validate(cli, pets3, tmp_path):
     """--yolo-data: a user's own YOLO-labelled scenes train as Oxford trimaps would (the animal pet, a border
     band across its outline, people and the rest background), its train split only, none held out."""

@@ -142,8 +142,9 @@ def _training_rows(extra: dict) -> list[tuple[str, object]]:
         else:
             schedule = (f", StepLR every {recipe['step_size']} epochs x{recipe['gamma']}"
                         if recipe.get("step_size") else ", constant LR")
+        shuffle = f", shuffle seed {recipe['shuffle_seed']}" if recipe.get("shuffle_seed") is not None else ""
         rows.append(("training", f"batch {recipe.get('batch')}, lr {recipe.get('lr')}{schedule}, "
-                                 f"{recipe.get('size', ['?'])[0]}px, seed {recipe.get('seed')}"))
+                                 f"{recipe.get('size', ['?'])[0]}px, seed {recipe.get('seed')}{shuffle}"))
         rows += _recipe_rows(recipe)
     if history or "epochs_run" in extra:
         planned = f" of {recipe['epochs']} planned" if recipe.get("epochs") else ""

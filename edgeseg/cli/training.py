@@ -36,8 +36,12 @@ def train(
         f"With --schedule step: its period in epochs (0: constant lr; default {RECIPE.step_size})."))] = None,
     gamma: Annotated[float | None, typer.Option(help=f"With --schedule step: its factor (default {RECIPE.gamma}).")
                      ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the validation hold-out, shuffling and augmentation.")
-                    ] = RECIPE.seed,
+    seed: Annotated[int, typer.Option(help=(
+        "Seed of the validation hold-out, and of the draws (shuffling, augmentation) unless --shuffle-seed."))
+    ] = RECIPE.seed,
+    shuffle_seed: Annotated[int | None, typer.Option(help=(
+        "Seed of the draws alone (a fresh network's weights, shuffling, augmentation; default: --seed): runs "
+        "that differ only here validate on the same photos, e.g. the ingredients of a soup."))] = None,
     scale_aug: Annotated[float, typer.Option(
         help="Random zoom-in crops down to this fraction of the side (1.0: off, the notebook's recipe).",
         min=0.1, max=1.0)] = RECIPE.scale_aug,
@@ -145,7 +149,8 @@ def train(
                       no_animal=tuple(str(f) for f in no_animal) if no_animal else None,
                       yolo_data=tuple(str(f) for f in yolo_data or ()),
                       size=(h, w), lr=lr, step_size=RECIPE.step_size if step_size is None else step_size,
-                      gamma=RECIPE.gamma if gamma is None else gamma, seed=seed, limit=limit, device=device,
+                      gamma=RECIPE.gamma if gamma is None else gamma, seed=seed, shuffle_seed=shuffle_seed,
+                      limit=limit, device=device,
                       scale_aug=scale_aug, zoom_out=zoom_out, extra_data=str(extra_data) if extra_data else None,
                       val_people=str(val_people) if val_people else None, val_numbered=val_numbered,
                       val_no_animal=tuple(str(f) for f in val_no_animal or ()),

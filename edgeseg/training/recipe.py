@@ -31,7 +31,10 @@ class TrainConfig:
     scale_aug: float = 0.6  # smallest random zoom-in crop (fraction of the side); 1.0 = off (the notebook's recipe)
     zoom_out: float = 1.0  # largest random zoom window (side, > 1: photo made smaller in a border); 1.0 = off
     val_fraction: float = 0.1  # held out of trainval for choosing the best epoch
-    seed: int = 0
+    seed: int = 0  # the validation hold-out's, and the draws' unless shuffle_seed is set
+    # the draws alone (a fresh network's weights, shuffling, augmentation): runs that differ only here, such as
+    # the ingredients of a soup, keep one hold-out
+    shuffle_seed: int | None = None
     interpolation: str = "area"  # how images are resized, recorded in the checkpoint's metadata
     limit: int = 0  # use only the first N trainval images (quick runs, tests); 0 = all
     extra_data: str | None = None  # photos + rough-masks/ (1 pet, 2 background) added to training only

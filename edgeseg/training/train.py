@@ -375,10 +375,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, f
     """Train and write the best checkpoint to ``out``; returns a summary. ``progress`` gets per-step events."""
     out = check_writable(out, force=force or resume is not None)
     last_path = out.with_name(out.stem + ".last" + out.suffix)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    draws = cfg.seed if cfg.shuffle_seed is None else cfg.shuffle_seed  # the hold-out keeps cfg.seed
+    random.seed(draws)
+    np.random.seed(draws)
+    torch.manual_seed(draws)
+    gen = torch.Generator().manual_seed(draws)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     if cfg.schedule not in SCHEDULES:  # refused before anything loads
