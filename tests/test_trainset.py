@@ -195,6 +195,16 @@ def test_shuffle_seed_draws_anew_on_the_same_hold_out(cli, pets3, tmp_path, monk
     assert not torch.equal(a.model.dc1.seq[0].pointwise.weight, b.model.dc1.seq[0].pointwise.weight)
     assert a.extra["recipe"]["shuffle_seed"] is None and b.extra["recipe"]["shuffle_seed"] == 7
     assert "seed 0, shuffle seed 7" in " ".join(cli("info", tmp_path / "b.pth").out.replace("│", " ").split())
+    # outside NumPy's seeds: a usage error naming the option, not an internal one
+    out = ("-o", tmp_path / "c")
+    for args, option in ((("train", *small, *out, "--shuffle-seed", "-1"), "--shuffle-seed"),
+                         (("train", *small, *out, "--seed", str(2**32)), "--seed"),
+                         (("composites", "--scenes", pets3, *out, "--seed", "-1"), "--seed"),
+                         (("eval", tmp_path / "a.pth", "--data", pets3, "--split", "holdout", "--seed", "-1"),
+                          "--seed")):
+        r = cli(*args)
+        assert r.code == 2 and f"'{option}'" in r.err and "internal error" not in r.err, r.err
+        assert not (tmp_path / "c").exists()
 
 
 def test_yolo_photos_train_as_trimaps_and_never_validate(cli, pets3, tmp_path):

@@ -21,6 +21,7 @@ REGION_HELP = ("Make background each connected animal region whose mean animal p
 PRECISION_HELP = ("auto (CPU: the fastest precision this CPU runs natively that agrees with fp32, measured "
                   "once per model and cached; TensorRT: fp16, or int8 for a quantized file), fp32, bf16 or "
                   "fp16; TensorRT with an ONNX also int8 (the engine is built once, then cached).")
+SEED = {"min": 0, "max": 2**32 - 1}  # NumPy's seeds: a usage error outside them, not an internal one
 # Tables stay readable when piped to a file or CI log (rich would otherwise wrap at 80 columns).
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 

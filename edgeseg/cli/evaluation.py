@@ -13,6 +13,7 @@ from rich.table import Table
 from edgeseg.cli.common import (
     PRECISION_HELP,
     REGION_HELP,
+    SEED,
     UPSAMPLE_HELP,
     model_name,
     print_json,
@@ -40,8 +41,8 @@ def eval_(
     split: Annotated[str, typer.Option(help=(
         "Split file in annotations/: test, trainval or list; or holdout: the photos `edgeseg train` with the same "
         "--data folders (in the same order) and --seed held out for validation, all folders as one set."))] = "test",
-    seed: Annotated[int | None, typer.Option(help=f"With --split holdout: train's --seed (default {VALIDATION.seed}).")
-                    ] = None,
+    seed: Annotated[int | None, typer.Option(
+        help=f"With --split holdout: train's --seed (default {VALIDATION.seed}).", **SEED)] = None,
     limit: Annotated[int, typer.Option(help="Only the first N images of the split (0: all).")] = 0,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: physical cores).")] = None,
     backend: Annotated[str, typer.Option(help="auto (from the file), onnxruntime, openvino, tensorrt or torch.")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.cli.common import console, parse_size, progress, refuse_ignored, yolo_classes
+from edgeseg.cli.common import SEED, console, parse_size, progress, refuse_ignored, yolo_classes
 from edgeseg.cli.info import best_epoch, scene_summary
 from edgeseg.errors import EdgesegError
 from edgeseg.training.recipe import TrainConfig
@@ -37,11 +37,11 @@ def train(
     gamma: Annotated[float | None, typer.Option(help=f"With --schedule step: its factor (default {RECIPE.gamma}).")
                      ] = None,
     seed: Annotated[int, typer.Option(help=(
-        "Seed of the validation hold-out, and of the draws (shuffling, augmentation) unless --shuffle-seed."))
+        "Seed of the validation hold-out, and of the draws (shuffling, augmentation) unless --shuffle-seed."), **SEED)
     ] = RECIPE.seed,
     shuffle_seed: Annotated[int | None, typer.Option(help=(
         "Seed of the draws alone (a fresh network's weights, shuffling, augmentation; default: --seed): runs "
-        "that differ only here validate on the same photos, e.g. the ingredients of a soup."))] = None,
+        "that differ only here validate on the same photos, e.g. the ingredients of a soup."), **SEED)] = None,
     scale_aug: Annotated[float, typer.Option(
         help="Random zoom-in crops down to this fraction of the side (1.0: off, the notebook's recipe).",
         min=0.1, max=1.0)] = RECIPE.scale_aug,
@@ -227,7 +227,7 @@ def composites(
         "Only the --person-masks photos whose name is a number in this range, e.g. 1-180 (a training split)."))
                                ] = None,
     size: Annotated[int, typer.Option(min=16, help="Side of the square pictures (train's input side).")] = 128,
-    seed: Annotated[int, typer.Option(help="Seed of the draws: the same seed, the same pictures.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the draws: the same seed, the same pictures.", **SEED)] = 1,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Training pictures made by pasting: objects on backgrounds, so that a model learns that an object in the
